@@ -1,0 +1,22 @@
+//! Identities, credentials and the policy decision point.
+//!
+//! This crate has no I/O: the store persists accounts and token hashes, the server asks
+//! [`policy::decide`] before any storage call. The access-policy issue grows the decision from
+//! "job type" to job × information category × zone × purpose without changing its callers.
+#![forbid(unsafe_code)]
+
+pub mod policy;
+pub mod role;
+pub mod token;
+
+pub use policy::{Decision, Operation, decide};
+pub use role::{Role, RoleError};
+pub use token::{ApiToken, TokenHash};
+
+/// An authenticated person (or the local operator), as the request path carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The account name: one account per person (AUTH-1).
+    pub account: String,
+    pub role: Role,
+}

@@ -1,0 +1,233 @@
+//! Operator commands other than `serve`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use mamori_access::Role;
+use mamori_store::clock::{Clock, SystemClock, to_micros};
+use mamori_store::keys::MasterKey;
+use mamori_store::{
+    AccessContext, AccountName, Action, Actor, AuditEvent, PageLimits, SqliteStore, StoreConfig,
+};
+use rand::Rng;
+
+use crate::config::{self, Config};
+
+/// The operator, as the audit trail names them: the OS account running the command.
+pub fn operator_ctx() -> AccessContext {
+    use std::os::unix::fs::MetadataExt;
+    let who = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid={}", m.uid()),
+            Err(_) => "unknown".into(),
+        });
+    AccessContext {
+        request_id: uuid_like(),
+        actor: Actor::Operator(format!("operator:{who}")),
+        source: "local".into(),
+    }
+}
+
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> {
+    let master = MasterKey::load_file(&data_dir.join(&cfg.keys.master_key))?;
+    let mut sc = StoreConfig::new(data_dir.join(&cfg.storage.database));
+    sc.synchronous_full = cfg.storage.synchronous == "full";
+    sc.page_limits = PageLimits {
+        default_count: cfg.server.default_page_size,
+        max_count: cfg.server.max_page_size,
+    };
+    Ok(SqliteStore::open(sc, &master)?)
+}
+
+/// A one-time secret, easy to read aloud and type: 24 symbols of a 32-letter alphabet (120 bits).
+fn setup_secret() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let symbols: Vec<char> = (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    symbols
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn write_private(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub async fn init(data_dir: &Path, admin: &str) -> anyhow::Result<ExitCode> {
+    let admin = AccountName::parse(admin)?;
+    if data_dir.join(config::FILE_NAME).exists() {
+        bail!(
+            "{} is already initialised; refusing to touch it",
+            data_dir.display()
+        );
+    }
+    if data_dir.exists() && fs::read_dir(data_dir)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; give a new or empty directory",
+            data_dir.display()
+        );
+    }
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o700);
+    for d in [
+        data_dir.to_path_buf(),
+        data_dir.join("keys"),
+        data_dir.join("tls"),
+    ] {
+        dirs.create(&d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let cfg_text = config::initial_file();
+    let cfg: Config = toml::from_str(&cfg_text)?;
+    MasterKey::create_file(&data_dir.join(&cfg.keys.master_key))?;
+    let now = SystemClock.now();
+    let sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let pair = mamori_server::tls::generate_self_signed(&sans, now)?;
+    write_private(
+        &data_dir.join(&cfg.tls.private_key),
+        pair.key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_private(
+        &data_dir.join(&cfg.tls.certificate),
+        pair.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_private(
+        &data_dir.join(config::FILE_NAME),
+        cfg_text.as_bytes(),
+        0o600,
+    )?;
+
+    let store = open_store(data_dir, &cfg)?;
+    let ctx = operator_ctx();
+    store
+        .record_operator_action(ctx.clone(), AuditEvent::new(Action::Initialise, 200))
+        .await?;
+    let secret = setup_secret();
+    // SHA-256 suffices for a 120-bit random secret; a slow hash is for human-chosen passwords.
+    store
+        .create_account(
+            ctx,
+            &admin,
+            Role::Administrator,
+            Some(mamori_access::TokenHash::of(&secret).0),
+        )
+        .await?;
+    store.shutdown();
+    println!("Initialised {}.", data_dir.display());
+    println!("Administrator account: {admin}");
+    println!("One-time setup secret (shown once, not stored in clear): {secret}");
+    println!(
+        "The administrator uses it for the first login and must then set their own credentials."
+    );
+    println!(
+        "Keys are in {}: keep them out of database backups.",
+        data_dir.join("keys").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn user_add(data_dir: &Path, name: &str, role: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let role: Role = role.parse()?;
+    let store = open_store(data_dir, &cfg)?;
+    store
+        .create_account(operator_ctx(), &name, role, None)
+        .await?;
+    store.shutdown();
+    println!("Added account {name} ({role}).");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn user_list(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let store = open_store(data_dir, &cfg)?;
+    for a in store.list_accounts().await? {
+        println!(
+            "{}\t{}\t{}",
+            a.name,
+            a.role,
+            if a.disabled { "disabled" } else { "enabled" }
+        );
+    }
+    store.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token_create(
+    data_dir: &Path,
+    user: &str,
+    ttl: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(user)?;
+    let ttl = config::parse_duration(ttl.unwrap_or(&cfg.tokens.default_ttl))?;
+    let max = config::parse_duration(&cfg.tokens.max_ttl)?;
+    if ttl > max {
+        bail!(
+            "--ttl is longer than tokens.max_ttl ({})",
+            cfg.tokens.max_ttl
+        );
+    }
+    let store = open_store(data_dir, &cfg)?;
+    let (token, expires_us) = store.create_token(operator_ctx(), &name, ttl).await?;
+    store.shutdown();
+    // The token alone on stdout, so scripts can capture it; the expiry goes to stderr.
+    println!("{}", token.secret());
+    eprintln!(
+        "token for {name} expires at {}",
+        mamori_store::clock::fhir_instant(expires_us)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn check(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let store = open_store(data_dir, &cfg)?;
+    let started = to_micros(SystemClock.now());
+    let report = store.check_integrity(operator_ctx()).await?;
+    store.shutdown();
+    let took_ms = (to_micros(SystemClock.now()) - started) / 1000;
+    println!(
+        "checked {} versions of {} resources in {took_ms} ms",
+        report.versions_checked, report.resources_checked
+    );
+    if report.is_clean() {
+        println!("integrity: OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &report.problems {
+            println!("PROBLEM: {p}");
+        }
+        println!("integrity: {} problem(s) found", report.problems.len());
+        Ok(ExitCode::from(2))
+    }
+}

@@ -1,0 +1,272 @@
+//! `mamori.toml`: one file, every key documented, secure defaults, unknown keys refused.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+pub const FILE_NAME: &str = "mamori.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub tokens: TokensSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Vec<SocketAddr>,
+    pub base_url: Option<String>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_entries")]
+    pub max_bundle_entries: usize,
+    #[serde(default = "default_page")]
+    pub default_page_size: usize,
+    #[serde(default = "default_max_page")]
+    pub max_page_size: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(default = "default_db")]
+    pub database: PathBuf,
+    #[serde(default = "default_sync")]
+    pub synchronous: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            database: default_db(),
+            synchronous: default_sync(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    pub master_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    #[serde(default = "default_ttl")]
+    pub default_ttl: String,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: String,
+}
+
+impl Default for TokensSection {
+    fn default() -> Self {
+        TokensSection {
+            default_ttl: default_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_max_entries() -> usize {
+    10_000
+}
+fn default_page() -> usize {
+    50
+}
+fn default_max_page() -> usize {
+    1000
+}
+fn default_tls_min() -> String {
+    "1.3".into()
+}
+fn default_db() -> PathBuf {
+    "mamori.db".into()
+}
+fn default_sync() -> String {
+    "full".into()
+}
+fn default_ttl() -> String {
+    "8h".into()
+}
+fn default_max_ttl() -> String {
+    "30d".into()
+}
+
+/// The file `mamori init` writes: every key present and explained.
+pub fn initial_file() -> String {
+    r#"# mamori configuration. Paths are relative to this data directory.
+# Unknown keys are refused at start-up, so a typo cannot silently weaken a setting.
+
+[server]
+# Addresses to listen on. mamori opens nothing else (NET-1). The default is loopback only:
+# add the address of the internal network interface when the server should be reachable.
+listen = ["127.0.0.1:8443"]
+# Public base URL of the FHIR endpoint, used in Location headers and Bundle links.
+# When unset it is derived from each request's Host header.
+# base_url = "https://emr.example.jp/fhir"
+# Largest request body accepted, in bytes (NET-2).
+max_body_bytes = 33554432
+# Most entries accepted in one transaction or batch Bundle.
+max_bundle_entries = 10000
+# Page size of searches and histories when the client gives no _count, and the most it may ask for.
+default_page_size = 50
+max_page_size = 1000
+
+[tls]
+# Certificate chain and private key (PEM). init writes a self-signed pair; replace it with one
+# from your institution's CA. The key file must be readable by its owner only (mode 0600).
+certificate = "tls/cert.pem"
+private_key = "tls/key.pem"
+# Lowest TLS version accepted: "1.3" (default) or "1.2" (ENC-3). Only AES-GCM suites are offered.
+min_version = "1.3"
+# CA whose client certificates are verified and shown to the access policy (mutual TLS).
+# client_ca = "tls/client-ca.pem"
+
+[storage]
+# The embedded SQLite database.
+database = "mamori.db"
+# "full": a write is on disk before the client hears back (survives power loss).
+# "normal": survives a crash of mamori, not of the machine; faster.
+synchronous = "full"
+
+[keys]
+# The master key that wraps every data key. Keep it outside backups of the database and
+# readable by the mamori user only (mode 0600); without it the records cannot be read (ENC-1).
+master_key = "keys/master.key"
+
+[tokens]
+# Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
+default_ttl = "8h"
+max_ttl = "30d"
+"#
+    .to_string()
+}
+
+impl Config {
+    pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
+        let path = data_dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (run `mamori init --data-dir {}` first)",
+                path.display(),
+                data_dir.display()
+            )
+        })?;
+        let cfg: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Refuses insecure or contradictory settings rather than warning about them.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.server.listen.is_empty() {
+            bail!("server.listen is empty: name at least one address");
+        }
+        if self.server.default_page_size == 0
+            || self.server.default_page_size > self.server.max_page_size
+        {
+            bail!("server.default_page_size must be between 1 and server.max_page_size");
+        }
+        if self.server.max_bundle_entries == 0 || self.server.max_body_bytes < 1024 {
+            bail!(
+                "server.max_bundle_entries and server.max_body_bytes must allow at least one small resource"
+            );
+        }
+        if !matches!(self.storage.synchronous.as_str(), "full" | "normal") {
+            bail!("storage.synchronous must be \"full\" or \"normal\"");
+        }
+        if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
+            bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");
+        }
+        let (d, m) = (
+            parse_duration(&self.tokens.default_ttl)?,
+            parse_duration(&self.tokens.max_ttl)?,
+        );
+        if d > m {
+            bail!("tokens.default_ttl is longer than tokens.max_ttl");
+        }
+        Ok(())
+    }
+}
+
+/// Durations such as `90s`, `15m`, `8h`, `30d`.
+pub fn parse_duration(raw: &str) -> anyhow::Result<time::Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("'{raw}' is not a duration like 8h or 30d"))?;
+    let d = match unit {
+        "s" => time::Duration::seconds(n),
+        "m" => time::Duration::minutes(n),
+        "h" => time::Duration::hours(n),
+        "d" => time::Duration::days(n),
+        _ => bail!("'{raw}' is not a duration like 90s, 15m, 8h or 30d"),
+    };
+    if d <= time::Duration::ZERO {
+        bail!("a duration must be positive");
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initial_file_parses_and_validates() {
+        let cfg: Config = toml::from_str(&initial_file()).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.tls.min_version, "1.3");
+        assert_eq!(cfg.storage.synchronous, "full");
+        assert!(
+            cfg.server.listen.iter().all(|a| a.ip().is_loopback()),
+            "secure default: loopback only"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_weak_tls_are_refused() {
+        let typo = initial_file().replace("min_version", "minversion");
+        assert!(toml::from_str::<Config>(&typo).is_err());
+        let weak: Config = toml::from_str(
+            &initial_file().replace("min_version = \"1.3\"", "min_version = \"1.0\""),
+        )
+        .unwrap();
+        assert!(weak.validate().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("8h").unwrap(), time::Duration::hours(8));
+        assert_eq!(parse_duration("30d").unwrap(), time::Duration::days(30));
+        for bad in ["", "8", "h", "-1h", "0m", "8w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

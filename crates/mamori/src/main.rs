@@ -1,0 +1,152 @@
+//! `mamori`: the one binary. Operator commands act on a data directory they can read the keys of;
+//! every one of them is audited like a request.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mamori",
+    version,
+    about = "FHIR R4 medical-record server with security built in"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory: configuration, keys, database, TLS certificate, first administrator.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Name of the first administrator account.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// Run the server.
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Listen here instead of the configured addresses (repeatable).
+        #[arg(long)]
+        listen: Vec<std::net::SocketAddr>,
+        /// Plain HTTP for development; allowed on loopback addresses only.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Verify every stored record against its seal and its version chain (REC-6).
+    Check {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add an account for one person.
+    Add {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// physician, administrator or auditor.
+        #[arg(long)]
+        role: String,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a bearer token for an account; it is printed once.
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Lifetime such as 30m, 8h or 7d (default from the configuration).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Init { data_dir, admin } => commands::init(&data_dir, &admin).await,
+            Command::Serve {
+                data_dir,
+                listen,
+                dev,
+            } => serve::run(&data_dir, listen, dev).await,
+            Command::User {
+                command:
+                    UserCommand::Add {
+                        data_dir,
+                        name,
+                        role,
+                    },
+            } => commands::user_add(&data_dir, &name, &role).await,
+            Command::User {
+                command: UserCommand::List { data_dir },
+            } => commands::user_list(&data_dir).await,
+            Command::Token {
+                command:
+                    TokenCommand::Create {
+                        data_dir,
+                        user,
+                        ttl,
+                    },
+            } => commands::token_create(&data_dir, &user, ttl.as_deref()).await,
+            Command::Check { data_dir } => commands::check(&data_dir).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

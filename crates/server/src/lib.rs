@@ -1,0 +1,176 @@
+//! HTTP: the FHIR REST API over the record store.
+//!
+//! The request path is fixed by the router: every `/fhir` route sits behind
+//! [`auth::require_token`], handlers ask the policy before calling the store, and the store
+//! writes the audit row. One error mapper ([`error::ApiError`]) turns every failure into an
+//! OperationOutcome.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod capability;
+pub mod error;
+mod fhir_api;
+pub mod listener;
+pub mod respond;
+pub mod tls;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::routing::{get, post};
+use mamori_store::clock::{Clock, fhir_instant, to_micros};
+use mamori_store::{PageLimits, Store};
+
+use crate::listener::ConnInfo;
+
+/// Request-size limits (NET-2).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub max_bundle_entries: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_bundle_entries: 10_000,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub limits: HttpLimits,
+    pub page_limits: PageLimits,
+    /// Public base URL of the FHIR endpoint (e.g. `https://emr.example.jp/fhir`); when unset it
+    /// is derived from the request's Host header and scheme.
+    pub base_url: Option<String>,
+    pub clock: Arc<dyn Clock>,
+    capability: Vec<u8>,
+}
+
+pub type AppState = Shared;
+
+impl Shared {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: HttpLimits,
+        page_limits: PageLimits,
+        base_url: Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Shared {
+        let cap = capability::statement(
+            env!("CARGO_PKG_VERSION"),
+            &fhir_instant(to_micros(clock.now())),
+        );
+        Shared {
+            store,
+            limits,
+            page_limits,
+            base_url: base_url.map(|b| b.trim_end_matches('/').to_string()),
+            clock,
+            capability: serde_json::to_vec(&cap).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn now_us(&self) -> i64 {
+        to_micros(self.clock.now())
+    }
+
+    pub(crate) fn base(&self, h: &HeaderMap, conn: &ConnInfo) -> String {
+        if let Some(b) = &self.base_url {
+            return b.clone();
+        }
+        let scheme = if conn.tls.is_some() { "https" } else { "http" };
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| conn.local.to_string());
+        format!("{scheme}://{host}/fhir")
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(shared: Arc<Shared>) -> Router {
+    use fhir_api as f;
+    let fhir = Router::new()
+        .route("/metadata", get(f::metadata))
+        .route("/", post(f::bundle))
+        .route("/_history", get(f::history_system))
+        .route(
+            "/{rtype}",
+            get(f::search_get)
+                .post(f::create)
+                .put(f::conditional_update)
+                .delete(f::conditional_delete),
+        )
+        .route("/{rtype}/_search", post(f::search_post))
+        .route("/{rtype}/_history", get(f::history_type))
+        .route(
+            "/{rtype}/{id}",
+            get(f::read)
+                .put(f::update)
+                .patch(f::patch)
+                .delete(f::delete),
+        )
+        .route("/{rtype}/{id}/_history", get(f::history_instance))
+        .route("/{rtype}/{id}/_history/{vid}", get(f::vread))
+        .fallback(f::not_found)
+        // `layer`, not `route_layer`: unknown /fhir URLs are authenticated (and audited) too.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes));
+    Router::new()
+        // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
+        .route(
+            "/fhir/",
+            post(f::bundle).layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                auth::require_token,
+            )),
+        )
+        .nest("/fhir", fhir)
+        .fallback(outside_fhir)
+        .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(shared)
+}
+
+async fn outside_fhir() -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not-found",
+        "the FHIR endpoint is at /fhir",
+    )
+}
+
+/// Security headers on every response (NET-2).
+async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
+    let h = resp.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    resp
+}

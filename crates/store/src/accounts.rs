@@ -1,0 +1,174 @@
+//! Accounts and API tokens: operator actions, each audited.
+
+use std::fmt;
+
+use mamori_access::{ApiToken, Role};
+use rusqlite::{OptionalExtension, params};
+
+use crate::clock::to_micros;
+use crate::model::{AccessContext, Action, AuditEvent};
+use crate::{SqliteStore, StoreError};
+
+/// An account name: one per person (AUTH-1), so names are short, lowercase and unambiguous.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountName(String);
+
+impl AccountName {
+    pub fn parse(raw: &str) -> Result<AccountName, StoreError> {
+        let ok = (1..=64).contains(&raw.len())
+            && raw.as_bytes()[0].is_ascii_alphanumeric()
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if ok {
+            Ok(AccountName(raw.to_string()))
+        } else {
+            Err(StoreError::invalid(
+                "invalid",
+                "account names are 1-64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AccountInfo {
+    pub name: String,
+    pub role: String,
+    pub created_us: i64,
+    pub disabled: bool,
+}
+
+impl SqliteStore {
+    /// Creates an account. `setup_secret_hash` is set only for the first administrator, whose
+    /// one-time setup secret replaces any default password (AUTH-4).
+    pub async fn create_account(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        role: Role,
+        setup_secret_hash: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let name = name.clone();
+        let target = name.to_string();
+        self.write_audited(
+            ctx,
+            move |tx| {
+                let exists: Option<i64> = tx
+                    .conn
+                    .query_row("SELECT 1 FROM account WHERE name = ?1", [name.as_str()], |r| r.get(0))
+                    .optional()?;
+                if exists.is_some() {
+                    return Err(StoreError::PreconditionFailed(format!("account '{name}' already exists")));
+                }
+                tx.conn.execute(
+                    "INSERT INTO account (name, role, created_us, setup_secret_hash) VALUES (?1, ?2, ?3, ?4)",
+                    params![name.as_str(), role.as_str(), tx.now_us, setup_secret_hash.as_ref().map(|h| &h[..])],
+                )?;
+                Ok(())
+            },
+            move |r| {
+                let ev = AuditEvent::new(Action::AccountCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
+                    .with_target("account", Some(target))
+                    .with_detail(format!("role={}", role.as_str()));
+                vec![ev]
+            },
+        )
+        .await
+    }
+
+    /// Issues an API token for an enabled account; returns the token (shown once) and its expiry.
+    pub async fn create_token(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        ttl: time::Duration,
+    ) -> Result<(ApiToken, i64), StoreError> {
+        if ttl <= time::Duration::ZERO {
+            return Err(StoreError::invalid(
+                "invalid",
+                "the token lifetime must be positive",
+            ));
+        }
+        let name = name.clone();
+        let target = name.to_string();
+        let expires_us = to_micros(self.inner.clock.now() + ttl);
+        self.write_audited(
+            ctx,
+            move |tx| {
+                let enabled: Option<bool> = tx
+                    .conn
+                    .query_row("SELECT disabled_us IS NULL FROM account WHERE name = ?1", [name.as_str()], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                match enabled {
+                    None => return Err(StoreError::NotFound(format!("account '{name}'"))),
+                    Some(false) => return Err(StoreError::Forbidden),
+                    Some(true) => {}
+                }
+                let token = ApiToken::generate();
+                tx.conn.execute(
+                    "INSERT INTO api_token (hash, account, created_us, expires_us) VALUES (?1, ?2, ?3, ?4)",
+                    params![&token.hash().0[..], name.as_str(), tx.now_us, expires_us],
+                )?;
+                Ok((token, expires_us))
+            },
+            move |r| {
+                vec![
+                    AuditEvent::new(Action::TokenCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
+                        .with_target("account", Some(target)),
+                ]
+            },
+        )
+        .await
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<AccountInfo>, StoreError> {
+        self.inner
+            .engine
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT name, role, created_us, disabled_us IS NOT NULL FROM account ORDER BY name")?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok(AccountInfo { name: r.get(0)?, role: r.get(1)?, created_us: r.get(2)?, disabled: r.get(3)? })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    /// Records an operator action that has no data of its own (e.g. initialisation).
+    pub async fn record_operator_action(
+        &self,
+        ctx: AccessContext,
+        ev: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.audit(ctx, ev).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_names_are_strict() {
+        assert!(AccountName::parse("dr.sato").is_ok());
+        assert!(AccountName::parse("admin-01").is_ok());
+        for bad in ["", "Admin", "-x", "a b", "山田", &"x".repeat(65)] {
+            assert!(AccountName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Writing audit rows (AUD-1). Every store entry point ends here, on the writer thread: in the
+//! same transaction as the data for writes, before the data is returned for reads.
+
+use rusqlite::{Connection, params};
+
+use crate::StoreError;
+use crate::model::{AccessContext, AuditEvent};
+
+pub(crate) fn append(
+    conn: &Connection,
+    now_us: i64,
+    ctx: &AccessContext,
+    ev: &AuditEvent,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit_event (recorded_us, request_id, actor, role, source, action, rtype, rid, version, \
+         patients, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    stmt.execute(params![
+        now_us,
+        ctx.request_id,
+        ctx.actor_name(),
+        ctx.role().map(|r| r.as_str()),
+        ctx.source,
+        ev.action.as_str(),
+        ev.rtype,
+        ev.rid,
+        ev.version.map(|v| v as i64),
+        ev.patients.join(","),
+        i64::from(ev.outcome),
+        ev.detail,
+    ])
+    .map_err(|e| {
+        tracing::error!(target: "security", error = %e, "audit append failed; refusing the request");
+        StoreError::AuditUnavailable
+    })?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! One writer thread with group commit, and a small pool of reader connections.
+//!
+//! SQLite allows one writer at a time; rather than contend for the lock, every write (including
+//! the audit rows of reads) is a job sent to a dedicated thread that runs whatever jobs are
+//! waiting inside one transaction and commits once. Each job runs in its own savepoint, so one
+//! failing job rolls back alone; callers hear back only after the commit is durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::schema;
+
+/// Upper bound on jobs per commit: keeps latency bounded under a flood of writes.
+const MAX_BATCH: usize = 512;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+pub(crate) struct Engine {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    synchronous_full: bool,
+}
+
+impl Engine {
+    pub(crate) fn open(path: &Path, synchronous_full: bool) -> Result<Engine, StoreError> {
+        let conn = Connection::open(path)?;
+        schema::configure(&conn, synchronous_full)?;
+        schema::migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("mamori-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(StoreError::internal)?;
+        Ok(Engine {
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+            synchronous_full,
+        })
+    }
+
+    /// Runs `f` on the writer inside a savepoint; resolves once its transaction has committed.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = savepoint(conn, "job", f);
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        let sender = self.jobs.lock().map_err(StoreError::internal)?.clone();
+        sender
+            .ok_or_else(|| StoreError::internal("store is shut down"))?
+            .send(job)
+            .map_err(|_| StoreError::internal("writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::internal("writer thread dropped a job"))?
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    pub(crate) async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.read_blocking(f))
+            .await
+            .map_err(StoreError::internal)?
+    }
+
+    pub(crate) fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().map_err(StoreError::internal)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.push(conn);
+        }
+        result
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        schema::configure_reader(&conn, self.synchronous_full)?;
+        Ok(conn)
+    }
+
+    /// Stops the writer after it has drained its queue.
+    pub(crate) fn shutdown(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Runs `f` inside a named savepoint: released on success, rolled back on error.
+pub(crate) fn savepoint<T>(
+    conn: &Connection,
+    name: &str,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch(&format!("RELEASE {name}"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = StoreError::from(e);
+            for job in batch {
+                // The job never ran; report the failure without running it.
+                drop(job);
+                let _ = &err;
+            }
+            tracing::error!(error = %err, "writer could not begin a transaction");
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "group commit failed; every job in the batch fails");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in completions {
+            done(committed.clone());
+        }
+    }
+}

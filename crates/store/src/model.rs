@@ -1,0 +1,162 @@
+//! What the store hands back and what callers tell it about themselves.
+
+use mamori_access::{Principal, Role};
+use mamori_fhir::resource_type::ResourceType;
+
+/// One version of one resource, decrypted and authenticated.
+#[derive(Clone, Debug)]
+pub struct VersionRecord {
+    pub rtype: ResourceType,
+    pub id: String,
+    pub version: u64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    /// Logical ids of the patients whose compartment this version is in (for the audit trail).
+    pub patients: Vec<String>,
+    /// The resource JSON exactly as stored (id and meta filled in); `None` for a deletion.
+    pub body: Option<Vec<u8>>,
+}
+
+impl VersionRecord {
+    /// `Type/id/_history/version`: the FHIR version-specific reference.
+    pub fn versioned_ref(&self) -> String {
+        format!("{}/{}/_history/{}", self.rtype, self.id, self.version)
+    }
+}
+
+/// Who is acting. Every store call takes one, and every store call writes an audit row with it.
+#[derive(Clone, Debug)]
+pub enum Actor {
+    /// An authenticated person (API token today, interactive login later).
+    Person(Principal),
+    /// The local operator running a `mamori` command with access to the data directory.
+    Operator(String),
+    /// Authentication failed or was absent.
+    Anonymous,
+}
+
+/// The request as the audit trail sees it: who, from where, under which request id.
+#[derive(Clone, Debug)]
+pub struct AccessContext {
+    pub request_id: String,
+    pub actor: Actor,
+    /// Remote address of the client (or "local" for operator commands).
+    pub source: String,
+}
+
+impl AccessContext {
+    pub fn actor_name(&self) -> Option<&str> {
+        match &self.actor {
+            Actor::Person(p) => Some(&p.account),
+            Actor::Operator(name) => Some(name),
+            Actor::Anonymous => None,
+        }
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        match &self.actor {
+            Actor::Person(p) => Some(p.role),
+            _ => None,
+        }
+    }
+}
+
+/// The interaction an audit row records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Vread,
+    Search,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    HistorySystem,
+    Transaction,
+    Batch,
+    Capabilities,
+    /// A request refused before it reached storage (authentication, authorisation, bad input).
+    Refused,
+    AccountCreate,
+    TokenCreate,
+    Initialise,
+    IntegrityCheck,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Vread => "vread",
+            Action::Search => "search-type",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Patch => "patch",
+            Action::Delete => "delete",
+            Action::HistoryInstance => "history-instance",
+            Action::HistoryType => "history-type",
+            Action::HistorySystem => "history-system",
+            Action::Transaction => "transaction",
+            Action::Batch => "batch",
+            Action::Capabilities => "capabilities",
+            Action::Refused => "refused",
+            Action::AccountCreate => "account-create",
+            Action::TokenCreate => "token-create",
+            Action::Initialise => "initialise",
+            Action::IntegrityCheck => "integrity-check",
+        }
+    }
+}
+
+/// One audit row as the request path hands it over; the store adds the trusted time.
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    pub action: Action,
+    pub rtype: Option<String>,
+    pub rid: Option<String>,
+    pub version: Option<u64>,
+    pub patients: Vec<String>,
+    /// HTTP-style status of the outcome (200, 201, 404, 412, 500…).
+    pub outcome: u16,
+    /// A short machine-readable reason (FHIR issue code); never resource content.
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(action: Action, outcome: u16) -> Self {
+        AuditEvent {
+            action,
+            rtype: None,
+            rid: None,
+            version: None,
+            patients: Vec::new(),
+            outcome,
+            detail: None,
+        }
+    }
+
+    pub fn of_record(action: Action, outcome: u16, r: &VersionRecord) -> Self {
+        AuditEvent {
+            action,
+            rtype: Some(r.rtype.to_string()),
+            rid: Some(r.id.clone()),
+            version: Some(r.version),
+            patients: r.patients.clone(),
+            outcome,
+            detail: None,
+        }
+    }
+
+    pub fn with_target(mut self, rtype: impl Into<String>, rid: Option<String>) -> Self {
+        self.rtype = Some(rtype.into());
+        self.rid = rid;
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}

@@ -1,0 +1,221 @@
+//! Reading and writing version rows: sealing on the way in, authenticating on the way out.
+
+use std::str::FromStr;
+
+use mamori_fhir::resource_type::ResourceType;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::StoreError;
+use crate::keyring::{KeyRing, scope_for};
+use crate::model::VersionRecord;
+
+/// Whether bodies are sealed. Always true outside the benchmark baseline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Protection {
+    pub encrypt: bool,
+    pub audit: bool,
+}
+
+impl Protection {
+    pub(crate) const FULL: Protection = Protection {
+        encrypt: true,
+        audit: true,
+    };
+}
+
+/// The columns every version query selects, in this order.
+pub(crate) const VERSION_COLUMNS: &str =
+    "v.seq, v.rtype, v.id, v.version, v.last_updated_us, v.deleted, v.key_id, v.patients, v.body";
+
+/// A version row as it sits in the database, still sealed.
+pub(crate) struct SealedRow {
+    pub seq: i64,
+    pub rtype: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    pub key_id: i64,
+    pub patients: String,
+    pub body: Vec<u8>,
+}
+
+impl SealedRow {
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<SealedRow> {
+        Ok(SealedRow {
+            seq: r.get(0)?,
+            rtype: r.get(1)?,
+            id: r.get(2)?,
+            version: r.get(3)?,
+            last_updated_us: r.get(4)?,
+            deleted: r.get(5)?,
+            key_id: r.get(6)?,
+            patients: r.get(7)?,
+            body: r.get(8)?,
+        })
+    }
+
+    fn what(&self) -> String {
+        format!("{}/{}/_history/{}", self.rtype, self.id, self.version)
+    }
+}
+
+/// The associated data that binds a sealed body to every other column of its row, so moving a
+/// body, flipping the deleted flag or editing the patient list is detected (REC-6).
+fn row_aad(
+    rtype: &str,
+    id: &str,
+    version: i64,
+    last_updated_us: i64,
+    deleted: bool,
+    key_id: i64,
+    patients: &str,
+) -> Vec<u8> {
+    format!(
+        "mamori/version/{rtype}\0{id}\0{version}\0{last_updated_us}\0{}\0{key_id}\0{patients}",
+        u8::from(deleted)
+    )
+    .into_bytes()
+}
+
+/// Decrypts and authenticates one row.
+pub(crate) fn open_row(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    row: SealedRow,
+) -> Result<VersionRecord, StoreError> {
+    let rtype = ResourceType::from_str(&row.rtype).map_err(|_| StoreError::Tampered(row.what()))?;
+    let plain = if protect.encrypt {
+        let key = keys.by_id(conn, row.key_id)?;
+        let aad = row_aad(
+            &row.rtype,
+            &row.id,
+            row.version,
+            row.last_updated_us,
+            row.deleted,
+            row.key_id,
+            &row.patients,
+        );
+        key.open(&row.body, &aad)
+            .ok_or_else(|| StoreError::Tampered(row.what()))?
+    } else {
+        row.body
+    };
+    let patients = if row.patients.is_empty() {
+        Vec::new()
+    } else {
+        row.patients.split(',').map(str::to_string).collect()
+    };
+    Ok(VersionRecord {
+        rtype,
+        id: row.id,
+        version: row.version as u64,
+        last_updated_us: row.last_updated_us,
+        deleted: row.deleted,
+        patients,
+        body: if row.deleted { None } else { Some(plain) },
+    })
+}
+
+/// The current version of a resource, if it ever existed.
+pub(crate) fn load_current(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    rtype: ResourceType,
+    id: &str,
+) -> Result<Option<VersionRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS}, c.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+             WHERE c.rtype = ?1 AND c.id = ?2"
+        ))?
+        .query_row(params![rtype.as_str(), id], |r| Ok((SealedRow::from_row(r)?, r.get::<_, i64>(9)?)))
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((row, pointer)) if pointer != row.version => Err(StoreError::Tampered(row.what())),
+        Some((row, _)) => open_row(conn, keys, protect, row).map(Some),
+    }
+}
+
+pub(crate) fn load_version(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    rtype: ResourceType,
+    id: &str,
+    version: u64,
+) -> Result<Option<VersionRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.rtype = ?1 AND v.id = ?2 AND v.version = ?3"
+        ))?
+        .query_row(params![rtype.as_str(), id, version as i64], SealedRow::from_row)
+        .optional()?;
+    row.map(|r| open_row(conn, keys, protect, r)).transpose()
+}
+
+/// The current version number and deletion state, without decrypting anything.
+pub(crate) fn current_state(
+    conn: &Connection,
+    rtype: ResourceType,
+    id: &str,
+) -> Result<Option<(u64, bool)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT version, deleted FROM resource_current WHERE rtype = ?1 AND id = ?2",
+        )?
+        .query_row(params![rtype.as_str(), id], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, bool>(1)?))
+        })
+        .optional()?)
+}
+
+/// Appends a new version row and moves the current pointer to it.
+pub(crate) fn insert_version(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    rec: &VersionRecord,
+) -> Result<(), StoreError> {
+    let patients = rec.patients.join(",");
+    let plain: &[u8] = rec.body.as_deref().unwrap_or(b"");
+    let (key_id, sealed) = if protect.encrypt {
+        let (key_id, key) = keys.for_scope(conn, &scope_for(&rec.patients))?;
+        let aad = row_aad(
+            rec.rtype.as_str(),
+            &rec.id,
+            rec.version as i64,
+            rec.last_updated_us,
+            rec.deleted,
+            key_id,
+            &patients,
+        );
+        (key_id, key.seal(plain, &aad)?)
+    } else {
+        (0, plain.to_vec())
+    };
+    conn.prepare_cached(
+        "INSERT INTO resource_version (rtype, id, version, last_updated_us, deleted, key_id, patients, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        rec.rtype.as_str(),
+        rec.id,
+        rec.version as i64,
+        rec.last_updated_us,
+        rec.deleted,
+        key_id,
+        patients,
+        sealed
+    ])?;
+    let seq = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO resource_current (rtype, id, version, seq, deleted) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted",
+    )?
+    .execute(params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted])?;
+    Ok(())
+}

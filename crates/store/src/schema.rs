@@ -1,0 +1,148 @@
+//! The SQLite schema and its migration chain (`PRAGMA user_version`).
+//!
+//! Nothing identifying is stored in the clear: bodies are sealed, search values are keyed tokens.
+//! What is clear: resource types, server ids, version numbers, timestamps, account names, and
+//! the audit rows (which name users, addresses and patient *ids*, never names or identifiers).
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- Data keys, wrapped by the key-encryption key derived from the master key file.
+-- scope is 'shared' or 'patient:<id>'; dropping a patient's row erases its records (DSP-2).
+CREATE TABLE data_key (
+    key_id  INTEGER PRIMARY KEY,
+    scope   TEXT NOT NULL UNIQUE,
+    wrapped BLOB NOT NULL
+);
+
+-- Every version of every resource; never updated or deleted (REC-1).
+-- body = AES-256-GCM(nonce || ciphertext || tag), bound to all other columns of the row.
+CREATE TABLE resource_version (
+    seq             INTEGER PRIMARY KEY,
+    rtype           TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    last_updated_us INTEGER NOT NULL,
+    deleted         INTEGER NOT NULL,
+    key_id          INTEGER NOT NULL,
+    patients        TEXT    NOT NULL,
+    body            BLOB    NOT NULL,
+    UNIQUE (rtype, id, version)
+);
+CREATE INDEX resource_version_by_type ON resource_version (rtype, seq);
+CREATE INDEX resource_version_by_time ON resource_version (last_updated_us);
+
+-- The current version of each resource: the one mutable table, rewritten on each new version.
+CREATE TABLE resource_current (
+    rtype   TEXT    NOT NULL,
+    id      TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (rtype, id)
+) WITHOUT ROWID;
+
+-- Search index over the current versions: HMAC tokens of identifying values.
+CREATE TABLE idx_token (
+    rtype TEXT NOT NULL,
+    param TEXT NOT NULL,
+    token BLOB NOT NULL,
+    id    TEXT NOT NULL,
+    PRIMARY KEY (rtype, param, token, id)
+) WITHOUT ROWID;
+CREATE INDEX idx_token_by_resource ON idx_token (rtype, id);
+
+CREATE TABLE account (
+    name              TEXT PRIMARY KEY,
+    role              TEXT NOT NULL,
+    created_us        INTEGER NOT NULL,
+    disabled_us       INTEGER,
+    -- SHA-256 of the one-time setup secret of the first administrator (AUTH-4); cleared on use.
+    setup_secret_hash BLOB
+) WITHOUT ROWID;
+
+CREATE TABLE api_token (
+    hash       BLOB PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES account(name),
+    created_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The audit trail (AUD-1). Append-only: the triggers below refuse UPDATE and DELETE from any
+-- connection; the tamper-evident sealing (Merkle tree, signed checkpoints) builds on seq order.
+CREATE TABLE audit_event (
+    seq         INTEGER PRIMARY KEY,
+    recorded_us INTEGER NOT NULL,
+    request_id  TEXT    NOT NULL,
+    actor       TEXT,
+    role        TEXT,
+    source      TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    rtype       TEXT,
+    rid         TEXT,
+    version     INTEGER,
+    patients    TEXT    NOT NULL,
+    outcome     INTEGER NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX audit_by_actor ON audit_event (actor, seq);
+
+CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+"#];
+
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let target = MIGRATIONS.len() as i64;
+    if current > target {
+        return Err(StoreError::Setup(format!(
+            "database schema version {current} is newer than this mamori supports ({target}); upgrade mamori"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+    }
+    Ok(())
+}
+
+/// Connection settings shared by the writer and the readers.
+pub(crate) fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
+         PRAGMA secure_delete = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+        if synchronous_full { "FULL" } else { "NORMAL" }
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+pub(crate) fn configure_reader(
+    conn: &Connection,
+    _synchronous_full: bool,
+) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The embedded SQLite implementation of [`Store`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use mamori_access::{Principal, Role, TokenHash};
+use mamori_fhir::bundle::{BundleKind, RequestEntry};
+use mamori_fhir::resource_type::ResourceType;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::bundle::{self, EntryResult, TransactionError};
+use crate::clock::{Clock, SystemClock, to_micros};
+use crate::engine::{Engine, savepoint};
+use crate::keyring::KeyRing;
+use crate::keys::{IndexKey, MasterKey};
+use crate::model::{AccessContext, Action, AuditEvent, VersionRecord};
+use crate::query::{HistoryQuery, HistoryScope, PageLimits, SearchQuery};
+use crate::rows::{self, Protection, SealedRow, VERSION_COLUMNS};
+use crate::writes::{Tx, WriteOp, WriteOutcome};
+use crate::{Page, Store, StoreError, StoreFuture, audit, schema};
+
+/// How to open the store.
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// `synchronous=FULL`: a commit is on disk before the caller hears of it (the default).
+    pub synchronous_full: bool,
+    pub page_limits: PageLimits,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            synchronous_full: true,
+            page_limits: PageLimits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) keys: KeyRing,
+    pub(crate) index: IndexKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) protect: Protection,
+    pub(crate) limits: PageLimits,
+    /// The last timestamp handed out: versions and audit rows get strictly increasing times
+    /// even if the system clock steps back, so time order and commit order agree.
+    last_us: AtomicI64,
+}
+
+const KEY_CHECK: &[u8] = b"mamori master key check";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `cfg.path` with the given master key.
+    /// Refuses a database that was created with a different master key.
+    pub fn open(cfg: StoreConfig, master: &MasterKey) -> Result<SqliteStore, StoreError> {
+        Self::open_with(cfg, master, Protection::FULL)
+    }
+
+    /// A store with encryption and audit switched off, to measure what they cost. Compiled only
+    /// into the benchmark harness (feature `bench-baseline`), never into the server binary.
+    #[cfg(feature = "bench-baseline")]
+    pub fn open_unprotected_baseline(cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
+        Self::open_with(
+            cfg,
+            &MasterKey::ephemeral(),
+            Protection {
+                encrypt: false,
+                audit: false,
+            },
+        )
+    }
+
+    fn open_with(
+        cfg: StoreConfig,
+        master: &MasterKey,
+        protect: Protection,
+    ) -> Result<SqliteStore, StoreError> {
+        let derived = master.derive();
+        let keys = KeyRing::new(derived.kek);
+        create_private_file(&cfg.path)?;
+        let last_us = {
+            let conn = Connection::open(&cfg.path)?;
+            schema::configure(&conn, cfg.synchronous_full)?;
+            schema::migrate(&conn)?;
+            verify_master_key(&conn, &keys)?;
+            conn.query_row(
+                "SELECT max(COALESCE((SELECT max(last_updated_us) FROM resource_version), 0), \
+                 COALESCE((SELECT max(recorded_us) FROM audit_event), 0))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?
+        };
+        let engine = Arc::new(Engine::open(&cfg.path, cfg.synchronous_full)?);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                engine,
+                keys,
+                index: IndexKey::new(derived.index_key),
+                clock: cfg.clock,
+                protect,
+                limits: cfg.page_limits,
+                last_us: AtomicI64::new(last_us),
+            }),
+        })
+    }
+
+    pub fn page_limits(&self) -> PageLimits {
+        self.inner.limits
+    }
+
+    /// Drains pending writes and stops the writer thread.
+    pub fn shutdown(&self) {
+        self.inner.engine.shutdown();
+    }
+
+    /// Appends one audit row on its own (reads, refusals, operator actions).
+    pub(crate) async fn audit(&self, ctx: AccessContext, ev: AuditEvent) -> Result<(), StoreError> {
+        if !self.inner.protect.audit {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .engine
+            .write(move |conn| {
+                let now = inner.next_time();
+                audit::append(conn, now, &ctx, &ev)
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::AuditUnavailable => e,
+                other => {
+                    tracing::error!(target: "security", error = %other, "audit commit failed; refusing the request");
+                    StoreError::AuditUnavailable
+                }
+            })
+    }
+
+    /// Runs `f` as a writer job and audits what it did in the same transaction.
+    pub(crate) async fn write_audited<T: Send + 'static>(
+        &self,
+        ctx: AccessContext,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        events: impl FnOnce(&Result<T, StoreError>) -> Vec<AuditEvent> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .engine
+            .write(move |conn| {
+                let now = inner.next_time();
+                let tx = Tx {
+                    conn,
+                    keys: &inner.keys,
+                    index: &inner.index,
+                    protect: inner.protect,
+                    now_us: now,
+                };
+                let result = savepoint(conn, "data", |_| f(&tx));
+                if inner.protect.audit {
+                    for ev in events(&result) {
+                        audit::append(conn, now, &ctx, &ev)?;
+                    }
+                }
+                Ok(result)
+            })
+            .await?
+    }
+}
+
+/// Creates the database file readable by its owner only; SQLite gives the WAL and shared-memory
+/// files the same permissions as the database file.
+fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Setup(format!(
+            "cannot create database {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn verify_master_key(conn: &Connection, keys: &KeyRing) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match stored {
+        Some(sealed) => match keys.kek().open(&sealed, b"mamori/key-check") {
+            Some(p) if p == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::Setup(
+                "the master key does not match this database (wrong key file for this data directory?)".into(),
+            )),
+        },
+        None => {
+            let sealed = keys.kek().seal(KEY_CHECK, b"mamori/key-check")?;
+            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", params![sealed])?;
+            Ok(())
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn next_time(&self) -> i64 {
+        let now = to_micros(self.clock.now());
+        let mut prev = self.last_us.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_us.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+fn failure_event(
+    action: Action,
+    rtype: impl Into<String>,
+    id: Option<String>,
+    e: &StoreError,
+) -> AuditEvent {
+    AuditEvent::new(action, e.status())
+        .with_target(rtype, id)
+        .with_detail(e.issue_code())
+}
+
+fn write_action(op: &WriteOp) -> Action {
+    match op {
+        WriteOp::Create { .. } => Action::Create,
+        WriteOp::Update { .. } | WriteOp::ConditionalUpdate { .. } => Action::Update,
+        WriteOp::Patch { .. } => Action::Patch,
+        WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => Action::Delete,
+    }
+}
+
+fn outcome_event(action: Action, o: &WriteOutcome) -> Option<AuditEvent> {
+    o.record()
+        .map(|r| AuditEvent::of_record(action, o.status(), r))
+}
+
+fn union_patients(records: &[VersionRecord]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in records {
+        for p in &r.patients {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
+impl Store for SqliteStore {
+    fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let now = to_micros(inner.clock.now());
+            inner
+                .engine
+                .read(move |c| {
+                    let row: Option<(String, String)> = c
+                        .prepare_cached(
+                            "SELECT a.name, a.role FROM api_token t JOIN account a ON a.name = t.account \
+                             WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL",
+                        )?
+                        .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    Ok(row.and_then(|(account, role)| {
+                        role.parse::<Role>().ok().map(|role| Principal { account, role })
+                    }))
+                })
+                .await
+        })
+    }
+
+    fn record_event(&self, ctx: AccessContext, event: AuditEvent) -> StoreFuture<'_, ()> {
+        Box::pin(self.audit(ctx, event))
+    }
+
+    fn read(
+        &self,
+        ctx: AccessContext,
+        rtype: ResourceType,
+        id: String,
+        version: Option<u64>,
+    ) -> StoreFuture<'_, VersionRecord> {
+        Box::pin(async move {
+            let inner = Arc::clone(&self.inner);
+            let lookup_id = id.clone();
+            let found = self
+                .inner
+                .engine
+                .read(move |c| match version {
+                    None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id),
+                    Some(v) => {
+                        rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)
+                    }
+                })
+                .await;
+            let what = || match version {
+                None => format!("{rtype}/{id}"),
+                Some(v) => format!("{rtype}/{id}/_history/{v}"),
+            };
+            let result = found.and_then(|r| match r {
+                None => Err(StoreError::NotFound(what())),
+                Some(r) if r.deleted => Err(StoreError::Gone {
+                    what: what(),
+                    version: r.version,
+                }),
+                Some(r) => Ok(r),
+            });
+            let action = if version.is_some() {
+                Action::Vread
+            } else {
+                Action::Read
+            };
+            let ev = match &result {
+                Ok(r) => AuditEvent::of_record(action, 200, r),
+                Err(e) => failure_event(action, rtype.as_str(), Some(id.clone()), e),
+            };
+            self.audit(ctx, ev).await?;
+            result
+        })
+    }
+
+    fn history(
+        &self,
+        ctx: AccessContext,
+        scope: HistoryScope,
+        q: HistoryQuery,
+    ) -> StoreFuture<'_, Page> {
+        Box::pin(async move {
+            let inner = Arc::clone(&self.inner);
+            let s = scope.clone();
+            let result = self
+                .inner
+                .engine
+                .read(move |c| history_page(c, &inner, &s, &q))
+                .await;
+            let (action, rtype, rid) = match &scope {
+                HistoryScope::System => (Action::HistorySystem, None, None),
+                HistoryScope::Type(t) => (Action::HistoryType, Some(t.to_string()), None),
+                HistoryScope::Instance(t, id) => (
+                    Action::HistoryInstance,
+                    Some(t.to_string()),
+                    Some(id.clone()),
+                ),
+            };
+            let mut ev = match &result {
+                Ok(page) => {
+                    let mut ev = AuditEvent::new(action, 200);
+                    ev.patients = union_patients(&page.records);
+                    ev
+                }
+                Err(e) => AuditEvent::new(action, e.status()).with_detail(e.issue_code()),
+            };
+            ev.rtype = rtype;
+            ev.rid = rid;
+            self.audit(ctx, ev).await?;
+            result
+        })
+    }
+
+    fn search(
+        &self,
+        ctx: AccessContext,
+        rtype: ResourceType,
+        q: SearchQuery,
+    ) -> StoreFuture<'_, Page> {
+        Box::pin(async move {
+            let inner = Arc::clone(&self.inner);
+            let result = self
+                .inner
+                .engine
+                .read(move |c| {
+                    let mut ids = q.matching_ids(c, &inner.index, rtype, q.count + 1)?;
+                    let more = ids.len() > q.count;
+                    ids.truncate(q.count);
+                    let total = q.total(c, &inner.index, rtype)?;
+                    let mut records = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        if let Some(r) =
+                            rows::load_current(c, &inner.keys, inner.protect, rtype, id)?
+                        {
+                            records.push(r);
+                        }
+                    }
+                    Ok(Page {
+                        records,
+                        next_cursor: if more { ids.last().cloned() } else { None },
+                        total: Some(total),
+                    })
+                })
+                .await;
+            let ev = match &result {
+                Ok(page) => {
+                    let mut ev =
+                        AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
+                    // What was disclosed: every patient whose data is in the page.
+                    ev.patients = union_patients(&page.records);
+                    ev
+                }
+                Err(e) => failure_event(Action::Search, rtype.as_str(), None, e),
+            };
+            self.audit(ctx, ev).await?;
+            result
+        })
+    }
+
+    fn write(&self, ctx: AccessContext, op: WriteOp) -> StoreFuture<'_, WriteOutcome> {
+        let action = write_action(&op);
+        let rtype = op.rtype();
+        let target = op.target_id().map(str::to_string);
+        Box::pin(self.write_audited(
+            ctx,
+            move |tx| tx.apply(op),
+            move |result| {
+                vec![match result {
+                    Ok(o) => outcome_event(action, o).unwrap_or_else(|| {
+                        AuditEvent::new(action, o.status()).with_target(rtype.as_str(), target)
+                    }),
+                    Err(e) => failure_event(action, rtype.as_str(), target, e),
+                }]
+            },
+        ))
+    }
+
+    fn bundle(
+        &self,
+        ctx: AccessContext,
+        kind: BundleKind,
+        entries: Vec<RequestEntry>,
+    ) -> StoreFuture<'_, Result<Vec<EntryResult>, TransactionError>> {
+        let limits = self.inner.limits;
+        let action = match kind {
+            BundleKind::Transaction => Action::Transaction,
+            BundleKind::Batch => Action::Batch,
+        };
+        Box::pin(async move {
+            let outcome = self
+                .write_audited(
+                    ctx,
+                    move |tx| Ok(bundle::run(tx, kind, entries, limits)),
+                    move |result| bundle_events(action, result),
+                )
+                .await?;
+            Ok(outcome)
+        })
+    }
+}
+
+fn bundle_events(
+    action: Action,
+    result: &Result<Result<Vec<EntryResult>, TransactionError>, StoreError>,
+) -> Vec<AuditEvent> {
+    match result {
+        Ok(Ok(entries)) => {
+            let mut events: Vec<AuditEvent> = entries
+                .iter()
+                .map(|e| match e {
+                    EntryResult::Write(o) => {
+                        let a = match o {
+                            WriteOutcome::Created(_) => Action::Create,
+                            WriteOutcome::Existing(_) => Action::Read,
+                            WriteOutcome::Updated(_) => Action::Update,
+                            WriteOutcome::Deleted(_) => Action::Delete,
+                        };
+                        outcome_event(a, o).unwrap_or_else(|| AuditEvent::new(a, o.status()))
+                    }
+                    EntryResult::Read(r) => AuditEvent::of_record(Action::Read, 200, r),
+                    EntryResult::Search { rtype, records, .. } => {
+                        let mut ev =
+                            AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
+                        ev.patients = union_patients(records);
+                        ev
+                    }
+                    EntryResult::Failed(e) => {
+                        AuditEvent::new(action, e.status()).with_detail(e.issue_code())
+                    }
+                })
+                .collect();
+            events.push(
+                AuditEvent::new(action, 200).with_detail(format!("{} entries", entries.len())),
+            );
+            events
+        }
+        Ok(Err(te)) => vec![
+            AuditEvent::new(action, te.error.status()).with_detail(format!(
+                "entry {}: {}",
+                te.entry,
+                te.error.issue_code()
+            )),
+        ],
+        Err(e) => vec![AuditEvent::new(action, e.status()).with_detail(e.issue_code())],
+    }
+}
+
+fn history_page(
+    c: &Connection,
+    inner: &Inner,
+    scope: &HistoryScope,
+    q: &HistoryQuery,
+) -> Result<Page, StoreError> {
+    use rusqlite::types::Value as SqlValue;
+    let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE 1 = 1");
+    let mut args: Vec<SqlValue> = Vec::new();
+    let mut total = None;
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(t) => {
+            sql.push_str(" AND v.rtype = ?");
+            args.push(SqlValue::Text(t.to_string()));
+        }
+        HistoryScope::Instance(t, id) => {
+            let count: i64 = c
+                .prepare_cached(
+                    "SELECT count(*) FROM resource_version WHERE rtype = ?1 AND id = ?2",
+                )?
+                .query_row(params![t.as_str(), id], |r| r.get(0))?;
+            if count == 0 {
+                return Err(StoreError::NotFound(format!("{t}/{id}")));
+            }
+            total = Some(count as u64);
+            sql.push_str(" AND v.rtype = ? AND v.id = ?");
+            args.push(SqlValue::Text(t.to_string()));
+            args.push(SqlValue::Text(id.clone()));
+        }
+    }
+    if let Some(since) = q.since_us {
+        // Times increase with seq (see Inner::next_time), so _since is a seq bound found by index.
+        sql.push_str(
+            " AND v.seq >= COALESCE((SELECT seq FROM resource_version WHERE last_updated_us >= ? \
+             ORDER BY last_updated_us LIMIT 1), 9223372036854775807)",
+        );
+        args.push(SqlValue::Integer(since));
+    }
+    if let Some(before) = q.before_seq {
+        sql.push_str(" AND v.seq < ?");
+        args.push(SqlValue::Integer(before));
+    }
+    sql.push_str(" ORDER BY v.seq DESC LIMIT ?");
+    args.push(SqlValue::Integer(q.count as i64 + 1));
+    let sealed: Vec<SealedRow> = c
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), SealedRow::from_row)?
+        .collect::<Result<_, _>>()?;
+    let more = sealed.len() > q.count;
+    let mut records = Vec::with_capacity(sealed.len().min(q.count));
+    let mut last_seq = None;
+    for row in sealed.into_iter().take(q.count) {
+        last_seq = Some(row.seq);
+        records.push(rows::open_row(c, &inner.keys, inner.protect, row)?);
+    }
+    Ok(Page {
+        records,
+        next_cursor: if more {
+            last_seq.map(|s| s.to_string())
+        } else {
+            None
+        },
+        total,
+    })
+}
