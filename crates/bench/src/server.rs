@@ -1,0 +1,141 @@
+//! The real HTTP server, started in-process on a loopback port for one configuration.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mamori_access::Role;
+use mamori_server::listener::ConnLimits;
+use mamori_server::{HttpLimits, Shared};
+use mamori_store::clock::SystemClock;
+use mamori_store::keys::MasterKey;
+use mamori_store::{AccessContext, AccountName, Actor, PageLimits, SqliteStore, StoreConfig};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which store the server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The shipped configuration: encryption and audit on, `synchronous=FULL`.
+    Mamori,
+    /// Encryption and audit off (bench-only constructor); everything else identical.
+    Baseline,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Mamori => "mamori",
+            Mode::Baseline => "baseline",
+        }
+    }
+}
+
+/// A server listening on loopback; [`Running::stop`] shuts it down and removes its database.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub token: String,
+    store: SqliteStore,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    dir: TempDir,
+}
+
+fn operator_ctx() -> AccessContext {
+    AccessContext {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        actor: Actor::Operator("bench".into()),
+        source: "local".into(),
+    }
+}
+
+/// Opens a fresh store under `tmp_parent`, issues a token and starts serving. Must run inside
+/// the server's runtime (the accept loop is spawned onto it).
+pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("mamori-bench-{}-", mode.name()))
+        .tempdir_in(tmp_parent)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                tmp_parent.display()
+            )
+        })?;
+    let cfg = StoreConfig::new(dir.path().join("mamori.db"));
+    let store = match mode {
+        Mode::Mamori => SqliteStore::open(cfg, &MasterKey::ephemeral()),
+        Mode::Baseline => SqliteStore::open_unprotected_baseline(cfg),
+    }
+    .with_context(|| format!("cannot open the {} store", mode.name()))?;
+
+    let name = AccountName::parse("bench")?;
+    store
+        .create_account(operator_ctx(), &name, Role::Physician, None)
+        .await
+        .context("cannot create the bench account")?;
+    let (token, _expires) = store
+        .create_token(operator_ctx(), &name, time::Duration::hours(24))
+        .await
+        .context("cannot issue a token")?;
+
+    let shared = Shared::new(
+        Arc::new(store.clone()),
+        HttpLimits::default(),
+        PageLimits::default(),
+        None,
+        Arc::new(SystemClock),
+    );
+    let app = mamori_server::app(Arc::new(shared));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind a loopback port")?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        // Either a stop message or a dropped sender ends the server.
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(mamori_server::listener::serve(
+        listener,
+        None,
+        app,
+        shutdown,
+        ConnLimits::default(),
+    ));
+    Ok(Running {
+        addr,
+        token: token.secret().to_string(),
+        store,
+        stop,
+        task,
+        dir,
+    })
+}
+
+impl Running {
+    /// Bytes on disk (database, WAL and shared memory files).
+    pub fn disk_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stops accepting, waits for the accept loop, returns the store (to shut down off the
+    /// runtime) and the directory (removed when dropped).
+    pub async fn stop(self) -> Result<(SqliteStore, TempDir)> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .context("server task failed")?
+            .context("server stopped with an error")?;
+        Ok((self.store, self.dir))
+    }
+}
