@@ -494,7 +494,17 @@ async fn int1_batch_reports_each_entry() {
             {"request": {"method": "GET", "url": "Patient?identifier=id-Ok"}}
         ]
     });
-    let (st, resp) = json(s.post_json("/", &batch).send().await.unwrap()).await;
+    // The base URL without a trailing slash (the transaction test above uses "/fhir/").
+    let resp = s
+        .http
+        .post(&s.base)
+        .bearer_auth(&s.token)
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (st, resp) = json(resp).await;
     assert_eq!(st, 200, "{resp}");
     assert_eq!(resp["type"], "batch-response");
     assert_eq!(resp["entry"][0]["response"]["status"], "201 Created");

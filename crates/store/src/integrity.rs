@@ -96,10 +96,13 @@ fn check(c: &Connection, inner: &Inner) -> Result<IntegrityReport, StoreError> {
         let (version, seq, deleted): (i64, i64, bool) = (row.get(2)?, row.get(3)?, row.get(4)?);
         match newest.get(&key) {
             None => report.problems.push(format!("{}/{}: current pointer names no stored version", key.0, key.1)),
-            Some(&(v, s, d)) if (v, s, d) != (version, seq, deleted) => report.problems.push(format!(
-                "{}/{}: current pointer says version {version} but the newest stored version is {v}",
-                key.0, key.1
-            )),
+            Some(&(v, s, d)) if (v, s, d) != (version, seq, deleted) => {
+                report.problems.push(format!(
+                    "{}/{}: current pointer (version {version}, deleted {deleted}) does not match the newest \
+                     stored version (version {v}, deleted {d})",
+                    key.0, key.1
+                ))
+            }
             Some(_) => {}
         }
     }
