@@ -314,3 +314,37 @@ mod tests {
         assert!(parse_instant("yesterday").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives in a query string, parsing never panics, and a parsed query keeps
+        /// within the configured page limit.
+        #[test]
+        fn search_parsing_never_panics(raw in ".{0,200}") {
+            let pairs = parse_query_string(&raw);
+            if let Ok(q) = SearchQuery::parse(&pairs, PageLimits { default_count: 10, max_count: 100 }, false) {
+                prop_assert!(q.count <= 100);
+            }
+            let _ = HistoryQuery::parse(&pairs, PageLimits::default());
+        }
+
+        /// Percent-encoded names and values decode back to what was encoded.
+        #[test]
+        fn query_strings_round_trip(k in "[a-z_]{1,12}", v in "\\PC{0,40}") {
+            use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+            let raw = format!("{}={}", utf8_percent_encode(&k, NON_ALPHANUMERIC), utf8_percent_encode(&v, NON_ALPHANUMERIC));
+            prop_assert_eq!(parse_query_string(&raw), vec![(k, v)]);
+        }
+
+        #[test]
+        fn etags_parse_in_every_accepted_form(v in 0u64..u64::MAX) {
+            prop_assert_eq!(crate::parse_etag(&format!("W/\"{v}\"")).unwrap(), v);
+            prop_assert_eq!(crate::parse_etag(&format!("\"{v}\"")).unwrap(), v);
+            prop_assert_eq!(crate::parse_etag(&v.to_string()).unwrap(), v);
+        }
+    }
+}
