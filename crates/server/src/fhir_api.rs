@@ -101,6 +101,23 @@ fn resource_body(
     Ok((rtype, id, value))
 }
 
+/// A resource body that must be of the type the URL names.
+fn resource_body_of(
+    h: &HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+    url_type: ResourceType,
+) -> Result<(Option<Id>, Value)> {
+    let (body_type, id, value) = resource_body(h, body)?;
+    if body_type != url_type {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the body is a {body_type} but the URL names {url_type}"),
+        ));
+    }
+    Ok((id, value))
+}
+
 fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -208,14 +225,7 @@ pub async fn create(
 ) -> Result<Response> {
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
-        let (body_type, _, value) = resource_body(&h, body)?;
-        if body_type != url_type {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the body is a {body_type} but the URL names {url_type}"),
-            ));
-        }
+        let (_, value) = resource_body_of(&h, body, url_type)?;
         let cond = match h.get("if-none-exist").map(|v| v.to_str()) {
             None => None,
             Some(Ok(q)) => Some(SearchQuery::parse(
@@ -262,14 +272,7 @@ pub async fn update(
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
         let id = parse_id(&id)?;
-        let (body_type, body_id, value) = resource_body(&h, body)?;
-        if body_type != url_type {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the body is a {body_type}, not a {url_type}"),
-            ));
-        }
+        let (body_id, value) = resource_body_of(&h, body, url_type)?;
         match body_id {
             Some(b) if b.as_str() == id => {}
             Some(b) => {
@@ -331,14 +334,7 @@ pub async fn conditional_update(
                 "a conditional update needs search criteria",
             ));
         }
-        let (body_type, _, value) = resource_body(&h, body)?;
-        if body_type != url_type {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("the body is a {body_type}, not a {url_type}"),
-            ));
-        }
+        let (_, value) = resource_body_of(&h, body, url_type)?;
         Ok((url_type, query, value, if_match(&h)?))
     })();
     let (rtype, query, resource, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
