@@ -27,10 +27,9 @@ pub enum Decision {
 pub fn decide(who: &Principal, op: Operation) -> Decision {
     match (who.role, op) {
         (_, Operation::Capabilities) => Decision::Permit,
-        (
-            Role::Physician,
-            Operation::View | Operation::Create | Operation::Update | Operation::Delete,
-        ) => Decision::Permit,
+        (Role::Physician, Operation::View | Operation::Create | Operation::Update | Operation::Delete) => {
+            Decision::Permit
+        }
         // ACL-5: administrators and auditors get no clinical data by virtue of their role.
         (Role::Administrator | Role::Auditor, _) => Decision::Deny,
     }
@@ -41,21 +40,13 @@ mod tests {
     use super::*;
 
     fn p(role: Role) -> Principal {
-        Principal {
-            account: "x".into(),
-            role,
-        }
+        Principal { account: "x".into(), role }
     }
 
     #[test]
     fn acl5_administrator_and_auditor_see_no_clinical_data() {
         for role in [Role::Administrator, Role::Auditor] {
-            for op in [
-                Operation::View,
-                Operation::Create,
-                Operation::Update,
-                Operation::Delete,
-            ] {
+            for op in [Operation::View, Operation::Create, Operation::Update, Operation::Delete] {
                 assert_eq!(decide(&p(role), op), Decision::Deny, "{role} {op:?}");
             }
         }
@@ -63,12 +54,7 @@ mod tests {
 
     #[test]
     fn physician_reads_and_writes() {
-        for op in [
-            Operation::View,
-            Operation::Create,
-            Operation::Update,
-            Operation::Delete,
-        ] {
+        for op in [Operation::View, Operation::Create, Operation::Update, Operation::Delete] {
             assert_eq!(decide(&p(Role::Physician), op), Decision::Permit);
         }
     }

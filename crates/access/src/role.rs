@@ -33,10 +33,7 @@ impl Role {
 impl FromStr for Role {
     type Err = RoleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| RoleError(s.chars().take(40).collect()))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| RoleError(s.chars().take(40).collect()))
     }
 }
 

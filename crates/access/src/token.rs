@@ -26,10 +26,7 @@ impl ApiToken {
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(bytes.as_mut());
-        let secret = Zeroizing::new(format!(
-            "{PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(bytes.as_ref())
-        ));
+        let secret = Zeroizing::new(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes.as_ref())));
         let hash = TokenHash::of(&secret);
         ApiToken { secret, hash }
     }
@@ -51,11 +48,8 @@ impl TokenHash {
     /// Cheap syntactic check before any database work: rejects junk without a lookup.
     pub fn from_presented(presented: &str) -> Option<Self> {
         let body = presented.strip_prefix(PREFIX)?;
-        (body.len() == 43
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then(|| TokenHash::of(presented))
+        (body.len() == 43 && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .then(|| TokenHash::of(presented))
     }
 }
 

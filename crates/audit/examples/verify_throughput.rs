@@ -26,18 +26,9 @@ fn entry(seq: u64) -> AuditEntry {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
+    let n: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     let entries: Vec<AuditEntry> = (1..=n).map(entry).collect();
-    let avg: usize = entries
-        .iter()
-        .take(1000)
-        .map(|e| e.canonical_bytes().len())
-        .sum::<usize>()
-        / 1000;
+    let avg: usize = entries.iter().take(1000).map(|e| e.canonical_bytes().len()).sum::<usize>() / 1000;
 
     // Tree only, over precomputed leaf hashes.
     let leaves: Vec<_> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
@@ -75,12 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for e in &entries {
         b.push(e.leaf_hash());
         if b.size().is_multiple_of(1000) {
-            let c = Checkpoint {
-                origin: key.name().into(),
-                size: b.size(),
-                root: b.root(),
-                extensions: vec![],
-            };
+            let c = Checkpoint { origin: key.name().into(), size: b.size(), root: b.root(), extensions: vec![] };
             cps.push(sign(&c, &key)?);
         }
     }
@@ -88,14 +74,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = verify_log(&entries, &cps, &key.verifier_key());
     let secs = t.elapsed().as_secs_f64();
     assert!(report.is_ok());
-    println!(
-        "entries: {n}, canonical size ≈ {avg} bytes, root {:02x?}",
-        &root[..4]
-    );
-    println!(
-        "TreeBuilder::push (leaf hashes given): {:.0} leaves/s",
-        tree_rate
-    );
+    println!("entries: {n}, canonical size ≈ {avg} bytes, root {:02x?}", &root[..4]);
+    println!("TreeBuilder::push (leaf hashes given): {:.0} leaves/s", tree_rate);
     println!(
         "verify_log ({} checkpoints, signatures included): {:.0} entries/s ({secs:.3} s)",
         cps.len(),

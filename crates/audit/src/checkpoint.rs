@@ -44,12 +44,7 @@ fn has_forbidden_control(s: &str) -> bool {
 impl Checkpoint {
     /// The checkpoint note text.
     pub fn to_body(&self) -> String {
-        let mut s = format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.size,
-            B64.encode(self.root)
-        );
+        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -93,11 +88,7 @@ impl Checkpoint {
 
 /// Key names: non-empty, no Unicode white space, no `+` (and, being note text, no controls).
 fn check_name(name: &str) -> Result<(), AuditError> {
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c == '+' || c.is_control())
-    {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control()) {
         return Err(AuditError::InvalidKeyName(name.to_string()));
     }
     Ok(())
@@ -121,9 +112,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -132,19 +121,14 @@ impl SigningKey {
     pub fn generate(name: &str) -> Result<SigningKey, AuditError> {
         use rand::TryRngCore as _;
         let mut seed = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut seed[..])
-            .map_err(|_| AuditError::Random)?;
+        rand::rngs::OsRng.try_fill_bytes(&mut seed[..]).map_err(|_| AuditError::Random)?;
         SigningKey::from_seed(name, &seed)
     }
 
     /// The key for a 32-byte RFC 8032 seed (the private key).
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<SigningKey, AuditError> {
         check_name(name)?;
-        Ok(SigningKey {
-            name: name.to_string(),
-            key: ed25519_dalek::SigningKey::from_bytes(seed),
-        })
+        Ok(SigningKey { name: name.to_string(), key: ed25519_dalek::SigningKey::from_bytes(seed) })
     }
 
     /// The 32-byte seed; keep it secret.
@@ -159,11 +143,7 @@ impl SigningKey {
     /// The public half, for verification.
     pub fn verifier_key(&self) -> VerifierKey {
         let public = self.key.verifying_key();
-        VerifierKey {
-            name: self.name.clone(),
-            id: key_id(&self.name, public.as_bytes()),
-            public,
-        }
+        VerifierKey { name: self.name.clone(), id: key_id(&self.name, public.as_bytes()), public }
     }
 
     /// `PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>`; keep it secret.
@@ -172,18 +152,12 @@ impl SigningKey {
         raw.push(ALG_ED25519);
         raw.extend_from_slice(&self.key.to_bytes());
         let id = self.verifier_key().id;
-        Zeroizing::new(format!(
-            "PRIVATE+KEY+{}+{id:08x}+{}",
-            self.name,
-            B64.encode(&raw[..])
-        ))
+        Zeroizing::new(format!("PRIVATE+KEY+{}+{id:08x}+{}", self.name, B64.encode(&raw[..])))
     }
 
     /// Parse the text of [`SigningKey::to_skey`], checking the key ID.
     pub fn from_skey(skey: &str) -> Result<SigningKey, AuditError> {
-        let rest = skey
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(AuditError::MalformedKey("missing PRIVATE+KEY+ prefix"))?;
+        let rest = skey.strip_prefix("PRIVATE+KEY+").ok_or(AuditError::MalformedKey("missing PRIVATE+KEY+ prefix"))?;
         let (name, id, raw) = split_key_text(rest)?;
         let raw = Zeroizing::new(raw);
         let [alg, seed @ ..] = raw.as_slice() else {
@@ -192,10 +166,8 @@ impl SigningKey {
         if *alg != ALG_ED25519 {
             return Err(AuditError::MalformedKey("not an Ed25519 key"));
         }
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            seed.try_into()
-                .map_err(|_| AuditError::MalformedKey("seed is not 32 bytes"))?,
-        );
+        let seed: Zeroizing<[u8; 32]> =
+            Zeroizing::new(seed.try_into().map_err(|_| AuditError::MalformedKey("seed is not 32 bytes"))?);
         let key = SigningKey::from_seed(name, &seed)?;
         if key.verifier_key().id != id {
             return Err(AuditError::MalformedKey("key ID does not match the key"));
@@ -215,9 +187,7 @@ fn split_key_text(text: &str) -> Result<(&str, u32, Vec<u8>), AuditError> {
         return Err(AuditError::MalformedKey("key ID is not 8 hex digits"));
     }
     let id = u32::from_str_radix(id, 16).map_err(|_| AuditError::MalformedKey("bad key ID"))?;
-    let raw = B64
-        .decode(key)
-        .map_err(|_| AuditError::MalformedKey("key is not base64"))?;
+    let raw = B64.decode(key).map_err(|_| AuditError::MalformedKey("key is not base64"))?;
     Ok((name, id, raw))
 }
 
@@ -235,11 +205,7 @@ impl VerifierKey {
         check_name(name)?;
         let public = ed25519_dalek::VerifyingKey::from_bytes(public)
             .map_err(|_| AuditError::MalformedKey("not an Ed25519 public key"))?;
-        Ok(VerifierKey {
-            name: name.to_string(),
-            id: key_id(name, public.as_bytes()),
-            public,
-        })
+        Ok(VerifierKey { name: name.to_string(), id: key_id(name, public.as_bytes()), public })
     }
 
     /// Parse `<name>+<hex key ID>+<base64(0x01 || pubkey)>`, checking the key ID.
@@ -251,9 +217,8 @@ impl VerifierKey {
         if *alg != ALG_ED25519 {
             return Err(AuditError::MalformedKey("not an Ed25519 key"));
         }
-        let public: &[u8; 32] = public
-            .try_into()
-            .map_err(|_| AuditError::MalformedKey("public key is not 32 bytes"))?;
+        let public: &[u8; 32] =
+            public.try_into().map_err(|_| AuditError::MalformedKey("public key is not 32 bytes"))?;
         let key = VerifierKey::from_public(name, public)?;
         if key.id != id {
             return Err(AuditError::MalformedKey("key ID does not match the key"));
@@ -287,19 +252,13 @@ impl VerifierKey {
 /// the whole signed note.
 pub fn sign_note(text: &str, key: &SigningKey) -> Result<String, AuditError> {
     if !text.ends_with('\n') || has_forbidden_control(text) {
-        return Err(AuditError::MalformedNote(
-            "text must end in a newline and contain no controls",
-        ));
+        return Err(AuditError::MalformedNote("text must end in a newline and contain no controls"));
     }
     let sig = key.key.sign(text.as_bytes());
     let mut raw = Vec::with_capacity(4 + 64);
     raw.extend_from_slice(&key.verifier_key().id.to_be_bytes());
     raw.extend_from_slice(&sig.to_bytes());
-    Ok(format!(
-        "{text}\n{SIG_PREFIX}{} {}\n",
-        key.name,
-        B64.encode(raw)
-    ))
+    Ok(format!("{text}\n{SIG_PREFIX}{} {}\n", key.name, B64.encode(raw)))
 }
 
 /// Check a signed note against the trusted key and return its text.
@@ -316,9 +275,7 @@ pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, A
     if !note.ends_with('\n') {
         return Err(bad("missing final newline"));
     }
-    let split = note
-        .rfind("\n\n")
-        .ok_or(bad("no blank line before the signatures"))?;
+    let split = note.rfind("\n\n").ok_or(bad("no blank line before the signatures"))?;
     let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
     if sigs.is_empty() {
         return Err(bad("no signatures"));
@@ -328,16 +285,10 @@ pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, A
         if i >= MAX_SIGNATURES {
             return Err(bad("too many signatures"));
         }
-        let rest = line
-            .strip_prefix(SIG_PREFIX)
-            .ok_or(bad("not a signature line"))?;
-        let (name, b64) = rest
-            .split_once(' ')
-            .ok_or(bad("signature line without a signature"))?;
+        let rest = line.strip_prefix(SIG_PREFIX).ok_or(bad("not a signature line"))?;
+        let (name, b64) = rest.split_once(' ').ok_or(bad("signature line without a signature"))?;
         check_name(name).map_err(|_| bad("invalid key name in signature line"))?;
-        let raw = B64
-            .decode(b64)
-            .map_err(|_| bad("signature is not base64"))?;
+        let raw = B64.decode(b64).map_err(|_| bad("signature is not base64"))?;
         let [a, b, c, d, sig @ ..] = raw.as_slice() else {
             return Err(bad("signature too short"));
         };
@@ -349,10 +300,7 @@ pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, A
         }
         let invalid = || AuditError::InvalidSignature(verifier.name.clone());
         let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| invalid())?;
-        verifier
-            .public
-            .verify_strict(text.as_bytes(), &sig)
-            .map_err(|_| invalid())?;
+        verifier.public.verify_strict(text.as_bytes(), &sig).map_err(|_| invalid())?;
         verified += 1;
     }
     if verified == 0 {
@@ -366,9 +314,7 @@ pub fn sign(checkpoint: &Checkpoint, key: &SigningKey) -> Result<String, AuditEr
     let body = checkpoint.to_body();
     // Refuse what would not read back identically (newlines in the origin, empty extensions…).
     if Checkpoint::parse_body(&body).as_ref() != Ok(checkpoint) {
-        return Err(AuditError::MalformedCheckpoint(
-            "checkpoint does not round-trip",
-        ));
+        return Err(AuditError::MalformedCheckpoint("checkpoint does not round-trip"));
     }
     sign_note(&body, key)
 }

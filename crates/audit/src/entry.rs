@@ -165,9 +165,7 @@ impl AuditEntry {
         let rtype = r.opt(tag::RTYPE)?;
         let rid = r.opt(tag::RID)?;
         let version = {
-            let mut f = Reader {
-                rest: r.field(tag::VERSION)?,
-            };
+            let mut f = Reader { rest: r.field(tag::VERSION)? };
             let v = match f.take(1)? {
                 [0] => None,
                 [1] => Some(u64::from_be_bytes(f.array::<8>()?)),
@@ -177,9 +175,7 @@ impl AuditEntry {
             v
         };
         let patients = {
-            let mut f = Reader {
-                rest: r.field(tag::PATIENTS)?,
-            };
+            let mut f = Reader { rest: r.field(tag::PATIENTS)? };
             let count = u64::from_be_bytes(f.array::<8>()?);
             let mut v = Vec::new();
             for _ in 0..count {
@@ -212,11 +208,7 @@ impl AuditEntry {
     /// Split the `audit_event.patients` column (comma-joined ids, `""` for none) the way the
     /// store writes it. Hash what the column reads back as, not what was meant to be written.
     pub fn patients_from_column(column: &str) -> Vec<String> {
-        if column.is_empty() {
-            Vec::new()
-        } else {
-            column.split(',').map(str::to_string).collect()
-        }
+        if column.is_empty() { Vec::new() } else { column.split(',').map(str::to_string).collect() }
     }
 }
 
@@ -263,9 +255,7 @@ impl<'a> Reader<'a> {
     }
 
     fn fixed<const N: usize>(&mut self, t: u8) -> Result<[u8; N], AuditError> {
-        let mut f = Reader {
-            rest: self.field(t)?,
-        };
+        let mut f = Reader { rest: self.field(t)? };
         let a = f.array::<N>()?;
         f.end()?;
         Ok(a)
@@ -284,10 +274,6 @@ impl<'a> Reader<'a> {
     }
 
     fn end(&self) -> Result<(), AuditError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(AuditError::MalformedEntry("trailing bytes"))
-        }
+        if self.rest.is_empty() { Ok(()) } else { Err(AuditError::MalformedEntry("trailing bytes")) }
     }
 }

@@ -19,8 +19,8 @@ pub type Hash = [u8; 32];
 
 /// `MTH` of the empty tree: SHA-256 of the empty string.
 pub const EMPTY_ROOT: Hash = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41,
+    0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
 ];
 
 /// `SHA-256(0x00 || data)`.
@@ -58,10 +58,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// `leaves`.
 pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Result<Vec<Hash>, AuditError> {
     let size = leaves.len() as u64;
-    let m = usize::try_from(index)
-        .ok()
-        .filter(|&m| m < leaves.len())
-        .ok_or(AuditError::OutOfRange { index, size })?;
+    let m = usize::try_from(index).ok().filter(|&m| m < leaves.len()).ok_or(AuditError::OutOfRange { index, size })?;
     let mut out = Vec::new();
     path(m, leaves, &mut out);
     Ok(out)
@@ -88,10 +85,7 @@ pub fn consistency_proof(leaves: &[Hash], old_size: u64) -> Result<Vec<Hash>, Au
     let m = usize::try_from(old_size)
         .ok()
         .filter(|&m| m <= leaves.len())
-        .ok_or(AuditError::OutOfRange {
-            index: old_size,
-            size,
-        })?;
+        .ok_or(AuditError::OutOfRange { index: old_size, size })?;
     let mut out = Vec::new();
     if m > 0 && m < leaves.len() {
         subproof(m, leaves, true, &mut out);
@@ -119,13 +113,7 @@ fn subproof(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
 
 /// RFC 9162 §2.1.3.2: does `proof` show that `leaf` is leaf `index` of the tree of
 /// `tree_size` leaves whose root is `root`?
-pub fn verify_inclusion(
-    leaf: &Hash,
-    index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-    root: &Hash,
-) -> bool {
+pub fn verify_inclusion(leaf: &Hash, index: u64, tree_size: u64, proof: &[Hash], root: &Hash) -> bool {
     if index >= tree_size {
         return false;
     }
@@ -155,13 +143,7 @@ pub fn verify_inclusion(
 ///
 /// Trivial cases: equal sizes need an empty proof and equal roots; `old_size == 0` needs an
 /// empty proof and `old_root` equal to [`EMPTY_ROOT`] (every tree extends the empty tree).
-pub fn verify_consistency(
-    old_size: u64,
-    new_size: u64,
-    old_root: &Hash,
-    new_root: &Hash,
-    proof: &[Hash],
-) -> bool {
+pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> bool {
     if old_size > new_size {
         return false;
     }
@@ -176,11 +158,7 @@ pub fn verify_consistency(
         return false;
     };
     // Step 2: if old_size is a power of two, the old root is the implicit first element.
-    let (first, rest) = if old_size.is_power_of_two() {
-        (old_root, proof)
-    } else {
-        (head, tail)
-    };
+    let (first, rest) = if old_size.is_power_of_two() { (old_root, proof) } else { (head, tail) };
     // Steps 3-4.
     let (mut fnode, mut snode) = (old_size - 1, new_size - 1);
     while fnode & 1 == 1 {

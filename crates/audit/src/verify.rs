@@ -50,35 +50,19 @@ pub enum FindingKind {
     /// The root of the first `size` entries differs from a validly signed checkpoint: some
     /// entry at positions `last_good_size + 1 ..= size` was altered, inserted, deleted or
     /// moved (`last_good_size` is the largest smaller checkpoint size that matched, or 0).
-    CheckpointMismatch {
-        size: u64,
-        source: CheckpointSource,
-        last_good_size: u64,
-    },
+    CheckpointMismatch { size: u64, source: CheckpointSource, last_good_size: u64 },
     /// The log has `log_size` entries but a checkpoint vouches for `checkpoint_size`: the tail
     /// was cut off (`seq` is the first missing one).
     Truncated { checkpoint_size: u64, log_size: u64 },
     /// Two validly signed checkpoints cannot both describe one append-only log: the same
     /// size with different roots, or the log matches the checkpoint of `other_size` (larger)
     /// but not this one. The signing key was used to sign a rewritten history.
-    Fork {
-        size: u64,
-        other_size: u64,
-        source: CheckpointSource,
-    },
+    Fork { size: u64, other_size: u64, source: CheckpointSource },
     /// Checkpoint number `index` (0-based, in its source) is unusable: not signed by the
     /// trusted key, a bad signature, or malformed.
-    BadCheckpoint {
-        source: CheckpointSource,
-        index: usize,
-        error: AuditError,
-    },
+    BadCheckpoint { source: CheckpointSource, index: usize, error: AuditError },
     /// Checkpoint number `index` is validly signed but names another log (origin ≠ key name).
-    ForeignOrigin {
-        source: CheckpointSource,
-        index: usize,
-        origin: String,
-    },
+    ForeignOrigin { source: CheckpointSource, index: usize, origin: String },
 }
 
 /// One problem, tied to an entry (`seq`) where it can be.
@@ -93,75 +77,34 @@ impl fmt::Display for Finding {
         let seq = self.seq.unwrap_or(0);
         match &self.kind {
             FindingKind::Deleted { after_seq, count } => {
-                write!(
-                    f,
-                    "deleted: {count} entr{} from seq {seq} (after seq {after_seq})",
-                    plural(*count)
-                )
+                write!(f, "deleted: {count} entr{} from seq {seq} (after seq {after_seq})", plural(*count))
             }
             FindingKind::Inserted { after_seq, count } => {
-                write!(
-                    f,
-                    "inserted: {count} entr{} repeating seq {seq}.. (after seq {after_seq})",
-                    plural(*count)
-                )
+                write!(f, "inserted: {count} entr{} repeating seq {seq}.. (after seq {after_seq})", plural(*count))
             }
             FindingKind::Reordered { after_seq, count } => {
-                write!(
-                    f,
-                    "reordered: {count} entr{} from seq {seq} appear after seq {after_seq}",
-                    plural(*count)
-                )
+                write!(f, "reordered: {count} entr{} from seq {seq} appear after seq {after_seq}", plural(*count))
             }
-            FindingKind::TimeWentBackwards {
-                previous_us,
-                recorded_us,
-            } => {
-                write!(
-                    f,
-                    "time went backwards at seq {seq}: {recorded_us} < {previous_us} µs"
-                )
+            FindingKind::TimeWentBackwards { previous_us, recorded_us } => {
+                write!(f, "time went backwards at seq {seq}: {recorded_us} < {previous_us} µs")
             }
-            FindingKind::CheckpointMismatch {
-                size,
-                source,
-                last_good_size,
-            } => write!(
+            FindingKind::CheckpointMismatch { size, source, last_good_size } => write!(
                 f,
                 "altered: {source} checkpoint at size {size} does not match the log; the change is in entries {}..={size}",
                 last_good_size + 1
             ),
-            FindingKind::Truncated {
-                checkpoint_size,
-                log_size,
-            } => write!(
-                f,
-                "truncated: the log has {log_size} entries but a checkpoint vouches for {checkpoint_size}"
-            ),
-            FindingKind::Fork {
-                size,
-                other_size,
-                source,
-            } => write!(
+            FindingKind::Truncated { checkpoint_size, log_size } => {
+                write!(f, "truncated: the log has {log_size} entries but a checkpoint vouches for {checkpoint_size}")
+            }
+            FindingKind::Fork { size, other_size, source } => write!(
                 f,
                 "forked: {source} checkpoint at size {size} is inconsistent with the checkpoint at size {other_size}"
             ),
-            FindingKind::BadCheckpoint {
-                source,
-                index,
-                error,
-            } => {
+            FindingKind::BadCheckpoint { source, index, error } => {
                 write!(f, "bad {source} checkpoint #{index}: {error}")
             }
-            FindingKind::ForeignOrigin {
-                source,
-                index,
-                origin,
-            } => {
-                write!(
-                    f,
-                    "{source} checkpoint #{index} is for another log ({origin})"
-                )
+            FindingKind::ForeignOrigin { source, index, origin } => {
+                write!(f, "{source} checkpoint #{index} is for another log ({origin})")
             }
         }
     }
@@ -236,41 +179,18 @@ impl LogVerifier {
             .iter()
             .map(|s| (CheckpointSource::Log, s.as_ref()))
             .enumerate()
-            .chain(
-                witnessed
-                    .iter()
-                    .map(|s| (CheckpointSource::Witnessed, s.as_ref()))
-                    .enumerate(),
-            );
+            .chain(witnessed.iter().map(|s| (CheckpointSource::Witnessed, s.as_ref())).enumerate());
         for (index, (source, note)) in notes {
             match checkpoint::open(note, verifier) {
-                Err(error) => cp_findings.push(Finding {
-                    seq: None,
-                    kind: FindingKind::BadCheckpoint {
-                        source,
-                        index,
-                        error,
-                    },
-                }),
-                Ok(cp) if cp.origin != verifier.name() => cp_findings.push(Finding {
-                    seq: None,
-                    kind: FindingKind::ForeignOrigin {
-                        source,
-                        index,
-                        origin: cp.origin,
-                    },
-                }),
+                Err(error) => {
+                    cp_findings.push(Finding { seq: None, kind: FindingKind::BadCheckpoint { source, index, error } })
+                }
+                Ok(cp) if cp.origin != verifier.name() => cp_findings
+                    .push(Finding { seq: None, kind: FindingKind::ForeignOrigin { source, index, origin: cp.origin } }),
                 Ok(cp) => {
-                    let dup = cps
-                        .iter()
-                        .any(|c| c.size == cp.size && c.root == cp.root && c.source == source);
+                    let dup = cps.iter().any(|c| c.size == cp.size && c.root == cp.root && c.source == source);
                     if !dup {
-                        cps.push(Cp {
-                            size: cp.size,
-                            root: cp.root,
-                            source,
-                            status: Status::Pending,
-                        });
+                        cps.push(Cp { size: cp.size, root: cp.root, source, status: Status::Pending });
                     }
                 }
             }
@@ -284,11 +204,7 @@ impl LogVerifier {
             {
                 cp_findings.push(Finding {
                     seq: None,
-                    kind: FindingKind::Fork {
-                        size: b.size,
-                        other_size: a.size,
-                        source: b.source,
-                    },
+                    kind: FindingKind::Fork { size: b.size, other_size: a.size, source: b.source },
                 });
             }
         }
@@ -318,10 +234,7 @@ impl LogVerifier {
             {
                 self.entry_findings.push(Finding {
                     seq: Some(entry.seq),
-                    kind: FindingKind::TimeWentBackwards {
-                        previous_us: prev,
-                        recorded_us: entry.recorded_us,
-                    },
+                    kind: FindingKind::TimeWentBackwards { previous_us: prev, recorded_us: entry.recorded_us },
                 });
             }
             self.prev_us = Some(entry.recorded_us);
@@ -363,14 +276,9 @@ impl LogVerifier {
 
     /// Record a late (`reordered`) or repeated entry, merging consecutive runs.
     fn note_run(&mut self, seq: u64, high: u64, reordered: bool) {
-        if let Some(Finding {
-            seq: Some(first),
-            kind,
-        }) = self.entry_findings.last_mut()
-        {
+        if let Some(Finding { seq: Some(first), kind }) = self.entry_findings.last_mut() {
             let is_reordered = matches!(kind, FindingKind::Reordered { .. });
-            if let FindingKind::Reordered { after_seq, count }
-            | FindingKind::Inserted { after_seq, count } = kind
+            if let FindingKind::Reordered { after_seq, count } | FindingKind::Inserted { after_seq, count } = kind
                 && *after_seq == high
                 && first.checked_add(*count) == Some(seq)
                 && is_reordered == reordered
@@ -380,20 +288,11 @@ impl LogVerifier {
             }
         }
         let kind = if reordered {
-            FindingKind::Reordered {
-                after_seq: high,
-                count: 1,
-            }
+            FindingKind::Reordered { after_seq: high, count: 1 }
         } else {
-            FindingKind::Inserted {
-                after_seq: high,
-                count: 1,
-            }
+            FindingKind::Inserted { after_seq: high, count: 1 }
         };
-        self.entry_findings.push(Finding {
-            seq: Some(seq),
-            kind,
-        });
+        self.entry_findings.push(Finding { seq: Some(seq), kind });
     }
 
     fn check_checkpoints_at_size(&mut self) {
@@ -403,13 +302,7 @@ impl LogVerifier {
         while let Some(cp) = self.cps.get_mut(self.next_cp)
             && cp.size == size
         {
-            let r = *root.get_or_insert_with(|| {
-                if size == 0 {
-                    EMPTY_ROOT
-                } else {
-                    self.tree.root()
-                }
-            });
+            let r = *root.get_or_insert_with(|| if size == 0 { EMPTY_ROOT } else { self.tree.root() });
             if cp.root == r {
                 cp.status = Status::Matched;
                 matched = true;
@@ -417,11 +310,7 @@ impl LogVerifier {
                 cp.status = Status::Mismatched;
                 self.cp_findings.push(Finding {
                     seq: None,
-                    kind: FindingKind::CheckpointMismatch {
-                        size,
-                        source: cp.source,
-                        last_good_size: self.last_good,
-                    },
+                    kind: FindingKind::CheckpointMismatch { size, source: cp.source, last_good_size: self.last_good },
                 });
             }
             self.next_cp += 1;
@@ -437,10 +326,7 @@ impl LogVerifier {
         for (&start, &end) in &self.gaps {
             self.entry_findings.push(Finding {
                 seq: Some(start),
-                kind: FindingKind::Deleted {
-                    after_seq: start - 1,
-                    count: end - start + 1,
-                },
+                kind: FindingKind::Deleted { after_seq: start - 1, count: end - start + 1 },
             });
         }
         // Stable: Deleted findings slot in by seq; others keep their order of discovery.
@@ -450,40 +336,20 @@ impl LogVerifier {
         {
             self.cp_findings.push(Finding {
                 seq: Some(self.high.saturating_add(1)),
-                kind: FindingKind::Truncated {
-                    checkpoint_size: max,
-                    log_size,
-                },
+                kind: FindingKind::Truncated { checkpoint_size: max, log_size },
             });
         }
         // A mismatched checkpoint is inconsistent with any larger checkpoint the log matches.
-        let largest_match = self
-            .cps
-            .iter()
-            .filter(|c| c.status == Status::Matched)
-            .map(|c| c.size)
-            .max();
+        let largest_match = self.cps.iter().filter(|c| c.status == Status::Matched).map(|c| c.size).max();
         if let Some(other) = largest_match {
-            for c in self
-                .cps
-                .iter()
-                .filter(|c| c.status == Status::Mismatched && c.size < other)
-            {
+            for c in self.cps.iter().filter(|c| c.status == Status::Mismatched && c.size < other) {
                 self.cp_findings.push(Finding {
                     seq: None,
-                    kind: FindingKind::Fork {
-                        size: c.size,
-                        other_size: other,
-                        source: c.source,
-                    },
+                    kind: FindingKind::Fork { size: c.size, other_size: other, source: c.source },
                 });
             }
         }
-        let checked = self
-            .cps
-            .iter()
-            .filter(|c| c.status != Status::Pending)
-            .count() as u64;
+        let checked = self.cps.iter().filter(|c| c.status != Status::Pending).count() as u64;
         let mut findings = self.entry_findings;
         findings.append(&mut self.cp_findings);
         VerifyReport {

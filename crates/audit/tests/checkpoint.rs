@@ -6,18 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mamori_audit::checkpoint::{
-    Checkpoint, SigningKey, VerifierKey, open, open_note, sign, sign_note,
-};
+use mamori_audit::checkpoint::{Checkpoint, SigningKey, VerifierKey, open, open_note, sign, sign_note};
 use mamori_audit::{AuditError, merkle};
 
 const PETER_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
-const PETER_SKEY: &str =
-    "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+const PETER_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
 const ENOCH_VKEY: &str = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop";
-const TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
-const PETER_SIG: &str = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
-const ENOCH_SIG: &str = "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
+const TEXT: &str =
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+const PETER_SIG: &str =
+    "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+const ENOCH_SIG: &str =
+    "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
 
 #[test]
 fn go_sumdb_note_vectors() {
@@ -49,22 +49,13 @@ fn go_sumdb_note_vectors() {
         format!("{TEXT}\n{}", PETER_SIG.repeat(101)),
     ];
     for b in &bad {
-        assert!(
-            matches!(open_note(b, &peter), Err(AuditError::MalformedNote(_))),
-            "{b:?}"
-        );
+        assert!(matches!(open_note(b, &peter), Err(AuditError::MalformedNote(_))), "{b:?}");
     }
     // A corrupted signature by the trusted key is refused.
     let corrupt = format!("{TEXT}\n{}ABCD{}", &PETER_SIG[..60], &PETER_SIG[60..]);
-    assert!(matches!(
-        open_note(&corrupt, &peter),
-        Err(AuditError::InvalidSignature(_))
-    ));
+    assert!(matches!(open_note(&corrupt, &peter), Err(AuditError::InvalidSignature(_))));
     // Only an unknown signature: refused.
-    assert!(matches!(
-        open_note(&format!("{TEXT}\n{ENOCH_SIG}"), &peter),
-        Err(AuditError::UnknownSigner(_))
-    ));
+    assert!(matches!(open_note(&format!("{TEXT}\n{ENOCH_SIG}"), &peter), Err(AuditError::UnknownSigner(_))));
 }
 
 #[test]
@@ -78,17 +69,10 @@ fn key_text_manglings_are_refused() {
         }
         assert!(VerifierKey::from_vkey(&PETER_VKEY[..i]).is_err());
     }
+    assert!(VerifierKey::from_vkey("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").is_err());
     assert!(
-        VerifierKey::from_vkey(
-            "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-        )
-        .is_err()
-    );
-    assert!(
-        SigningKey::from_skey(
-            "PRIVATE+KEY+PeterNeumann+c74f20a4+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
-        )
-        .is_err()
+        SigningKey::from_skey("PRIVATE+KEY+PeterNeumann+c74f20a4+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz")
+            .is_err()
     );
     assert!(SigningKey::from_seed("bad name", &[1; 32]).is_err());
     assert!(SigningKey::from_seed("a+b", &[1; 32]).is_err());
@@ -111,21 +95,8 @@ fn round_trip() {
     let again = SigningKey::from_seed(key.name(), &key.seed()).unwrap();
     assert_eq!(again.verifier_key(), v);
     assert_eq!(VerifierKey::from_vkey(&v.to_vkey()).unwrap(), v);
-    assert_eq!(
-        SigningKey::from_skey(&key.to_skey())
-            .unwrap()
-            .verifier_key(),
-        v
-    );
-    for c in [
-        cp(0),
-        cp(1),
-        cp(u64::MAX),
-        Checkpoint {
-            extensions: vec!["ext one".into(), "x".into()],
-            ..cp(5)
-        },
-    ] {
+    assert_eq!(SigningKey::from_skey(&key.to_skey()).unwrap().verifier_key(), v);
+    for c in [cp(0), cp(1), cp(u64::MAX), Checkpoint { extensions: vec!["ext one".into(), "x".into()], ..cp(5) }] {
         let note = sign(&c, &key).unwrap();
         assert_eq!(open(&note, &v).unwrap(), c);
         assert!(note.contains("\n\n\u{2014} mamori.example/clinic "));
@@ -134,16 +105,8 @@ fn round_trip() {
 
 #[test]
 fn empty_tree_body_matches_spec_shape() {
-    let c = Checkpoint {
-        origin: "example.com/log".into(),
-        size: 0,
-        root: merkle::EMPTY_ROOT,
-        extensions: vec![],
-    };
-    assert_eq!(
-        c.to_body(),
-        "example.com/log\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"
-    );
+    let c = Checkpoint { origin: "example.com/log".into(), size: 0, root: merkle::EMPTY_ROOT, extensions: vec![] };
+    assert_eq!(c.to_body(), "example.com/log\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n");
 }
 
 #[test]
@@ -151,22 +114,12 @@ fn other_key_same_name_is_refused() {
     let key = SigningKey::from_seed("mamori.example/clinic", &[7; 32]).unwrap();
     let evil = SigningKey::from_seed("mamori.example/clinic", &[8; 32]).unwrap();
     let note = sign(&cp(10), &evil).unwrap();
-    assert!(matches!(
-        open(&note, &key.verifier_key()),
-        Err(AuditError::UnknownSigner(_))
-    ));
+    assert!(matches!(open(&note, &key.verifier_key()), Err(AuditError::UnknownSigner(_))));
     // Even when the forger copies the trusted key ID into the signature line.
     let mut raw = base64_decode(note.trim_end().rsplit(' ').next().unwrap());
     raw[..4].copy_from_slice(&key.verifier_key().key_id().to_be_bytes());
-    let forged = format!(
-        "{}\n\u{2014} mamori.example/clinic {}\n",
-        cp(10).to_body(),
-        base64_encode(&raw)
-    );
-    assert!(matches!(
-        open(&forged, &key.verifier_key()),
-        Err(AuditError::InvalidSignature(_))
-    ));
+    let forged = format!("{}\n\u{2014} mamori.example/clinic {}\n", cp(10).to_body(), base64_encode(&raw));
+    assert!(matches!(open(&forged, &key.verifier_key()), Err(AuditError::InvalidSignature(_))));
 }
 
 #[test]
@@ -179,10 +132,7 @@ fn edited_checkpoint_is_refused() {
     let root_b64 = note.lines().nth(2).unwrap();
     let other = base64_encode(&merkle::EMPTY_ROOT);
     let edited_root = note.replacen(root_b64, &other, 1);
-    assert!(matches!(
-        open(&edited_root, &v),
-        Err(AuditError::InvalidSignature(_))
-    ));
+    assert!(matches!(open(&edited_root, &v), Err(AuditError::InvalidSignature(_))));
     // Trailing garbage after the signature.
     assert!(open(&format!("{note}junk\n"), &v).is_err());
     assert!(open(&format!("{note}\n"), &v).is_err());
@@ -216,27 +166,13 @@ fn malformed_bodies_are_refused() {
     for b in &bad {
         assert!(Checkpoint::parse_body(b).is_err(), "{b:?}");
     }
-    assert_eq!(
-        Checkpoint::parse_body(&format!("o\n0\n{r}\n"))
-            .unwrap()
-            .size,
-        0
-    );
+    assert_eq!(Checkpoint::parse_body(&format!("o\n0\n{r}\n")).unwrap().size, 0);
     // Signing refuses checkpoints that would not read back.
     let key = SigningKey::from_seed("k", &[1; 32]).unwrap();
     for c in [
-        Checkpoint {
-            origin: "a\nb".into(),
-            ..cp(1)
-        },
-        Checkpoint {
-            origin: String::new(),
-            ..cp(1)
-        },
-        Checkpoint {
-            extensions: vec![String::new()],
-            ..cp(1)
-        },
+        Checkpoint { origin: "a\nb".into(), ..cp(1) },
+        Checkpoint { origin: String::new(), ..cp(1) },
+        Checkpoint { extensions: vec![String::new()], ..cp(1) },
     ] {
         assert!(sign(&c, &key).is_err());
     }

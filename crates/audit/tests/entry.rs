@@ -8,32 +8,14 @@ use support::{arb_entry, entry};
 
 #[test]
 fn none_and_empty_differ() {
-    let a = AuditEntry {
-        actor: None,
-        ..entry(1)
-    };
-    let b = AuditEntry {
-        actor: Some(String::new()),
-        ..entry(1)
-    };
+    let a = AuditEntry { actor: None, ..entry(1) };
+    let b = AuditEntry { actor: Some(String::new()), ..entry(1) };
     assert_ne!(a.canonical_bytes(), b.canonical_bytes());
-    let c = AuditEntry {
-        patients: vec![],
-        ..entry(1)
-    };
-    let d = AuditEntry {
-        patients: vec![String::new()],
-        ..entry(1)
-    };
+    let c = AuditEntry { patients: vec![], ..entry(1) };
+    let d = AuditEntry { patients: vec![String::new()], ..entry(1) };
     assert_ne!(c.canonical_bytes(), d.canonical_bytes());
-    let e = AuditEntry {
-        patients: vec!["a,b".into()],
-        ..entry(1)
-    };
-    let f = AuditEntry {
-        patients: vec!["a".into(), "b".into()],
-        ..entry(1)
-    };
+    let e = AuditEntry { patients: vec!["a,b".into()], ..entry(1) };
+    let f = AuditEntry { patients: vec!["a".into(), "b".into()], ..entry(1) };
     assert_ne!(e.canonical_bytes(), f.canonical_bytes());
 }
 
@@ -42,10 +24,7 @@ fn leaf_hash_is_domain_separated() {
     let e = entry(7);
     assert_eq!(e.leaf_hash(), merkle::leaf_hash(&e.canonical_bytes()));
     assert_eq!(mamori_audit::entry::leaf_hash(&e), e.leaf_hash());
-    assert_eq!(
-        e.canonical_bytes()[0],
-        mamori_audit::entry::ENCODING_VERSION
-    );
+    assert_eq!(e.canonical_bytes()[0], mamori_audit::entry::ENCODING_VERSION);
 }
 
 #[test]

@@ -8,16 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mamori_audit::merkle::{
-    EMPTY_ROOT, Hash, TreeBuilder, consistency_proof, inclusion_proof, leaf_hash, node_hash, root,
-    verify_consistency, verify_inclusion,
+    EMPTY_ROOT, Hash, TreeBuilder, consistency_proof, inclusion_proof, leaf_hash, node_hash, root, verify_consistency,
+    verify_inclusion,
 };
 use proptest::prelude::*;
 
 fn h(s: &str) -> Hash {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
+    let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
     v.try_into().unwrap()
 }
 
@@ -68,13 +65,7 @@ fn inclusion_vectors() -> Vec<(u64, u64, Vec<Hash>)> {
                 h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
             ],
         ),
-        (
-            3,
-            3,
-            vec![h(
-                "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-            )],
-        ),
+        (3, 3, vec![h("fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125")]),
         (
             2,
             5,
@@ -132,10 +123,7 @@ fn consistency_vectors() -> Vec<(u64, u64, Vec<Hash>)> {
 #[test]
 fn empty_tree() {
     assert_eq!(root(&[]), EMPTY_ROOT);
-    assert_eq!(
-        EMPTY_ROOT,
-        h("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-    );
+    assert_eq!(EMPTY_ROOT, h("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
     assert_eq!(TreeBuilder::new().root(), EMPTY_ROOT);
 }
 
@@ -160,47 +148,17 @@ fn known_inclusion_proofs() {
         let r = h(ROOTS[n - 1]);
         assert!(verify_inclusion(&l[idx as usize], idx, size, &proof, &r));
         // Corruptions (after the reference tests' probes).
-        assert!(!verify_inclusion(
-            &l[idx as usize],
-            idx + 1,
-            size,
-            &proof,
-            &r
-        ));
+        assert!(!verify_inclusion(&l[idx as usize], idx + 1, size, &proof, &r));
         if idx > 0 {
-            assert!(!verify_inclusion(
-                &l[idx as usize],
-                idx - 1,
-                size,
-                &proof,
-                &r
-            ));
+            assert!(!verify_inclusion(&l[idx as usize], idx - 1, size, &proof, &r));
         }
-        assert!(!verify_inclusion(
-            &l[idx as usize],
-            idx,
-            size * 2,
-            &proof,
-            &r
-        ));
-        assert!(!verify_inclusion(
-            &l[idx as usize],
-            idx,
-            size,
-            &proof,
-            &EMPTY_ROOT
-        ));
+        assert!(!verify_inclusion(&l[idx as usize], idx, size * 2, &proof, &r));
+        assert!(!verify_inclusion(&l[idx as usize], idx, size, &proof, &EMPTY_ROOT));
         let mut longer = proof.clone();
         longer.push(r);
         assert!(!verify_inclusion(&l[idx as usize], idx, size, &longer, &r));
         if !proof.is_empty() {
-            assert!(!verify_inclusion(
-                &l[idx as usize],
-                idx,
-                size,
-                &proof[..proof.len() - 1],
-                &r
-            ));
+            assert!(!verify_inclusion(&l[idx as usize], idx, size, &proof[..proof.len() - 1], &r));
         }
     }
     assert!(inclusion_proof(&l, 8).is_err());

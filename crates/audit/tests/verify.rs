@@ -3,9 +3,7 @@ mod support;
 
 use mamori_audit::checkpoint::{Checkpoint, SigningKey, sign};
 use mamori_audit::merkle::TreeBuilder;
-use mamori_audit::verify::{
-    CheckpointSource, FindingKind, split_notes, verify_log, verify_log_witnessed,
-};
+use mamori_audit::verify::{CheckpointSource, FindingKind, split_notes, verify_log, verify_log_witnessed};
 use mamori_audit::{AuditEntry, VerifyReport};
 use proptest::prelude::*;
 use support::entry;
@@ -27,12 +25,7 @@ fn checkpoints(entries: &[AuditEntry], k: usize, key: &SigningKey) -> Vec<String
     for (i, e) in entries.iter().enumerate() {
         t.push(e.leaf_hash());
         if (i + 1).is_multiple_of(k) {
-            let c = Checkpoint {
-                origin: key.name().into(),
-                size: t.size(),
-                root: t.root(),
-                extensions: vec![],
-            };
+            let c = Checkpoint { origin: key.name().into(), size: t.size(), root: t.root(), extensions: vec![] };
             out.push(sign(&c, key).unwrap());
         }
     }
@@ -49,15 +42,8 @@ fn intact_log_verifies() {
     let c = checkpoints(&l, 10, &key());
     let r = verify_log(&l, &c, &key().verifier_key());
     assert!(r.is_ok(), "{:?}", r.findings);
-    assert_eq!(
-        (r.entries_checked, r.checkpoints_checked, r.covered_size),
-        (100, 10, 100)
-    );
-    let r = verify_log(
-        Vec::<AuditEntry>::new(),
-        &[] as &[String],
-        &key().verifier_key(),
-    );
+    assert_eq!((r.entries_checked, r.checkpoints_checked, r.covered_size), (100, 10, 100));
+    let r = verify_log(Vec::<AuditEntry>::new(), &[] as &[String], &key().verifier_key());
     assert!(r.is_ok());
 }
 
@@ -70,21 +56,8 @@ fn swap_is_one_reordering() {
     let entry_findings: Vec<_> = r.findings.iter().filter(|f| f.seq.is_some()).collect();
     assert_eq!(entry_findings.len(), 1, "{:?}", r.findings);
     assert_eq!(entry_findings[0].seq, Some(7));
-    assert_eq!(
-        entry_findings[0].kind,
-        FindingKind::Reordered {
-            after_seq: 8,
-            count: 1
-        }
-    );
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::CheckpointMismatch {
-            size: 10,
-            last_good_size: 5,
-            ..
-        }
-    )));
+    assert_eq!(entry_findings[0].kind, FindingKind::Reordered { after_seq: 8, count: 1 });
+    assert!(has(&r, None, |k| matches!(k, FindingKind::CheckpointMismatch { size: 10, last_good_size: 5, .. })));
 }
 
 #[test]
@@ -95,28 +68,9 @@ fn block_deletion_and_duplicates() {
     let dup = l[3].clone();
     l.insert(4, dup); // seq 4 again after 4
     let r = verify_log(&l, &c, &key().verifier_key());
-    assert!(
-        has(&r, Some(12), |k| *k
-            == FindingKind::Deleted {
-                after_seq: 11,
-                count: 3
-            }),
-        "{:?}",
-        r.findings
-    );
-    assert!(has(&r, Some(4), |k| *k
-        == FindingKind::Inserted {
-            after_seq: 4,
-            count: 1
-        }));
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::CheckpointMismatch {
-            size: 10,
-            last_good_size: 0,
-            ..
-        }
-    )));
+    assert!(has(&r, Some(12), |k| *k == FindingKind::Deleted { after_seq: 11, count: 3 }), "{:?}", r.findings);
+    assert!(has(&r, Some(4), |k| *k == FindingKind::Inserted { after_seq: 4, count: 1 }));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::CheckpointMismatch { size: 10, last_good_size: 0, .. })));
     for f in &r.findings {
         println!("{f}");
     }
@@ -128,10 +82,7 @@ fn time_going_backwards() {
     let c = checkpoints(&l, 10, &key());
     l[4].recorded_us = 0;
     let r = verify_log(&l, &c, &key().verifier_key());
-    assert!(has(&r, Some(5), |k| matches!(
-        k,
-        FindingKind::TimeWentBackwards { recorded_us: 0, .. }
-    )));
+    assert!(has(&r, Some(5), |k| matches!(k, FindingKind::TimeWentBackwards { recorded_us: 0, .. })));
 }
 
 #[test]
@@ -140,31 +91,13 @@ fn bad_and_foreign_checkpoints() {
     let other = SigningKey::from_seed(NAME, &[1; 32]).unwrap();
     let mut c = checkpoints(&l, 5, &key());
     c.push(checkpoints(&l, 10, &other).remove(0));
-    let foreign = Checkpoint {
-        origin: "elsewhere".into(),
-        size: 10,
-        root: [0; 32],
-        extensions: vec![],
-    };
+    let foreign = Checkpoint { origin: "elsewhere".into(), size: 10, root: [0; 32], extensions: vec![] };
     c.push(sign(&foreign, &key()).unwrap());
     c.push("garbage".into());
     let r = verify_log(&l, &c, &key().verifier_key());
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::BadCheckpoint {
-            index: 2,
-            source: CheckpointSource::Log,
-            ..
-        }
-    )));
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::ForeignOrigin { index: 3, .. }
-    )));
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::BadCheckpoint { index: 4, .. }
-    )));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::BadCheckpoint { index: 2, source: CheckpointSource::Log, .. })));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::ForeignOrigin { index: 3, .. })));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::BadCheckpoint { index: 4, .. })));
     assert_eq!(r.checkpoints_checked, 2);
 }
 
@@ -174,16 +107,7 @@ fn rewritten_log_is_exposed_by_witnessed_checkpoints() {
     let witnessed = checkpoints(&old, 10, &key());
     let new: Vec<AuditEntry> = old
         .iter()
-        .map(|e| {
-            if e.seq == 17 {
-                AuditEntry {
-                    actor: Some("nobody".into()),
-                    ..e.clone()
-                }
-            } else {
-                e.clone()
-            }
-        })
+        .map(|e| if e.seq == 17 { AuditEntry { actor: Some("nobody".into()), ..e.clone() } } else { e.clone() })
         .collect();
     let resigned = checkpoints(&new, 10, &key());
     let v = key().verifier_key();
@@ -192,30 +116,12 @@ fn rewritten_log_is_exposed_by_witnessed_checkpoints() {
     assert!(!r.is_ok());
     assert!(has(&r, None, |k| matches!(
         k,
-        FindingKind::CheckpointMismatch {
-            size: 20,
-            source: CheckpointSource::Witnessed,
-            last_good_size: 10
-        }
+        FindingKind::CheckpointMismatch { size: 20, source: CheckpointSource::Witnessed, last_good_size: 10 }
     )));
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::Fork {
-            size: 20,
-            other_size: 20,
-            ..
-        }
-    )));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::Fork { size: 20, other_size: 20, .. })));
     // Without the re-signed ones, the witnessed ones still locate the change.
     let r = verify_log_witnessed(&new, &[] as &[&str], &witnessed, &v);
-    assert!(has(&r, None, |k| matches!(
-        k,
-        FindingKind::CheckpointMismatch {
-            size: 20,
-            last_good_size: 10,
-            ..
-        }
-    )));
+    assert!(has(&r, None, |k| matches!(k, FindingKind::CheckpointMismatch { size: 20, last_good_size: 10, .. })));
     assert_eq!(r.covered_size, 10);
 }
 
@@ -224,10 +130,7 @@ fn split_concatenated_notes() {
     let l = log(6);
     let c = checkpoints(&l, 2, &key());
     let file: String = c.concat();
-    assert_eq!(
-        split_notes(&file),
-        c.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    assert_eq!(split_notes(&file), c.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(split_notes("").is_empty());
 }
 

@@ -55,10 +55,7 @@ pub fn locate(explicit: Option<PathBuf>, repo_root: &Path) -> Result<PathBuf> {
         }
         return Ok(dir);
     }
-    let candidates = [
-        repo_root.join("testdata/synthea-r4"),
-        repo_root.join("../shared/data/synthea-r4"),
-    ];
+    let candidates = [repo_root.join("testdata/synthea-r4"), repo_root.join("../shared/data/synthea-r4")];
     for c in &candidates {
         if c.is_dir() {
             return Ok(c.clone());
@@ -84,27 +81,17 @@ pub fn load(dir: &Path, min_resources: usize) -> Result<Corpus> {
     let mut setup = Vec::new();
     let mut templates = Vec::new();
     for path in &files {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        let entries = entry_count(&value)
-            .with_context(|| format!("{} is not a Bundle with entries", path.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let entries =
+            entry_count(&value).with_context(|| format!("{} is not a Bundle with entries", path.display()))?;
         if name.starts_with("hospitalInformation") || name.starts_with("practitionerInformation") {
             let body = serde_json::to_vec(&value)?;
-            setup.push(Bundle {
-                body: Bytes::from(body),
-                entries,
-            });
+            setup.push(Bundle { body: Bytes::from(body), entries });
         } else {
-            templates.push(
-                Template::new(value, entries)
-                    .with_context(|| format!("cannot prepare {}", path.display()))?,
-            );
+            templates
+                .push(Template::new(value, entries).with_context(|| format!("cannot prepare {}", path.display()))?);
         }
     }
     if templates.is_empty() {
@@ -116,18 +103,11 @@ pub fn load(dir: &Path, min_resources: usize) -> Result<Corpus> {
     let mut copy = 0usize;
     while total < min_resources {
         let t = &templates[copy % templates.len()];
-        bundles.push(Bundle {
-            body: Bytes::from(t.instantiate(copy)),
-            entries: t.entries,
-        });
+        bundles.push(Bundle { body: Bytes::from(t.instantiate(copy)), entries: t.entries });
         total += t.entries;
         copy += 1;
     }
-    Ok(Corpus {
-        setup,
-        bundles,
-        templates: templates.len(),
-    })
+    Ok(Corpus { setup, bundles, templates: templates.len() })
 }
 
 fn entry_count(bundle: &Value) -> Option<usize> {
@@ -153,15 +133,9 @@ struct Template {
 impl Template {
     fn new(mut bundle: Value, entries: usize) -> Result<Template> {
         let mut ids: HashMap<String, usize> = HashMap::new();
-        let list = bundle
-            .get_mut("entry")
-            .and_then(Value::as_array_mut)
-            .context("no entry array")?;
+        let list = bundle.get_mut("entry").and_then(Value::as_array_mut).context("no entry array")?;
         for e in list.iter_mut() {
-            if let Some(u) = e
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .and_then(|u| u.strip_prefix("urn:uuid:"))
+            if let Some(u) = e.get("fullUrl").and_then(Value::as_str).and_then(|u| u.strip_prefix("urn:uuid:"))
                 && u.len() == UUID_LEN
             {
                 let next = ids.len();
@@ -175,18 +149,11 @@ impl Template {
         }
         let text = serde_json::to_string(&bundle)?;
         let segs = segments(&text, &ids);
-        Ok(Template {
-            text,
-            segs,
-            uuids: ids.len(),
-            entries,
-        })
+        Ok(Template { text, segs, uuids: ids.len(), entries })
     }
 
     fn instantiate(&self, copy: usize) -> Vec<u8> {
-        let fresh: Vec<String> = (0..self.uuids)
-            .map(|_| uuid::Uuid::new_v4().hyphenated().to_string())
-            .collect();
+        let fresh: Vec<String> = (0..self.uuids).map(|_| uuid::Uuid::new_v4().hyphenated().to_string()).collect();
         let copy = copy.to_string();
         let mut out = String::with_capacity(self.text.len() + 64);
         for s in &self.segs {
@@ -229,9 +196,7 @@ fn looks_like_uuid(b: &[u8]) -> bool {
         && b[13] == b'-'
         && b[18] == b'-'
         && b[23] == b'-'
-        && b[..UUID_LEN]
-            .iter()
-            .all(|c| c.is_ascii_hexdigit() || *c == b'-')
+        && b[..UUID_LEN].iter().all(|c| c.is_ascii_hexdigit() || *c == b'-')
 }
 
 /// Splits `text` at every occurrence of a known uuid and of the copy marker.
@@ -245,8 +210,7 @@ fn segments(text: &str, ids: &HashMap<String, usize>) -> Vec<Seg> {
             Some((Seg::Copy, COPY_MARK.len()))
         } else if looks_like_uuid(&b[i..]) {
             // A uuid-shaped run is ASCII, so slicing the str here is on char boundaries.
-            ids.get(&text[i..i + UUID_LEN])
-                .map(|&n| (Seg::Uuid(n), UUID_LEN))
+            ids.get(&text[i..i + UUID_LEN]).map(|&n| (Seg::Uuid(n), UUID_LEN))
         } else {
             None
         };
@@ -294,19 +258,10 @@ mod tests {
         let b: Value = serde_json::from_slice(&t.instantiate(4))?;
         let full = a["entry"][0]["fullUrl"].as_str().context("fullUrl")?;
         assert_ne!(full, format!("urn:uuid:{u}"));
-        assert_eq!(
-            a["entry"][1]["resource"]["subject"]["reference"].as_str(),
-            Some(full)
-        );
+        assert_eq!(a["entry"][1]["resource"]["subject"]["reference"].as_str(), Some(full));
         assert_ne!(a["entry"][0]["fullUrl"], b["entry"][0]["fullUrl"]);
-        assert_eq!(
-            a["entry"][0]["resource"]["name"][0]["family"].as_str(),
-            Some("Koepp-3")
-        );
-        assert_eq!(
-            b["entry"][0]["resource"]["identifier"][0]["value"].as_str(),
-            Some("abc-4")
-        );
+        assert_eq!(a["entry"][0]["resource"]["name"][0]["family"].as_str(), Some("Koepp-3"));
+        assert_eq!(b["entry"][0]["resource"]["identifier"][0]["value"].as_str(), Some("abc-4"));
         Ok(())
     }
 }

@@ -56,13 +56,9 @@ impl Target {
 type Conn = SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Conn> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP/1.1 handshake failed")?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake failed")?;
     tokio::spawn(async move {
         // Ends when the worker drops its sender or the server closes; nothing to report.
         let _ = conn.await;
@@ -74,12 +70,7 @@ async fn send(conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<(StatusCode,
     conn.ready().await.context("connection closed")?;
     let resp = conn.send_request(req).await.context("request failed")?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .context("cannot read the response body")?
-        .to_bytes();
+    let body = resp.into_body().collect().await.context("cannot read the response body")?.to_bytes();
     Ok((status, body))
 }
 
@@ -138,9 +129,7 @@ pub async fn ingest(target: &Target, bundles: Arc<Vec<Bundle>>, clients: usize) 
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(b) = bundles.get(i) else { break };
                 let t0 = Instant::now();
-                let body = post_bundle(&mut conn, &target, b)
-                    .await
-                    .with_context(|| format!("bundle #{i}"))?;
+                let body = post_bundle(&mut conn, &target, b).await.with_context(|| format!("bundle #{i}"))?;
                 lat.push(micros(t0.elapsed()));
                 done.push((i, body));
             }
@@ -193,8 +182,7 @@ struct TxStatus {
 /// Checks a transaction-response (every entry `201` with a location) and returns the read
 /// paths of the created resources.
 fn parse_response(body: &[u8], expected: usize) -> Result<Vec<String>> {
-    let r: TxResponse =
-        serde_json::from_slice(body).context("the answer is not a transaction-response")?;
+    let r: TxResponse = serde_json::from_slice(body).context("the answer is not a transaction-response")?;
     if r.kind != "transaction-response" {
         bail!("expected a transaction-response, got '{}'", r.kind);
     }
@@ -284,12 +272,7 @@ pub async fn reads(
         bytes += b;
     }
     let latency = Latency::from_samples(lats);
-    Ok(Reads {
-        requests: latency.count,
-        elapsed: measure,
-        latency,
-        bytes,
-    })
+    Ok(Reads { requests: latency.count, elapsed: measure, latency, bytes })
 }
 
 fn micros(d: Duration) -> u32 {
@@ -320,14 +303,8 @@ mod tests {
 
     #[test]
     fn locations_become_read_paths() {
-        assert_eq!(
-            read_path("Observation/abc/_history/1").as_deref(),
-            Some("/fhir/Observation/abc")
-        );
-        assert_eq!(
-            read_path("http://h:1/fhir/Patient/x/_history/2").as_deref(),
-            Some("/fhir/Patient/x")
-        );
+        assert_eq!(read_path("Observation/abc/_history/1").as_deref(), Some("/fhir/Observation/abc"));
+        assert_eq!(read_path("http://h:1/fhir/Patient/x/_history/2").as_deref(), Some("/fhir/Patient/x"));
         assert_eq!(read_path("nonsense"), None);
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use mamori_store::clock::Clock as _;
 
 use crate::report::{ConfigResult, Machine, Report};
 use crate::server::Mode;
@@ -54,12 +55,7 @@ struct Opts {
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
     /// Server configurations to run (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "mamori,baseline"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "mamori,baseline")]
     configs: Vec<ConfigArg>,
     /// Skip the raw rusqlite baseline.
     #[arg(long)]
@@ -137,15 +133,7 @@ fn main() -> Result<()> {
             continue;
         }
         seen.push(mode);
-        configs.push(run_config(
-            mode,
-            &opts,
-            &tmp,
-            &server_rt,
-            &client_rt,
-            &corpus.setup,
-            &bundles,
-        )?);
+        configs.push(run_config(mode, &opts, &tmp, &server_rt, &client_rt, &corpus.setup, &bundles)?);
     }
     drop(client_rt);
     server_rt.shutdown_timeout(Duration::from_secs(5));
@@ -154,11 +142,7 @@ fn main() -> Result<()> {
         None
     } else {
         eprintln!("raw rusqlite: inserting and selecting ...");
-        Some(raw::run(
-            &bundles,
-            &tmp,
-            Duration::from_secs_f64(opts.raw_seconds),
-        )?)
+        Some(raw::run(&bundles, &tmp, Duration::from_secs_f64(opts.raw_seconds))?)
     };
 
     let report = Report {
@@ -179,10 +163,7 @@ fn main() -> Result<()> {
     let md = report.markdown();
     println!("\n----- markdown -----\n{md}----- end -----");
     if !opts.no_record {
-        let file = opts
-            .bench_file
-            .clone()
-            .unwrap_or_else(|| repo_root.join("BENCHMARKS.md"));
+        let file = opts.bench_file.clone().unwrap_or_else(|| repo_root.join("BENCHMARKS.md"));
         report::record(&file, &md)?;
         eprintln!("appended to {}", file.display());
     }
@@ -197,11 +178,7 @@ fn server_runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name_fn(move || {
-            if started.fetch_add(1, Ordering::Relaxed) < workers {
-                "srv-worker".into()
-            } else {
-                "srv-blocking".into()
-            }
+            if started.fetch_add(1, Ordering::Relaxed) < workers { "srv-worker".into() } else { "srv-blocking".into() }
         })
         .thread_keep_alive(Duration::from_secs(600))
         .enable_all()
@@ -226,33 +203,18 @@ fn run_config(
         .block_on(load::load_setup(&target, setup))
         .with_context(|| format!("[{name}] loading the org/practitioner bundles"))?;
 
-    eprintln!(
-        "[{name}] ingest: {} bundles with {} clients ...",
-        bundles.len(),
-        opts.ingest_clients
-    );
+    eprintln!("[{name}] ingest: {} bundles with {} clients ...", bundles.len(), opts.ingest_clients);
     let before = cpu::snapshot();
     let t = Instant::now();
     let mut ingest = client_rt
-        .block_on(load::ingest(
-            &target,
-            Arc::clone(bundles),
-            opts.ingest_clients,
-        ))
+        .block_on(load::ingest(&target, Arc::clone(bundles), opts.ingest_clients))
         .with_context(|| format!("[{name}] ingest"))?;
     let ingest_cpu = cpu::Usage::between(&before, &cpu::snapshot(), t.elapsed());
     let expected: usize = bundles.iter().map(|b| b.entries).sum();
     if ingest.resources != expected {
-        bail!(
-            "[{name}] {} resources created, {expected} sent",
-            ingest.resources
-        );
+        bail!("[{name}] {} resources created, {expected} sent", ingest.resources);
     }
-    eprintln!(
-        "[{name}]   {} resources in {:.1} s",
-        ingest.resources,
-        ingest.elapsed.as_secs_f64()
-    );
+    eprintln!("[{name}]   {} resources in {:.1} s", ingest.resources, ingest.elapsed.as_secs_f64());
     let disk_bytes = running.disk_bytes();
 
     let paths = Arc::new(std::mem::take(&mut ingest.paths));
@@ -272,24 +234,12 @@ fn run_config(
         ))
         .with_context(|| format!("[{name}] reads"))?;
     let reads_cpu = cpu::Usage::between(&before, &cpu::snapshot(), t.elapsed());
-    eprintln!(
-        "[{name}]   {} requests ({:.0}/s)",
-        reads.requests,
-        reads.requests as f64 / reads.elapsed.as_secs_f64()
-    );
+    eprintln!("[{name}]   {} requests ({:.0}/s)", reads.requests, reads.requests as f64 / reads.elapsed.as_secs_f64());
 
     let (store, dir) = server_rt.block_on(running.stop())?;
     store.shutdown();
-    dir.close()
-        .with_context(|| format!("[{name}] cannot remove the temporary database"))?;
-    Ok(ConfigResult {
-        name,
-        ingest,
-        ingest_cpu,
-        reads,
-        reads_cpu,
-        disk_bytes,
-    })
+    dir.close().with_context(|| format!("[{name}] cannot remove the temporary database"))?;
+    Ok(ConfigResult { name, ingest, ingest_cpu, reads, reads_cpu, disk_bytes })
 }
 
 fn repo_root() -> PathBuf {
@@ -300,7 +250,7 @@ fn repo_root() -> PathBuf {
 
 fn now_utc() -> Result<String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    Ok(time::OffsetDateTime::now_utc().format(fmt)?)
+    Ok(mamori_store::clock::SystemClock.now().format(fmt)?)
 }
 
 fn git_commit(root: &Path) -> String {

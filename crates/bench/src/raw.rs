@@ -53,12 +53,7 @@ pub fn run(bundles: &[Bundle], tmp_parent: &Path, select_for: Duration) -> Resul
     let dir = tempfile::Builder::new()
         .prefix("mamori-bench-raw-")
         .tempdir_in(tmp_parent)
-        .with_context(|| {
-            format!(
-                "cannot create a temporary directory in {}",
-                tmp_parent.display()
-            )
-        })?;
+        .with_context(|| format!("cannot create a temporary directory in {}", tmp_parent.display()))?;
     let mut conn = Connection::open(dir.path().join("raw.db")).context("cannot open raw.db")?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -100,10 +95,5 @@ pub fn run(bundles: &[Bundle], tmp_parent: &Path, select_for: Duration) -> Resul
     let select_elapsed = start.elapsed();
     drop(stmt);
     anyhow::ensure!(bytes > 0, "selects returned nothing");
-    Ok(Raw {
-        rows,
-        insert_elapsed,
-        selects,
-        select_elapsed,
-    })
+    Ok(Raw { rows, insert_elapsed, selects, select_elapsed })
 }

@@ -21,10 +21,7 @@ impl Latency {
     pub fn from_samples(per_worker: Vec<Vec<u32>>) -> Latency {
         let mut sorted: Vec<u32> = per_worker.into_iter().flatten().collect();
         sorted.sort_unstable();
-        Latency {
-            count: sorted.len(),
-            sorted,
-        }
+        Latency { count: sorted.len(), sorted }
     }
 
     /// The q-quantile (0..=1) in milliseconds; 0 without samples.
@@ -63,12 +60,7 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model,
-            memory,
-            kernel,
-        }
+        Machine { cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), cpu_model, memory, kernel }
     }
 }
 
@@ -93,6 +85,16 @@ impl ConfigResult {
 
     pub fn reads_per_sec(&self) -> f64 {
         self.reads.requests as f64 / self.reads.elapsed.as_secs_f64()
+    }
+
+    fn details(&self) -> String {
+        format!(
+            "bundle POST latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; mean read response {:.0} bytes",
+            self.ingest.latency.ms(0.5),
+            self.ingest.latency.ms(0.99),
+            self.ingest.latency.ms(1.0),
+            self.reads.bytes as f64 / self.reads.requests.max(1) as f64
+        )
     }
 }
 
@@ -137,11 +139,7 @@ fn check(what: &'static str, value: f64, target: f64, fmt: fn(f64) -> String) ->
         value: fmt(value),
         target: format!("≥ {}", fmt(target)),
         met,
-        shortfall: if met {
-            String::new()
-        } else {
-            format!("missed by {:.0}%", (1.0 - value / target) * 100.0)
-        },
+        shortfall: if met { String::new() } else { format!("missed by {:.0}%", (1.0 - value / target) * 100.0) },
     }
 }
 
@@ -150,7 +148,7 @@ fn rate(v: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -176,41 +174,22 @@ impl Report {
         let (Some(m), Some(b)) = (self.get("mamori"), self.get("baseline")) else {
             return out;
         };
-        out.push(check(
-            "ingest (mamori), resources/s",
-            m.resources_per_sec(),
-            TARGET_INGEST,
-            rate,
-        ));
-        out.push(check(
-            "audited reads (mamori), requests/s",
-            m.reads_per_sec(),
-            TARGET_READS,
-            rate,
-        ));
+        out.push(check("ingest (mamori), resources/s", m.resources_per_sec(), TARGET_INGEST, rate));
+        out.push(check("audited reads (mamori), requests/s", m.reads_per_sec(), TARGET_READS, rate));
         out.push(check(
             "ingest ratio mamori / baseline",
             m.resources_per_sec() / b.resources_per_sec(),
             TARGET_RATIO,
             ratio,
         ));
-        out.push(check(
-            "read ratio mamori / baseline",
-            m.reads_per_sec() / b.reads_per_sec(),
-            TARGET_RATIO,
-            ratio,
-        ));
+        out.push(check("read ratio mamori / baseline", m.reads_per_sec() / b.reads_per_sec(), TARGET_RATIO, ratio));
         out
     }
 
     /// The plain-text table for the terminal.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "\nmamori benchmark  {}  commit {}",
-            self.date, self.commit
-        );
+        let _ = writeln!(s, "\nmamori benchmark  {}  commit {}", self.date, self.commit);
         let _ = writeln!(
             s,
             "machine: {} × {}, {}, Linux {}",
@@ -260,6 +239,10 @@ impl Report {
                 rate(raw.selects_per_sec())
             );
         }
+        let _ = writeln!(s);
+        for c in &self.configs {
+            let _ = writeln!(s, "{}: {}", c.name, c.details());
+        }
         let _ = writeln!(s, "\nCPU (average cores busy per thread group):");
         for c in &self.configs {
             let _ = writeln!(s, "  {} ingest: {}", c.name, c.ingest_cpu.summary());
@@ -287,14 +270,8 @@ impl Report {
     fn ratios(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let (Some(m), Some(b)) = (self.get("mamori"), self.get("baseline")) {
-            out.push((
-                "ingest mamori / baseline".into(),
-                ratio(m.resources_per_sec() / b.resources_per_sec()),
-            ));
-            out.push((
-                "reads mamori / baseline".into(),
-                ratio(m.reads_per_sec() / b.reads_per_sec()),
-            ));
+            out.push(("ingest mamori / baseline".into(), ratio(m.resources_per_sec() / b.resources_per_sec())));
+            out.push(("reads mamori / baseline".into(), ratio(m.reads_per_sec() / b.reads_per_sec())));
         }
         if let Some(raw) = &self.raw {
             for c in &self.configs {
@@ -302,10 +279,7 @@ impl Report {
                     format!("ingest {} / raw inserts", c.name),
                     ratio(c.resources_per_sec() / raw.rows_per_sec()),
                 ));
-                out.push((
-                    format!("reads {} / raw selects", c.name),
-                    ratio(c.reads_per_sec() / raw.selects_per_sec()),
-                ));
+                out.push((format!("reads {} / raw selects", c.name), ratio(c.reads_per_sec() / raw.selects_per_sec())));
             }
         }
         out
@@ -354,14 +328,15 @@ impl Report {
             );
         }
         s.push('\n');
+        for c in &self.configs {
+            let _ = writeln!(s, "- {}: {}", c.name, c.details());
+        }
+        s.push('\n');
         let _ = writeln!(s, "| ratio | value |\n|---|---:|");
         for (k, v) in self.ratios() {
             let _ = writeln!(s, "| {k} | {v} |");
         }
-        let _ = writeln!(
-            s,
-            "\n| target | measured | goal | result |\n|---|---:|---:|---|"
-        );
+        let _ = writeln!(s, "\n| target | measured | goal | result |\n|---|---:|---:|---|");
         for c in self.checks() {
             let _ = writeln!(
                 s,
@@ -369,11 +344,7 @@ impl Report {
                 c.what,
                 c.value,
                 c.target,
-                if c.met {
-                    "met".to_string()
-                } else {
-                    format!("**not met** ({})", c.shortfall)
-                }
+                if c.met { "met".to_string() } else { format!("**not met** ({})", c.shortfall) }
             );
         }
         let _ = writeln!(

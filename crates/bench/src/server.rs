@@ -58,12 +58,7 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("mamori-bench-{}-", mode.name()))
         .tempdir_in(tmp_parent)
-        .with_context(|| {
-            format!(
-                "cannot create a temporary directory in {}",
-                tmp_parent.display()
-            )
-        })?;
+        .with_context(|| format!("cannot create a temporary directory in {}", tmp_parent.display()))?;
     let cfg = StoreConfig::new(dir.path().join("mamori.db"));
     let store = match mode {
         Mode::Mamori => SqliteStore::open(cfg, &MasterKey::ephemeral()),
@@ -76,55 +71,28 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
         .create_account(operator_ctx(), &name, Role::Physician, None)
         .await
         .context("cannot create the bench account")?;
-    let (token, _expires) = store
-        .create_token(operator_ctx(), &name, time::Duration::hours(24))
-        .await
-        .context("cannot issue a token")?;
+    let (token, _expires) =
+        store.create_token(operator_ctx(), &name, time::Duration::hours(24)).await.context("cannot issue a token")?;
 
-    let shared = Shared::new(
-        Arc::new(store.clone()),
-        HttpLimits::default(),
-        PageLimits::default(),
-        None,
-        Arc::new(SystemClock),
-    );
+    let shared =
+        Shared::new(Arc::new(store.clone()), HttpLimits::default(), PageLimits::default(), None, Arc::new(SystemClock));
     let app = mamori_server::app(Arc::new(shared));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot bind a loopback port")?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port")?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         // Either a stop message or a dropped sender ends the server.
         let _ = stopped.await;
     };
-    let task = tokio::spawn(mamori_server::listener::serve(
-        listener,
-        None,
-        app,
-        shutdown,
-        ConnLimits::default(),
-    ));
-    Ok(Running {
-        addr,
-        token: token.secret().to_string(),
-        store,
-        stop,
-        task,
-        dir,
-    })
+    let task = tokio::spawn(mamori_server::listener::serve(listener, None, app, shutdown, ConnLimits::default()));
+    Ok(Running { addr, token: token.secret().to_string(), store, stop, task, dir })
 }
 
 impl Running {
     /// Bytes on disk (database, WAL and shared memory files).
     pub fn disk_bytes(&self) -> u64 {
         std::fs::read_dir(self.dir.path())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
+            .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
             .unwrap_or(0)
     }
 
@@ -132,10 +100,7 @@ impl Running {
     /// runtime) and the directory (removed when dropped).
     pub async fn stop(self) -> Result<(SqliteStore, TempDir)> {
         let _ = self.stop.send(());
-        self.task
-            .await
-            .context("server task failed")?
-            .context("server stopped with an error")?;
+        self.task.await.context("server task failed")?.context("server stopped with an error")?;
         Ok((self.store, self.dir))
     }
 }

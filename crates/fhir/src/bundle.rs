@@ -97,10 +97,7 @@ pub struct RequestEntry {
 /// The entry count is checked against `max_entries` before anything else is examined, so an
 /// oversized request costs little. Resources are checked as by `check_resource`, with paths
 /// like "Bundle.entry[2].resource.name[0]".
-pub fn parse_request_bundle(
-    v: Value,
-    max_entries: usize,
-) -> Result<(BundleKind, Vec<RequestEntry>), FhirError> {
+pub fn parse_request_bundle(v: Value, max_entries: usize) -> Result<(BundleKind, Vec<RequestEntry>), FhirError> {
     let Value::Object(map) = v else {
         return Err(err("Bundle", "a Bundle must be a JSON object"));
     };
@@ -111,10 +108,7 @@ pub fn parse_request_bundle(
         Some("transaction") => BundleKind::Transaction,
         Some("batch") => BundleKind::Batch,
         _ => {
-            return Err(err(
-                "Bundle.type",
-                "Bundle.type must be \"transaction\" or \"batch\"",
-            ));
+            return Err(err("Bundle.type", "Bundle.type must be \"transaction\" or \"batch\""));
         }
     };
     let count = match map.get("entry") {
@@ -123,10 +117,7 @@ pub fn parse_request_bundle(
         Some(_) => return Err(err("Bundle.entry", "entry must be an array")),
     };
     if count > max_entries {
-        return Err(FhirError::TooManyEntries {
-            count,
-            limit: max_entries,
-        });
+        return Err(FhirError::TooManyEntries { count, limit: max_entries });
     }
     // One pass of the generic JSON rules over everything (entries, their resources, search,
     // extensions...), so errors name paths like "Bundle.entry[2].resource.name[0]".
@@ -158,10 +149,7 @@ pub fn parse_request_bundle(
 }
 
 fn err(path: &str, reason: &str) -> FhirError {
-    FhirError::Bundle {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    }
+    FhirError::Bundle { path: path.to_owned(), reason: reason.to_owned() }
 }
 
 fn parse_entry(index: usize, entry: Value) -> Result<RequestEntry, FhirError> {
@@ -180,12 +168,7 @@ fn parse_entry(index: usize, entry: Value) -> Result<RequestEntry, FhirError> {
         .get("method")
         .and_then(Value::as_str)
         .and_then(Method::parse)
-        .ok_or_else(|| {
-            err(
-                &req_at("method"),
-                "request.method must be GET, HEAD, POST, PUT, PATCH or DELETE",
-            )
-        })?;
+        .ok_or_else(|| err(&req_at("method"), "request.method must be GET, HEAD, POST, PUT, PATCH or DELETE"))?;
     let url = optional_string(&request, "url", &req_at("url"))?
         .ok_or_else(|| err(&req_at("url"), "request.url is required"))?;
     let request = EntryRequest {
@@ -194,25 +177,15 @@ fn parse_entry(index: usize, entry: Value) -> Result<RequestEntry, FhirError> {
         if_none_exist: optional_string(&request, "ifNoneExist", &req_at("ifNoneExist"))?,
         if_match: optional_string(&request, "ifMatch", &req_at("ifMatch"))?,
         if_none_match: optional_string(&request, "ifNoneMatch", &req_at("ifNoneMatch"))?,
-        if_modified_since: optional_string(
-            &request,
-            "ifModifiedSince",
-            &req_at("ifModifiedSince"),
-        )?,
+        if_modified_since: optional_string(&request, "ifModifiedSince", &req_at("ifModifiedSince"))?,
     };
 
     match (&resource, method) {
         (None, Method::Post | Method::Put) => {
-            return Err(err(
-                &at(".resource"),
-                "POST and PUT entries need a resource",
-            ));
+            return Err(err(&at(".resource"), "POST and PUT entries need a resource"));
         }
         (Some(_), Method::Get | Method::Head | Method::Delete) => {
-            return Err(err(
-                &at(".resource"),
-                "GET, HEAD and DELETE entries must not have a resource",
-            ));
+            return Err(err(&at(".resource"), "GET, HEAD and DELETE entries must not have a resource"));
         }
         (Some(r), _) => {
             // Already checked as a resource if it has a resourceType; make sure it has one.
@@ -225,28 +198,16 @@ fn parse_entry(index: usize, entry: Value) -> Result<RequestEntry, FhirError> {
             // resource's (PATCH bodies are Binary/Parameters, so not compared).
             let url_type = request.url.split(['/', '?']).next().unwrap_or("");
             if matches!(method, Method::Post | Method::Put) && url_type != rtype.as_str() {
-                return Err(err(
-                    &req_at("url"),
-                    "request.url does not name the type of entry.resource",
-                ));
+                return Err(err(&req_at("url"), "request.url does not name the type of entry.resource"));
             }
         }
         (None, _) => {}
     }
-    Ok(RequestEntry {
-        index,
-        full_url,
-        resource,
-        request,
-    })
+    Ok(RequestEntry { index, full_url, resource, request })
 }
 
 /// A member that must be a non-empty string if present.
-fn optional_string(
-    map: &serde_json::Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<String>, FhirError> {
+fn optional_string(map: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, FhirError> {
     match map.get(key) {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
@@ -282,10 +243,7 @@ mod tests {
         assert_eq!(kind, BundleKind::Transaction);
         assert_eq!(entries.len(), 4);
         assert_eq!(entries[0].full_url.as_deref(), Some("urn:uuid:1"));
-        assert_eq!(
-            entries[0].request.if_none_exist.as_deref(),
-            Some("identifier=a|b")
-        );
+        assert_eq!(entries[0].request.if_none_exist.as_deref(), Some("identifier=a|b"));
         assert_eq!(entries[1].request.method, Method::Put);
         assert_eq!(entries[1].request.if_match.as_deref(), Some("W/\"1\""));
         assert_eq!(entries[1].resource.as_ref().unwrap()["id"], "o");
@@ -295,37 +253,24 @@ mod tests {
 
     #[test]
     fn empty_batch() {
-        let (kind, entries) =
-            parse_request_bundle(json!({"resourceType": "Bundle", "type": "batch"}), 0).unwrap();
+        let (kind, entries) = parse_request_bundle(json!({"resourceType": "Bundle", "type": "batch"}), 0).unwrap();
         assert_eq!(kind, BundleKind::Batch);
         assert!(entries.is_empty());
     }
 
     #[test]
     fn rejects_wrong_bundles() {
+        assert_eq!(path_of(parse_request_bundle(json!({"resourceType": "Patient"}), 5)), "Bundle.resourceType");
         assert_eq!(
-            path_of(parse_request_bundle(json!({"resourceType": "Patient"}), 5)),
-            "Bundle.resourceType"
-        );
-        assert_eq!(
-            path_of(parse_request_bundle(
-                json!({"resourceType": "Bundle", "type": "searchset"}),
-                5
-            )),
+            path_of(parse_request_bundle(json!({"resourceType": "Bundle", "type": "searchset"}), 5)),
             "Bundle.type"
         );
         assert_eq!(
-            path_of(parse_request_bundle(
-                json!({"resourceType": "Bundle", "type": "batch", "entry": {}}),
-                5
-            )),
+            path_of(parse_request_bundle(json!({"resourceType": "Bundle", "type": "batch", "entry": {}}), 5)),
             "Bundle.entry"
         );
         assert_eq!(
-            path_of(parse_request_bundle(
-                json!({"resourceType": "Bundle", "type": "batch", "id": "a b"}),
-                5
-            )),
+            path_of(parse_request_bundle(json!({"resourceType": "Bundle", "type": "batch", "id": "a b"}), 5)),
             "Bundle.id"
         );
     }
@@ -347,22 +292,10 @@ mod tests {
                 json!([{"request": ok_req.clone()}, {"resource": {"resourceType": "Patient"}}]),
                 "Bundle.entry[1].request",
             ),
-            (
-                json!([{"request": {"method": "post", "url": "Patient"}}]),
-                "Bundle.entry[0].request.method",
-            ),
-            (
-                json!([{"request": {"method": "GET"}}]),
-                "Bundle.entry[0].request.url",
-            ),
-            (
-                json!([{"request": {"method": "GET", "url": ""}}]),
-                "Bundle.entry[0].request.url",
-            ),
-            (
-                json!([{"request": {"method": "POST", "url": "Patient"}}]),
-                "Bundle.entry[0].resource",
-            ),
+            (json!([{"request": {"method": "post", "url": "Patient"}}]), "Bundle.entry[0].request.method"),
+            (json!([{"request": {"method": "GET"}}]), "Bundle.entry[0].request.url"),
+            (json!([{"request": {"method": "GET", "url": ""}}]), "Bundle.entry[0].request.url"),
+            (json!([{"request": {"method": "POST", "url": "Patient"}}]), "Bundle.entry[0].resource"),
             (
                 json!([{"request": {"method": "DELETE", "url": "Patient/1"}, "resource": {"resourceType": "Patient"}}]),
                 "Bundle.entry[0].resource",
@@ -381,27 +314,15 @@ mod tests {
             ),
         ];
         for (entries, want) in cases {
-            assert_eq!(
-                path_of(parse_request_bundle(
-                    bundle("transaction", entries.clone()),
-                    10
-                )),
-                want,
-                "{entries}"
-            );
+            assert_eq!(path_of(parse_request_bundle(bundle("transaction", entries.clone()), 10)), want, "{entries}");
         }
     }
 
     #[test]
     fn duplicate_full_url() {
         let e = |u: &str| json!({"fullUrl": u, "request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}});
-        let r = parse_request_bundle(
-            bundle(
-                "transaction",
-                json!([e("urn:uuid:a"), e("urn:uuid:b"), e("urn:uuid:a")]),
-            ),
-            10,
-        );
+        let r =
+            parse_request_bundle(bundle("transaction", json!([e("urn:uuid:a"), e("urn:uuid:b"), e("urn:uuid:a")])), 10);
         let err = r.unwrap_err();
         assert_eq!(err.path(), Some("Bundle.entry[2].fullUrl"));
         assert!(err.to_string().contains("Bundle.entry[0]"));
@@ -409,14 +330,7 @@ mod tests {
 
     #[test]
     fn methods_round_trip() {
-        for m in [
-            Method::Get,
-            Method::Head,
-            Method::Post,
-            Method::Put,
-            Method::Patch,
-            Method::Delete,
-        ] {
+        for m in [Method::Get, Method::Head, Method::Post, Method::Put, Method::Patch, Method::Delete] {
             assert_eq!(Method::parse(m.as_str()), Some(m));
         }
     }

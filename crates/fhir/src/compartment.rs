@@ -79,11 +79,7 @@ fn patient_id_of(reference: &str) -> Option<&str> {
         lower.starts_with("http://") || lower.starts_with("https://")
     };
     // Relative: exactly "Patient/<id>"; absolute: scheme://host[/base]/Patient/<id>.
-    if (n == 2 && !absolute) || (absolute && n >= 5) {
-        Some(parts[n - 1])
-    } else {
-        None
-    }
+    if (n == 2 && !absolute) || (absolute && n >= 5) { Some(parts[n - 1]) } else { None }
 }
 
 #[cfg(test)]

@@ -128,8 +128,7 @@ impl FhirError {
 
     /// Builds `UnknownResourceType`, keeping the name only if it looks like one.
     pub(crate) fn unknown_type(name: &str) -> FhirError {
-        let looks_like_type =
-            !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphabetic());
+        let looks_like_type = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphabetic());
         FhirError::UnknownResourceType(if looks_like_type {
             name.to_owned()
         } else {
@@ -140,17 +139,7 @@ impl FhirError {
 
 /// Quotes an untrusted header fragment for a message: at most 100 printable ASCII characters.
 pub(crate) fn quote_header(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .take(100)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
+    let cleaned: String = s.chars().take(100).map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     format!("{cleaned:?}")
 }
 
@@ -169,17 +158,11 @@ mod tests {
 
     #[test]
     fn codes_and_paths() {
-        let e = FhirError::Structure {
-            path: "Patient.name[0]".into(),
-            reason: "null value",
-        };
+        let e = FhirError::Structure { path: "Patient.name[0]".into(), reason: "null value" };
         assert_eq!(e.issue_code(), "structure");
         assert_eq!(e.path(), Some("Patient.name[0]"));
         assert_eq!(e.to_string(), "Patient.name[0]: null value");
-        assert_eq!(
-            FhirError::TooManyEntries { count: 5, limit: 2 }.issue_code(),
-            "too-costly"
-        );
+        assert_eq!(FhirError::TooManyEntries { count: 5, limit: 2 }.issue_code(), "too-costly");
         assert_eq!(FhirError::NotAcceptable.issue_code(), "not-supported");
         assert_eq!(FhirError::NotAcceptable.path(), None);
     }

@@ -11,9 +11,7 @@ pub struct Id(String);
 /// Whether `s` matches the FHIR id pattern. Also used for version ids, which the spec gives
 /// the same type.
 pub(crate) fn is_valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 impl Id {
@@ -24,13 +22,7 @@ impl Id {
 
     /// Like `parse`, naming `path` in the error.
     pub(crate) fn parse_at(s: &str, path: &str) -> Result<Id, FhirError> {
-        if is_valid_id(s) {
-            Ok(Id(s.to_owned()))
-        } else {
-            Err(FhirError::InvalidId {
-                path: path.to_owned(),
-            })
-        }
+        if is_valid_id(s) { Ok(Id(s.to_owned())) } else { Err(FhirError::InvalidId { path: path.to_owned() }) }
     }
 
     /// The id text.
@@ -74,10 +66,7 @@ mod tests {
             assert_eq!(Id::parse(ok).map(|i| i.to_string()), Ok(ok.to_owned()));
         }
         for bad in ["", "a b", "a/b", "a_b", "é", &"x".repeat(65), "a\n"] {
-            assert!(
-                matches!(Id::parse(bad), Err(FhirError::InvalidId { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(Id::parse(bad), Err(FhirError::InvalidId { .. })), "{bad:?}");
         }
     }
 

@@ -27,10 +27,7 @@ fn parse_media_type(s: &str) -> Option<MediaType> {
         }
         let (name, value) = p.split_once('=')?;
         let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
         params.push((name.trim().to_ascii_lowercase(), value.to_owned()));
     }
     Some(MediaType { essence, params })
@@ -38,10 +35,7 @@ fn parse_media_type(s: &str) -> Option<MediaType> {
 
 impl MediaType {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -49,9 +43,7 @@ impl MediaType {
 fn is_r4(version: &str) -> bool {
     match version.strip_prefix("4.0") {
         Some("") => true,
-        Some(rest) => rest
-            .strip_prefix('.')
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        Some(rest) => rest.strip_prefix('.').is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
         None => false,
     }
 }
@@ -61,15 +53,11 @@ fn is_r4(version: &str) -> bool {
 /// ignored (RFC 9110: unknown parameters carry no meaning for us). JSON Patch bodies are
 /// recognised separately by [`is_json_patch`].
 pub fn check_content_type(header: Option<&str>) -> Result<(), FhirError> {
-    let header = header
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| FhirError::UnsupportedMediaType {
-            reason: "missing Content-Type; send application/fhir+json".to_owned(),
-        })?;
-    let unsupported = || FhirError::UnsupportedMediaType {
-        reason: format!("{}; send application/fhir+json", quote_header(header)),
-    };
+    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or_else(|| FhirError::UnsupportedMediaType {
+        reason: "missing Content-Type; send application/fhir+json".to_owned(),
+    })?;
+    let unsupported =
+        || FhirError::UnsupportedMediaType { reason: format!("{}; send application/fhir+json", quote_header(header)) };
     let mt = parse_media_type(header).ok_or_else(unsupported)?;
     if mt.essence != FHIR_JSON && mt.essence != JSON {
         return Err(unsupported());
@@ -82,18 +70,14 @@ pub fn check_content_type(header: Option<&str>) -> Result<(), FhirError> {
         });
     }
     match mt.param("fhirversion") {
-        Some(v) if !is_r4(v) => Err(FhirError::UnsupportedFhirVersion(
-            quote_header(v).trim_matches('"').to_owned(),
-        )),
+        Some(v) if !is_r4(v) => Err(FhirError::UnsupportedFhirVersion(quote_header(v).trim_matches('"').to_owned())),
         _ => Ok(()),
     }
 }
 
 /// Whether a Content-Type is JSON Patch (application/json-patch+json, parameters ignored).
 pub fn is_json_patch(header: Option<&str>) -> bool {
-    header
-        .and_then(parse_media_type)
-        .is_some_and(|mt| mt.essence == "application/json-patch+json")
+    header.and_then(parse_media_type).is_some_and(|mt| mt.essence == "application/json-patch+json")
 }
 
 /// Decides whether the client accepts our JSON responses. `_format` (if given) overrides
@@ -111,8 +95,7 @@ pub fn negotiate_accept(accept: Option<&str>, format_param: Option<&str>) -> Res
         }
         return match parse_media_type(&format) {
             Some(mt)
-                if (mt.essence == FHIR_JSON || mt.essence == JSON)
-                    && mt.param("fhirversion").is_none_or(is_r4) =>
+                if (mt.essence == FHIR_JSON || mt.essence == JSON) && mt.param("fhirversion").is_none_or(is_r4) =>
             {
                 Ok(())
             }
@@ -122,24 +105,12 @@ pub fn negotiate_accept(accept: Option<&str>, format_param: Option<&str>) -> Res
     let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
         return Ok(());
     };
-    let acceptable = accept
-        .split(',')
-        .filter_map(|r| parse_media_type(r.trim()))
-        .any(|mt| {
-            let q_ok = mt
-                .param("q")
-                .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
-            let type_ok = matches!(
-                mt.essence.as_str(),
-                "*/*" | "application/*" | FHIR_JSON | JSON
-            );
-            q_ok && type_ok && mt.param("fhirversion").is_none_or(is_r4)
-        });
-    if acceptable {
-        Ok(())
-    } else {
-        Err(FhirError::NotAcceptable)
-    }
+    let acceptable = accept.split(',').filter_map(|r| parse_media_type(r.trim())).any(|mt| {
+        let q_ok = mt.param("q").is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+        let type_ok = matches!(mt.essence.as_str(), "*/*" | "application/*" | FHIR_JSON | JSON);
+        q_ok && type_ok && mt.param("fhirversion").is_none_or(is_r4)
+    });
+    if acceptable { Ok(()) } else { Err(FhirError::NotAcceptable) }
 }
 
 #[cfg(test)]
@@ -170,10 +141,7 @@ mod tests {
             Some("application/json; charset=latin1"),
         ] {
             let e = check_content_type(bad).unwrap_err();
-            assert!(
-                matches!(e, FhirError::UnsupportedMediaType { .. }),
-                "{bad:?}"
-            );
+            assert!(matches!(e, FhirError::UnsupportedMediaType { .. }), "{bad:?}");
             assert_eq!(e.issue_code(), "not-supported");
         }
         for bad in [
@@ -182,22 +150,14 @@ mod tests {
             "application/fhir+json; fhirVersion=4.01",
             "application/fhir+json; fhirVersion=4.0.",
         ] {
-            assert!(
-                matches!(
-                    check_content_type(Some(bad)),
-                    Err(FhirError::UnsupportedFhirVersion(_))
-                ),
-                "{bad}"
-            );
+            assert!(matches!(check_content_type(Some(bad)), Err(FhirError::UnsupportedFhirVersion(_))), "{bad}");
         }
     }
 
     #[test]
     fn json_patch() {
         assert!(is_json_patch(Some("application/json-patch+json")));
-        assert!(is_json_patch(Some(
-            "Application/JSON-Patch+JSON; charset=utf-8"
-        )));
+        assert!(is_json_patch(Some("Application/JSON-Patch+JSON; charset=utf-8")));
         assert!(!is_json_patch(Some("application/json")));
         assert!(!is_json_patch(None));
     }
@@ -225,43 +185,23 @@ mod tests {
             "application/fhir+json; fhirVersion=3.0",
             "garbage",
         ] {
-            assert_eq!(
-                negotiate_accept(Some(bad), None),
-                Err(FhirError::NotAcceptable),
-                "{bad}"
-            );
+            assert_eq!(negotiate_accept(Some(bad), None), Err(FhirError::NotAcceptable), "{bad}");
         }
     }
 
     #[test]
     fn format_overrides_accept() {
-        for ok in [
-            "json",
-            "JSON",
-            "application/json",
-            "application/fhir+json",
-            "application/fhir json",
-        ] {
-            assert_eq!(
-                negotiate_accept(Some("application/fhir+xml"), Some(ok)),
-                Ok(()),
-                "{ok}"
-            );
+        for ok in ["json", "JSON", "application/json", "application/fhir+json", "application/fhir json"] {
+            assert_eq!(negotiate_accept(Some("application/fhir+xml"), Some(ok)), Ok(()), "{ok}");
         }
         for bad in ["xml", "application/fhir+xml", "html", "ttl", ""] {
-            assert_eq!(
-                negotiate_accept(None, Some(bad)),
-                Err(FhirError::NotAcceptable),
-                "{bad}"
-            );
+            assert_eq!(negotiate_accept(None, Some(bad)), Err(FhirError::NotAcceptable), "{bad}");
         }
     }
 
     #[test]
     fn r4_versions() {
         assert!(is_r4("4.0") && is_r4("4.0.0") && is_r4("4.0.1"));
-        assert!(
-            !is_r4("4") && !is_r4("4.01") && !is_r4("4.0.1a") && !is_r4("4.1") && !is_r4("5.0.0")
-        );
+        assert!(!is_r4("4") && !is_r4("4.01") && !is_r4("4.0.1a") && !is_r4("4.1") && !is_r4("5.0.0"));
     }
 }

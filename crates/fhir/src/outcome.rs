@@ -61,14 +61,7 @@ impl OperationOutcome {
     }
 
     fn single(severity: Severity, code: &'static str, diagnostics: String) -> Self {
-        OperationOutcome {
-            issues: vec![Issue {
-                severity,
-                code,
-                diagnostics,
-                expression: Vec::new(),
-            }],
-        }
+        OperationOutcome { issues: vec![Issue { severity, code, diagnostics, expression: Vec::new() }] }
     }
 
     /// Adds an expression to the last issue.
@@ -128,8 +121,7 @@ mod tests {
 
     #[test]
     fn error_json_is_a_valid_resource() {
-        let oo =
-            OperationOutcome::error("not-found", "Patient/1 not found").with_expression("Patient");
+        let oo = OperationOutcome::error("not-found", "Patient/1 not found").with_expression("Patient");
         let v = oo.to_json();
         assert_eq!(
             v,
@@ -142,10 +134,7 @@ mod tests {
     #[test]
     fn empty_parts_are_omitted() {
         let v = OperationOutcome::information("informational", "").to_json();
-        assert_eq!(
-            v["issue"][0],
-            json!({"severity": "information", "code": "informational"})
-        );
+        assert_eq!(v["issue"][0], json!({"severity": "information", "code": "informational"}));
         let v = OperationOutcome::default().to_json();
         check_resource(&v).unwrap();
         assert_eq!(v["issue"].as_array().map(Vec::len), Some(1));
@@ -153,10 +142,8 @@ mod tests {
 
     #[test]
     fn from_error() {
-        let e = FhirError::Structure {
-            path: "Patient.name[0]".into(),
-            reason: "empty object (omit the element instead)",
-        };
+        let e =
+            FhirError::Structure { path: "Patient.name[0]".into(), reason: "empty object (omit the element instead)" };
         let oo = OperationOutcome::from(&e);
         assert_eq!(oo.issues[0].severity, Severity::Error);
         assert_eq!(oo.issues[0].code, "structure");

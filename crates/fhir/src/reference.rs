@@ -53,10 +53,7 @@ impl Reference {
         if let Some(local) = s.strip_prefix('#') {
             return Ok(Reference::Contained(local.to_owned()));
         }
-        if let Some(rest) = s
-            .strip_prefix("urn:uuid:")
-            .or_else(|| s.strip_prefix("urn:oid:"))
-        {
+        if let Some(rest) = s.strip_prefix("urn:uuid:").or_else(|| s.strip_prefix("urn:oid:")) {
             if rest.is_empty() {
                 return bad("URN without a value");
             }
@@ -69,9 +66,7 @@ impl Reference {
             return Ok(Reference::Absolute(s.to_owned()));
         }
         if has_scheme(s) {
-            return bad(
-                "only http(s) URLs, urn:uuid:, urn:oid: and relative references are supported",
-            );
+            return bad("only http(s) URLs, urn:uuid:, urn:oid: and relative references are supported");
         }
         if let Some((rtype, query)) = s.split_once('?') {
             let rtype = ResourceType::parse(rtype).map_err(|_| FhirError::InvalidReference {
@@ -80,10 +75,7 @@ impl Reference {
             if query.is_empty() {
                 return bad("conditional reference without search parameters");
             }
-            return Ok(Reference::Conditional {
-                rtype,
-                query: query.to_owned(),
-            });
+            return Ok(Reference::Conditional { rtype, query: query.to_owned() });
         }
         parse_local_path(s).ok_or(FhirError::InvalidReference {
             reason: "expected Type/id, Type/id/_history/vid, Type?query, #id, urn:uuid: or an http(s) URL",
@@ -94,9 +86,7 @@ impl Reference {
 /// The remainder after "http://" or "https://" (scheme compared case-insensitively).
 fn strip_http_scheme(s: &str) -> Option<&str> {
     for scheme in ["http://", "https://"] {
-        if s.len() >= scheme.len()
-            && s.is_char_boundary(scheme.len())
-            && s[..scheme.len()].eq_ignore_ascii_case(scheme)
+        if s.len() >= scheme.len() && s.is_char_boundary(scheme.len()) && s[..scheme.len()].eq_ignore_ascii_case(scheme)
         {
             return Some(&s[scheme.len()..]);
         }
@@ -110,9 +100,7 @@ fn has_scheme(s: &str) -> bool {
         Some(i) => {
             let scheme = &s[..i];
             scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         }
         None => false,
     }
@@ -160,16 +148,8 @@ impl fmt::Display for Reference {
     /// The reference string; `Reference::parse(&r.to_string()) == Ok(r)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reference::Local {
-                rtype,
-                id,
-                version: None,
-            } => write!(f, "{rtype}/{id}"),
-            Reference::Local {
-                rtype,
-                id,
-                version: Some(v),
-            } => write!(f, "{rtype}/{id}/_history/{v}"),
+            Reference::Local { rtype, id, version: None } => write!(f, "{rtype}/{id}"),
+            Reference::Local { rtype, id, version: Some(v) } => write!(f, "{rtype}/{id}/_history/{v}"),
             Reference::Absolute(s) | Reference::UrnUuid(s) => f.write_str(s),
             Reference::Conditional { rtype, query } => write!(f, "{rtype}?{query}"),
             Reference::Contained(id) => write!(f, "#{id}"),
@@ -190,19 +170,11 @@ mod tests {
     fn local() {
         assert_eq!(
             Reference::parse("Patient/123"),
-            Ok(Reference::Local {
-                rtype: rt("Patient"),
-                id: Id::parse("123").unwrap(),
-                version: None
-            })
+            Ok(Reference::Local { rtype: rt("Patient"), id: Id::parse("123").unwrap(), version: None })
         );
         assert_eq!(
             Reference::parse("Patient/123/_history/2"),
-            Ok(Reference::Local {
-                rtype: rt("Patient"),
-                id: Id::parse("123").unwrap(),
-                version: Some("2".into())
-            })
+            Ok(Reference::Local { rtype: rt("Patient"), id: Id::parse("123").unwrap(), version: Some("2".into()) })
         );
         for bad in [
             "Patient",
@@ -226,35 +198,18 @@ mod tests {
             Reference::parse("https://x.org/fhir/Patient/1"),
             Ok(Reference::Absolute("https://x.org/fhir/Patient/1".into()))
         );
-        assert_eq!(
-            Reference::parse("HTTP://x.org/a"),
-            Ok(Reference::Absolute("HTTP://x.org/a".into()))
-        );
+        assert_eq!(Reference::parse("HTTP://x.org/a"), Ok(Reference::Absolute("HTTP://x.org/a".into())));
         assert_eq!(
             Reference::parse("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"),
-            Ok(Reference::UrnUuid(
-                "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a".into()
-            ))
+            Ok(Reference::UrnUuid("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a".into()))
         );
-        assert_eq!(
-            Reference::parse("urn:oid:1.2.3"),
-            Ok(Reference::UrnUuid("urn:oid:1.2.3".into()))
-        );
+        assert_eq!(Reference::parse("urn:oid:1.2.3"), Ok(Reference::UrnUuid("urn:oid:1.2.3".into())));
         assert_eq!(
             Reference::parse("Patient?identifier=http://acme.org/mrn|123"),
-            Ok(Reference::Conditional {
-                rtype: rt("Patient"),
-                query: "identifier=http://acme.org/mrn|123".into()
-            })
+            Ok(Reference::Conditional { rtype: rt("Patient"), query: "identifier=http://acme.org/mrn|123".into() })
         );
-        assert_eq!(
-            Reference::parse("#abc"),
-            Ok(Reference::Contained("abc".into()))
-        );
-        assert_eq!(
-            Reference::parse("#"),
-            Ok(Reference::Contained(String::new()))
-        );
+        assert_eq!(Reference::parse("#abc"), Ok(Reference::Contained("abc".into())));
+        assert_eq!(Reference::parse("#"), Ok(Reference::Contained(String::new())));
         for bad in [
             "",
             " Patient/1",
@@ -284,35 +239,16 @@ mod tests {
         let base = "https://host.example/fhir";
         let r = split_local_absolute("https://host.example/fhir/Patient/1", base).unwrap();
         assert_eq!((r.0.as_str(), r.1.as_str(), r.2), ("Patient", "1", None));
-        let r = split_local_absolute(
-            "HTTPS://HOST.example/fhir/Patient/1/_history/4",
-            "https://host.example/fhir/",
-        )
-        .unwrap();
+        let r = split_local_absolute("HTTPS://HOST.example/fhir/Patient/1/_history/4", "https://host.example/fhir/")
+            .unwrap();
         assert_eq!(r.2.as_deref(), Some("4"));
+        assert_eq!(split_local_absolute("http://host.example/fhir/Patient/1", base), None);
+        assert_eq!(split_local_absolute("https://other/fhir/Patient/1", base), None);
+        assert_eq!(split_local_absolute("https://host.example/fhirx/Patient/1", base), None);
+        assert_eq!(split_local_absolute("https://host.example/fhir/Patient?x=1", base), None);
+        assert_eq!(split_local_absolute("https://host.example/fhir/Patient/1/x", base), None);
         assert_eq!(
-            split_local_absolute("http://host.example/fhir/Patient/1", base),
-            None
-        );
-        assert_eq!(
-            split_local_absolute("https://other/fhir/Patient/1", base),
-            None
-        );
-        assert_eq!(
-            split_local_absolute("https://host.example/fhirx/Patient/1", base),
-            None
-        );
-        assert_eq!(
-            split_local_absolute("https://host.example/fhir/Patient?x=1", base),
-            None
-        );
-        assert_eq!(
-            split_local_absolute("https://host.example/fhir/Patient/1/x", base),
-            None
-        );
-        assert_eq!(
-            split_local_absolute("https://host.example/Patient/1", "https://host.example")
-                .map(|r| r.1.into_string()),
+            split_local_absolute("https://host.example/Patient/1", "https://host.example").map(|r| r.1.into_string()),
             Some("1".into())
         );
     }

@@ -57,38 +57,18 @@ mod tests {
     fn table_is_sorted_and_complete() {
         assert!(RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(RESOURCE_TYPES.len(), 146);
-        for t in [
-            "Bundle",
-            "Parameters",
-            "Binary",
-            "Patient",
-            "Observation",
-            "OperationOutcome",
-        ] {
+        for t in ["Bundle", "Parameters", "Binary", "Patient", "Observation", "OperationOutcome"] {
             assert_eq!(ResourceType::parse(t).map(|r| r.as_str()), Ok(t));
         }
     }
 
     #[test]
     fn rejects_non_types() {
-        for t in [
-            "",
-            "patient",
-            "Resource",
-            "DomainResource",
-            "HumanName",
-            "Patient ",
-            "Foo",
-        ] {
+        for t in ["", "patient", "Resource", "DomainResource", "HumanName", "Patient ", "Foo"] {
             let e = ResourceType::parse(t).unwrap_err();
             assert_eq!(e.issue_code(), "not-supported");
         }
-        assert!(
-            ResourceType::parse("Foo")
-                .unwrap_err()
-                .to_string()
-                .contains("Foo")
-        );
+        assert!(ResourceType::parse("Foo").unwrap_err().to_string().contains("Foo"));
     }
 
     #[test]

@@ -35,11 +35,7 @@ pub fn parse_resource(bytes: &[u8]) -> Result<Value, FhirError> {
             }
             Category::Data | Category::Io => "malformed JSON value".to_owned(),
         };
-        FhirError::Json {
-            message,
-            line: e.line(),
-            column: e.column(),
-        }
+        FhirError::Json { message, line: e.line(), column: e.column() }
     })
 }
 
@@ -53,10 +49,7 @@ pub fn check_resource(v: &Value) -> Result<(ResourceType, Option<Id>), FhirError
             } else {
                 "a resource must be a JSON object"
             };
-            return Err(FhirError::Structure {
-                path: "(root)".into(),
-                reason,
-            });
+            return Err(FhirError::Structure { path: "(root)".into(), reason });
         }
     };
     check_resource_at(v, &Path::root(rtype.as_str()), 0)
@@ -64,35 +57,25 @@ pub fn check_resource(v: &Value) -> Result<(ResourceType, Option<Id>), FhirError
 
 /// Like [`check_resource`], for a resource nested in a larger document: paths in errors start
 /// with `prefix` (e.g. "Bundle.entry[2].resource").
-pub(crate) fn check_nested_resource(
-    v: &Value,
-    prefix: &str,
-) -> Result<(ResourceType, Option<Id>), FhirError> {
+pub(crate) fn check_nested_resource(v: &Value, prefix: &str) -> Result<(ResourceType, Option<Id>), FhirError> {
     check_resource_at(v, &Path::root(prefix), 0)
 }
 
-fn check_resource_at(
-    v: &Value,
-    path: &Path<'_>,
-    depth: usize,
-) -> Result<(ResourceType, Option<Id>), FhirError> {
+fn check_resource_at(v: &Value, path: &Path<'_>, depth: usize) -> Result<(ResourceType, Option<Id>), FhirError> {
     let Value::Object(map) = v else {
         return Err(path.structure("a resource must be a JSON object"));
     };
     let rtype = match map.get("resourceType") {
-        Some(Value::String(t)) => ResourceType::parse(t).map_err(|_| {
-            path.key("resourceType")
-                .structure("not a FHIR R4 resource type")
-        })?,
+        Some(Value::String(t)) => {
+            ResourceType::parse(t).map_err(|_| path.key("resourceType").structure("not a FHIR R4 resource type"))?
+        }
         _ => return Err(path.structure("missing or non-string \"resourceType\"")),
     };
     let id = match map.get("id") {
         None => None,
         Some(Value::String(s)) => Some(Id::parse_at(s, &path.key("id").render())?),
         Some(_) => {
-            return Err(FhirError::InvalidId {
-                path: path.key("id").render(),
-            });
+            return Err(FhirError::InvalidId { path: path.key("id").render() });
         }
     };
     check_members(map, path, depth)?;
@@ -101,29 +84,18 @@ fn check_resource_at(
 
 fn check_value(v: &Value, path: &Path<'_>, depth: usize) -> Result<(), FhirError> {
     if depth > MAX_DEPTH {
-        return Err(FhirError::TooDeep {
-            path: path.render(),
-            limit: MAX_DEPTH,
-        });
+        return Err(FhirError::TooDeep { path: path.render(), limit: MAX_DEPTH });
     }
     match v {
         Value::Null => Err(path.structure(
             "null is not allowed (only inside an array, as the placeholder paired with the \
              primitive extension array)",
         )),
-        Value::String(s) if s.is_empty() => {
-            Err(path.structure("empty string (omit the element instead)"))
-        }
-        Value::Object(map) if map.is_empty() => {
-            Err(path.structure("empty object (omit the element instead)"))
-        }
-        Value::Object(map) if map.contains_key("resourceType") => {
-            check_resource_at(v, path, depth).map(|_| ())
-        }
+        Value::String(s) if s.is_empty() => Err(path.structure("empty string (omit the element instead)")),
+        Value::Object(map) if map.is_empty() => Err(path.structure("empty object (omit the element instead)")),
+        Value::Object(map) if map.contains_key("resourceType") => check_resource_at(v, path, depth).map(|_| ()),
         Value::Object(map) => check_members(map, path, depth),
-        Value::Array(items) if items.is_empty() => {
-            Err(path.structure("empty array (omit the element instead)"))
-        }
+        Value::Array(items) if items.is_empty() => Err(path.structure("empty array (omit the element instead)")),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let p = path.index(i);
@@ -171,12 +143,7 @@ fn check_members(map: &Map<String, Value>, path: &Path<'_>, depth: usize) -> Res
 /// two parallel arrays, `"given": ["a", null]` / `"_given": [null, {...}]`, where null fills
 /// the positions that have no value (resp. no id/extension). So a null at position i of one
 /// array needs a non-null at position i of the other, and the arrays have equal length.
-fn check_null_pairing(
-    map: &Map<String, Value>,
-    key: &str,
-    items: &[Value],
-    path: &Path<'_>,
-) -> Result<(), FhirError> {
+fn check_null_pairing(map: &Map<String, Value>, key: &str, items: &[Value], path: &Path<'_>) -> Result<(), FhirError> {
     let sibling_key = match key.strip_prefix('_') {
         Some(base) => base.to_owned(),
         None => format!("_{key}"),
@@ -189,11 +156,7 @@ fn check_null_pairing(
         && sibling.len() != items.len()
     {
         // Report once, on the value array.
-        let value_key = if key.starts_with('_') {
-            sibling_key.as_str()
-        } else {
-            key
-        };
+        let value_key = if key.starts_with('_') { sibling_key.as_str() } else { key };
         return Err(path
             .key(value_key)
             .structure("primitive value array and its '_' extension array differ in length"));
@@ -225,22 +188,13 @@ enum Seg<'a> {
 
 impl<'a> Path<'a> {
     fn root(s: &'a str) -> Path<'a> {
-        Path {
-            parent: None,
-            seg: Seg::Root(s),
-        }
+        Path { parent: None, seg: Seg::Root(s) }
     }
     fn key(&'a self, k: &'a str) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            seg: Seg::Key(k),
-        }
+        Path { parent: Some(self), seg: Seg::Key(k) }
     }
     fn index(&'a self, i: usize) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            seg: Seg::Index(i),
-        }
+        Path { parent: Some(self), seg: Seg::Index(i) }
     }
     fn render(&self) -> String {
         let mut segs = vec![self.seg];
@@ -264,10 +218,7 @@ impl<'a> Path<'a> {
         out
     }
     fn structure(&self, reason: &'static str) -> FhirError {
-        FhirError::Structure {
-            path: self.render(),
-            reason,
-        }
+        FhirError::Structure { path: self.render(), reason }
     }
 }
 
@@ -287,40 +238,19 @@ mod tests {
     #[test]
     fn accepts_minimal_and_returns_type_and_id() {
         let (t, id) = check_resource(&json!({"resourceType": "Patient", "id": "p1"})).unwrap();
-        assert_eq!(
-            (t.as_str(), id.map(Id::into_string)),
-            ("Patient", Some("p1".into()))
-        );
+        assert_eq!((t.as_str(), id.map(Id::into_string)), ("Patient", Some("p1".into())));
         let (_, id) = check_resource(&json!({"resourceType": "Basic"})).unwrap();
         assert_eq!(id, None);
     }
 
     #[test]
     fn rejects_bad_roots() {
-        assert!(matches!(
-            check_resource(&json!([])),
-            Err(FhirError::Structure { .. })
-        ));
-        assert!(matches!(
-            check_resource(&json!({"id": "1"})),
-            Err(FhirError::Structure { .. })
-        ));
-        assert!(matches!(
-            check_resource(&json!({"resourceType": 1})),
-            Err(FhirError::Structure { .. })
-        ));
-        assert!(matches!(
-            check_resource(&json!({"resourceType": "Foo"})),
-            Err(FhirError::UnknownResourceType(_))
-        ));
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "id": "a b"})),
-            "Patient.id"
-        );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "id": 1})),
-            "Patient.id"
-        );
+        assert!(matches!(check_resource(&json!([])), Err(FhirError::Structure { .. })));
+        assert!(matches!(check_resource(&json!({"id": "1"})), Err(FhirError::Structure { .. })));
+        assert!(matches!(check_resource(&json!({"resourceType": 1})), Err(FhirError::Structure { .. })));
+        assert!(matches!(check_resource(&json!({"resourceType": "Foo"})), Err(FhirError::UnknownResourceType(_))));
+        assert_eq!(err_path(json!({"resourceType": "Patient", "id": "a b"})), "Patient.id");
+        assert_eq!(err_path(json!({"resourceType": "Patient", "id": 1})), "Patient.id");
     }
 
     #[test]
@@ -329,31 +259,19 @@ mod tests {
             err_path(json!({"resourceType": "Patient", "name": [{"given": ["a", ""]}]})),
             "Patient.name[0].given[1]"
         );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "active": null})),
-            "Patient.active"
-        );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "name": []})),
-            "Patient.name"
-        );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "name": [{}]})),
-            "Patient.name[0]"
-        );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "name": [[{"text": "x"}]]})),
-            "Patient.name[0]"
-        );
-        assert_eq!(
-            err_path(json!({"resourceType": "Patient", "": 1})),
-            "Patient"
-        );
+        assert_eq!(err_path(json!({"resourceType": "Patient", "active": null})), "Patient.active");
+        assert_eq!(err_path(json!({"resourceType": "Patient", "name": []})), "Patient.name");
+        assert_eq!(err_path(json!({"resourceType": "Patient", "name": [{}]})), "Patient.name[0]");
+        assert_eq!(err_path(json!({"resourceType": "Patient", "name": [[{"text": "x"}]]})), "Patient.name[0]");
+        assert_eq!(err_path(json!({"resourceType": "Patient", "": 1})), "Patient");
     }
 
     #[test]
     fn error_messages_do_not_contain_content() {
-        let e = check_resource(&json!({"resourceType": "Patient", "name": [{"given": ["Secretname", ""]}], "id": "Secret id"})).unwrap_err();
+        let e = check_resource(
+            &json!({"resourceType": "Patient", "name": [{"given": ["Secretname", ""]}], "id": "Secret id"}),
+        )
+        .unwrap_err();
         assert!(!e.to_string().contains("Secret"));
     }
 
@@ -368,8 +286,7 @@ mod tests {
         assert_eq!(err_path(bad), "Patient.name[0].given[1]");
         let bad = json!({"resourceType": "Patient", "name": [{"given": [null, "b"], "_given": [null, ext]}]});
         assert_eq!(err_path(bad), "Patient.name[0].given[0]");
-        let bad =
-            json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [null, ext]}]});
+        let bad = json!({"resourceType": "Patient", "name": [{"given": ["a"], "_given": [null, ext]}]});
         assert_eq!(err_path(bad), "Patient.name[0].given");
         let bad = json!({"resourceType": "Patient", "name": [{"_given": [null]}]});
         assert_eq!(err_path(bad), "Patient.name[0]._given[0]");
@@ -377,12 +294,12 @@ mod tests {
 
     #[test]
     fn nested_resources_are_checked() {
-        let bad =
-            json!({"resourceType": "Patient", "contained": [{"resourceType": "Nope", "id": "x"}]});
+        let bad = json!({"resourceType": "Patient", "contained": [{"resourceType": "Nope", "id": "x"}]});
         assert_eq!(err_path(bad), "Patient.contained[0].resourceType");
         let bad = json!({"resourceType": "Patient", "contained": [{"id": "x"}]});
         assert_eq!(err_path(bad), "Patient.contained[0]");
-        let bad = json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "x", "name": ""}]});
+        let bad =
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "x", "name": ""}]});
         assert_eq!(err_path(bad), "Patient.contained[0].name");
         let bad = json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": "_"}}]});
         assert_eq!(err_path(bad), "Bundle.entry[0].resource.id");
@@ -402,11 +319,8 @@ mod tests {
 
     #[test]
     fn parse_reports_position_not_content() {
-        let e = parse_resource(b"{\n  \"resourceType\": \"Patient\",\n  \"name\": SecretValue\n}")
-            .unwrap_err();
-        let FhirError::Json { line, column, .. } = &e else {
-            panic!("{e:?}")
-        };
+        let e = parse_resource(b"{\n  \"resourceType\": \"Patient\",\n  \"name\": SecretValue\n}").unwrap_err();
+        let FhirError::Json { line, column, .. } = &e else { panic!("{e:?}") };
         assert_eq!(*line, 3);
         assert!(*column > 0);
         assert!(!e.to_string().contains("Secret"), "{e}");
@@ -421,7 +335,9 @@ mod tests {
         let v = parse_resource(src.as_bytes()).unwrap();
         check_resource(&v).unwrap();
         assert_eq!(v.to_string(), src);
-        let v = parse_resource(br#"{"b":0.000000000000000000000000000001,"c":123456789012345678901234567890,"d":-0.0}"#).unwrap();
+        let v =
+            parse_resource(br#"{"b":0.000000000000000000000000000001,"c":123456789012345678901234567890,"d":-0.0}"#)
+                .unwrap();
         assert_eq!(
             v.to_string(),
             r#"{"b":0.000000000000000000000000000001,"c":123456789012345678901234567890,"d":-0.0}"#

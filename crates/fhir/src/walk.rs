@@ -98,19 +98,14 @@ mod tests {
             ("contained[0].subject", "#"),
             ("extension[0].valueReference", "urn:uuid:abc"),
         ];
-        let expected: Vec<_> = expected
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let expected: Vec<_> = expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         assert_eq!(found, expected);
     }
 
     #[test]
     fn root_reference_has_empty_path() {
         let mut found = vec![];
-        for_each_reference(&json!({"reference": "Patient/1"}), |p, r| {
-            found.push((p.to_owned(), r.to_owned()))
-        });
+        for_each_reference(&json!({"reference": "Patient/1"}), |p, r| found.push((p.to_owned(), r.to_owned())));
         assert_eq!(found, vec![(String::new(), "Patient/1".to_owned())]);
     }
 
@@ -122,10 +117,7 @@ mod tests {
                 *r = "Patient/9".into();
             }
         });
-        assert_eq!(
-            v["extension"][0]["valueReference"]["reference"],
-            "Patient/9"
-        );
+        assert_eq!(v["extension"][0]["valueReference"]["reference"], "Patient/9");
         let mut n = 0;
         for_each_reference_mut(&mut v, |_| n += 1);
         assert_eq!(n, 5);

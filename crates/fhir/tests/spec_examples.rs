@@ -41,7 +41,10 @@ fn examples_dir() -> Option<&'static Path> {
                 .arg(root.join("scripts/fetch-fhir-packages.sh"))
                 .status()
                 .expect("run scripts/fetch-fhir-packages.sh");
-            assert!(status.success(), "scripts/fetch-fhir-packages.sh failed (set MAMORI_SKIP_SPEC_EXAMPLES=1 to skip offline)");
+            assert!(
+                status.success(),
+                "scripts/fetch-fhir-packages.sh failed (set MAMORI_SKIP_SPEC_EXAMPLES=1 to skip offline)"
+            );
         }
         Some(dir)
     })
@@ -58,12 +61,7 @@ fn every_spec_example_passes_check_resource() {
     let Some(dir) = examples_dir() else { return };
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read examples dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json") && n != "package.json" && n != ".index.json")
         .collect();
     names.sort();
@@ -76,24 +74,15 @@ fn every_spec_example_passes_check_resource() {
             continue; // not a resource (e.g. the IG definition ig-r4.json)
         }
         checked += 1;
-        let expected_error = KNOWN_SPEC_ERRATA
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| *p);
+        let expected_error = KNOWN_SPEC_ERRATA.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
         match (check_resource(&v), expected_error) {
             (Ok((rtype, _)), None) => assert_eq!(Some(rtype.as_str()), v["resourceType"].as_str()),
-            (Err(e), Some(path))
-                if e.path() == Some(path) && matches!(e, FhirError::InvalidId { .. }) => {}
+            (Err(e), Some(path)) if e.path() == Some(path) && matches!(e, FhirError::InvalidId { .. }) => {}
             (r, _) => failures.push(format!("{name}: {r:?}")),
         }
     }
     eprintln!("checked {checked} spec examples");
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(checked, 5306, "unexpected number of example resources");
 }
 
@@ -123,11 +112,7 @@ fn spec_examples_survive_a_text_round_trip() {
     // Decimals keep their lexical form (arbitrary_precision) and members their order
     // (preserve_order), so serialising a parsed example gives back equivalent JSON text.
     let Some(dir) = examples_dir() else { return };
-    for name in [
-        "Observation-example.json",
-        "Observation-decimal.json",
-        "Invoice-example.json",
-    ] {
+    for name in ["Observation-example.json", "Observation-decimal.json", "Invoice-example.json"] {
         let Ok(bytes) = std::fs::read(dir.join(name)) else {
             continue;
         };

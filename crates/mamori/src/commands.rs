@@ -11,7 +11,7 @@ use mamori_access::Role;
 use mamori_store::clock::{Clock, SystemClock, to_micros};
 use mamori_store::keys::MasterKey;
 use mamori_store::{
-    AccessContext, AccountName, Action, Actor, AuditEvent, PageLimits, SqliteStore, StoreConfig,
+    AccessContext, AccountName, Action, Actor, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
 };
 use rand::Rng;
 
@@ -20,17 +20,13 @@ use crate::config::{self, Config};
 /// The operator, as the audit trail names them: the OS account running the command.
 pub fn operator_ctx() -> AccessContext {
     use std::os::unix::fs::MetadataExt;
-    let who = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
+    let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
+        match std::fs::metadata("/proc/self") {
             Ok(m) => format!("uid={}", m.uid()),
             Err(_) => "unknown".into(),
-        });
-    AccessContext {
-        request_id: uuid_like(),
-        actor: Actor::Operator(format!("operator:{who}")),
-        source: "local".into(),
-    }
+        }
+    });
+    AccessContext { request_id: uuid_like(), actor: Actor::Operator(format!("operator:{who}")), source: "local".into() }
 }
 
 fn uuid_like() -> String {
@@ -41,11 +37,14 @@ fn uuid_like() -> String {
 pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> {
     let master = MasterKey::load_file(&data_dir.join(&cfg.keys.master_key))?;
     let mut sc = StoreConfig::new(data_dir.join(&cfg.storage.database));
+    sc.sealing = Some(SealingConfig {
+        key: crate::audit::load_signing_key(&data_dir.join(&cfg.audit.signing_key))?,
+        witness: Some(data_dir.join(&cfg.audit.witness_file)),
+        every_entries: cfg.audit.checkpoint_every_entries,
+        interval: config::parse_duration(&cfg.audit.checkpoint_interval)?,
+    });
     sc.synchronous_full = cfg.storage.synchronous == "full";
-    sc.page_limits = PageLimits {
-        default_count: cfg.server.default_page_size,
-        max_count: cfg.server.max_page_size,
-    };
+    sc.page_limits = PageLimits { default_count: cfg.server.default_page_size, max_count: cfg.server.max_page_size };
     Ok(SqliteStore::open(sc, &master)?)
 }
 
@@ -53,17 +52,11 @@ pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> 
 fn setup_secret() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
-    let symbols: Vec<char> = (0..24)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    symbols
-        .chunks(4)
-        .map(|c| c.iter().collect::<String>())
-        .collect::<Vec<_>>()
-        .join("-")
+    let symbols: Vec<char> = (0..24).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    symbols.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
 }
 
-fn write_private(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -78,79 +71,43 @@ fn write_private(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> 
 pub async fn init(data_dir: &Path, admin: &str) -> anyhow::Result<ExitCode> {
     let admin = AccountName::parse(admin)?;
     if data_dir.join(config::FILE_NAME).exists() {
-        bail!(
-            "{} is already initialised; refusing to touch it",
-            data_dir.display()
-        );
+        bail!("{} is already initialised; refusing to touch it", data_dir.display());
     }
     if data_dir.exists() && fs::read_dir(data_dir)?.next().is_some() {
-        bail!(
-            "{} exists and is not empty; give a new or empty directory",
-            data_dir.display()
-        );
+        bail!("{} exists and is not empty; give a new or empty directory", data_dir.display());
     }
     let mut dirs = fs::DirBuilder::new();
     dirs.recursive(true).mode(0o700);
-    for d in [
-        data_dir.to_path_buf(),
-        data_dir.join("keys"),
-        data_dir.join("tls"),
-    ] {
-        dirs.create(&d)
-            .with_context(|| format!("cannot create {}", d.display()))?;
+    for d in [data_dir.to_path_buf(), data_dir.join("keys"), data_dir.join("tls"), data_dir.join("audit")] {
+        dirs.create(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let cfg_text = config::initial_file();
     let cfg: Config = toml::from_str(&cfg_text)?;
     MasterKey::create_file(&data_dir.join(&cfg.keys.master_key))?;
     let now = SystemClock.now();
-    let sans = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let pair = mamori_server::tls::generate_self_signed(&sans, now)?;
-    write_private(
-        &data_dir.join(&cfg.tls.private_key),
-        pair.key_pem.as_bytes(),
-        0o600,
-    )?;
-    write_private(
-        &data_dir.join(&cfg.tls.certificate),
-        pair.cert_pem.as_bytes(),
-        0o644,
-    )?;
-    write_private(
-        &data_dir.join(config::FILE_NAME),
-        cfg_text.as_bytes(),
-        0o600,
+    write_private(&data_dir.join(&cfg.tls.private_key), pair.key_pem.as_bytes(), 0o600)?;
+    write_private(&data_dir.join(&cfg.tls.certificate), pair.cert_pem.as_bytes(), 0o644)?;
+    write_private(&data_dir.join(config::FILE_NAME), cfg_text.as_bytes(), 0o600)?;
+    let vkey = crate::audit::create_signing_key(
+        &data_dir.join(&cfg.audit.signing_key),
+        &data_dir.join(&cfg.audit.verifier_key),
     )?;
 
     let store = open_store(data_dir, &cfg)?;
     let ctx = operator_ctx();
-    store
-        .record_operator_action(ctx.clone(), AuditEvent::new(Action::Initialise, 200))
-        .await?;
+    store.record_operator_action(ctx.clone(), AuditEvent::new(Action::Initialise, 200)).await?;
     let secret = setup_secret();
     // SHA-256 suffices for a 120-bit random secret; a slow hash is for human-chosen passwords.
-    store
-        .create_account(
-            ctx,
-            &admin,
-            Role::Administrator,
-            Some(mamori_access::TokenHash::of(&secret).0),
-        )
-        .await?;
+    store.create_account(ctx, &admin, Role::Administrator, Some(mamori_access::TokenHash::of(&secret).0)).await?;
     store.shutdown();
     println!("Initialised {}.", data_dir.display());
     println!("Administrator account: {admin}");
     println!("One-time setup secret (shown once, not stored in clear): {secret}");
-    println!(
-        "The administrator uses it for the first login and must then set their own credentials."
-    );
-    println!(
-        "Keys are in {}: keep them out of database backups.",
-        data_dir.join("keys").display()
-    );
+    println!("The administrator uses it for the first login and must then set their own credentials.");
+    println!("Keys are in {}: keep them out of database backups.", data_dir.join("keys").display());
+    println!("Audit verifier key (give it to your auditors): {vkey}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,9 +116,7 @@ pub async fn user_add(data_dir: &Path, name: &str, role: &str) -> anyhow::Result
     let name = AccountName::parse(name)?;
     let role: Role = role.parse()?;
     let store = open_store(data_dir, &cfg)?;
-    store
-        .create_account(operator_ctx(), &name, role, None)
-        .await?;
+    store.create_account(operator_ctx(), &name, role, None).await?;
     store.shutdown();
     println!("Added account {name} ({role}).");
     Ok(ExitCode::SUCCESS)
@@ -171,41 +126,26 @@ pub async fn user_list(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let store = open_store(data_dir, &cfg)?;
     for a in store.list_accounts().await? {
-        println!(
-            "{}\t{}\t{}",
-            a.name,
-            a.role,
-            if a.disabled { "disabled" } else { "enabled" }
-        );
+        println!("{}\t{}\t{}", a.name, a.role, if a.disabled { "disabled" } else { "enabled" });
     }
     store.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn token_create(
-    data_dir: &Path,
-    user: &str,
-    ttl: Option<&str>,
-) -> anyhow::Result<ExitCode> {
+pub async fn token_create(data_dir: &Path, user: &str, ttl: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(user)?;
     let ttl = config::parse_duration(ttl.unwrap_or(&cfg.tokens.default_ttl))?;
     let max = config::parse_duration(&cfg.tokens.max_ttl)?;
     if ttl > max {
-        bail!(
-            "--ttl is longer than tokens.max_ttl ({})",
-            cfg.tokens.max_ttl
-        );
+        bail!("--ttl is longer than tokens.max_ttl ({})", cfg.tokens.max_ttl);
     }
     let store = open_store(data_dir, &cfg)?;
     let (token, expires_us) = store.create_token(operator_ctx(), &name, ttl).await?;
     store.shutdown();
     // The token alone on stdout, so scripts can capture it; the expiry goes to stderr.
     println!("{}", token.secret());
-    eprintln!(
-        "token for {name} expires at {}",
-        mamori_store::clock::fhir_instant(expires_us)
-    );
+    eprintln!("token for {name} expires at {}", mamori_store::clock::fhir_instant(expires_us));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -216,10 +156,7 @@ pub async fn check(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let report = store.check_integrity(operator_ctx()).await?;
     store.shutdown();
     let took_ms = (to_micros(SystemClock.now()) - started) / 1000;
-    println!(
-        "checked {} versions of {} resources in {took_ms} ms",
-        report.versions_checked, report.resources_checked
-    );
+    println!("checked {} versions of {} resources in {took_ms} ms", report.versions_checked, report.resources_checked);
     if report.is_clean() {
         println!("integrity: OK");
         Ok(ExitCode::SUCCESS)

@@ -18,6 +18,51 @@ pub struct Config {
     pub keys: KeysSection,
     #[serde(default)]
     pub tokens: TokensSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    #[serde(default = "default_verifier_key")]
+    pub verifier_key: PathBuf,
+    #[serde(default = "default_witness")]
+    pub witness_file: PathBuf,
+    #[serde(default = "default_cp_entries")]
+    pub checkpoint_every_entries: u64,
+    #[serde(default = "default_cp_interval")]
+    pub checkpoint_interval: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            signing_key: default_signing_key(),
+            verifier_key: default_verifier_key(),
+            witness_file: default_witness(),
+            checkpoint_every_entries: default_cp_entries(),
+            checkpoint_interval: default_cp_interval(),
+        }
+    }
+}
+
+fn default_signing_key() -> PathBuf {
+    "keys/audit-signing.key".into()
+}
+fn default_verifier_key() -> PathBuf {
+    "audit-signing.vkey".into()
+}
+fn default_witness() -> PathBuf {
+    "audit/checkpoints.log".into()
+}
+fn default_cp_entries() -> u64 {
+    1000
+}
+fn default_cp_interval() -> String {
+    "10s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,10 +101,7 @@ pub struct StorageSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
-        StorageSection {
-            database: default_db(),
-            synchronous: default_sync(),
-        }
+        StorageSection { database: default_db(), synchronous: default_sync() }
     }
 }
 
@@ -80,10 +122,7 @@ pub struct TokensSection {
 
 impl Default for TokensSection {
     fn default() -> Self {
-        TokensSection {
-            default_ttl: default_ttl(),
-            max_ttl: default_max_ttl(),
-        }
+        TokensSection { default_ttl: default_ttl(), max_ttl: default_max_ttl() }
     }
 }
 
@@ -157,6 +196,18 @@ synchronous = "full"
 # readable by the mamori user only (mode 0600); without it the records cannot be read (ENC-1).
 master_key = "keys/master.key"
 
+[audit]
+# Ed25519 key that signs the audit trail's checkpoints (AUD-2), mode 0600, and its public
+# verifier key, which auditors use with `mamori audit verify` (give them a copy).
+signing_key = "keys/audit-signing.key"
+verifier_key = "audit-signing.vkey"
+# Every checkpoint is also appended here, outside the database. Point it at storage the
+# database administrator cannot rewrite (another machine's share, a WORM volume).
+witness_file = "audit/checkpoints.log"
+# A checkpoint is signed after this many audit entries or this much time, whichever is first.
+checkpoint_every_entries = 1000
+checkpoint_interval = "10s"
+
 [tokens]
 # Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
 default_ttl = "8h"
@@ -169,14 +220,10 @@ impl Config {
     pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
         let path = data_dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {} (run `mamori init --data-dir {}` first)",
-                path.display(),
-                data_dir.display()
-            )
+            format!("cannot read {} (run `mamori init --data-dir {}` first)", path.display(), data_dir.display())
         })?;
-        let cfg: Config = toml::from_str(&text)
-            .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -186,15 +233,11 @@ impl Config {
         if self.server.listen.is_empty() {
             bail!("server.listen is empty: name at least one address");
         }
-        if self.server.default_page_size == 0
-            || self.server.default_page_size > self.server.max_page_size
-        {
+        if self.server.default_page_size == 0 || self.server.default_page_size > self.server.max_page_size {
             bail!("server.default_page_size must be between 1 and server.max_page_size");
         }
         if self.server.max_bundle_entries == 0 || self.server.max_body_bytes < 1024 {
-            bail!(
-                "server.max_bundle_entries and server.max_body_bytes must allow at least one small resource"
-            );
+            bail!("server.max_bundle_entries and server.max_body_bytes must allow at least one small resource");
         }
         if !matches!(self.storage.synchronous.as_str(), "full" | "normal") {
             bail!("storage.synchronous must be \"full\" or \"normal\"");
@@ -202,10 +245,7 @@ impl Config {
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");
         }
-        let (d, m) = (
-            parse_duration(&self.tokens.default_ttl)?,
-            parse_duration(&self.tokens.max_ttl)?,
-        );
+        let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
         if d > m {
             bail!("tokens.default_ttl is longer than tokens.max_ttl");
         }
@@ -218,9 +258,7 @@ pub fn parse_duration(raw: &str) -> anyhow::Result<time::Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (num, unit) = raw.split_at(split);
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("'{raw}' is not a duration like 8h or 30d"))?;
+    let n: i64 = num.parse().with_context(|| format!("'{raw}' is not a duration like 8h or 30d"))?;
     let d = match unit {
         "s" => time::Duration::seconds(n),
         "m" => time::Duration::minutes(n),
@@ -244,20 +282,15 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.tls.min_version, "1.3");
         assert_eq!(cfg.storage.synchronous, "full");
-        assert!(
-            cfg.server.listen.iter().all(|a| a.ip().is_loopback()),
-            "secure default: loopback only"
-        );
+        assert!(cfg.server.listen.iter().all(|a| a.ip().is_loopback()), "secure default: loopback only");
     }
 
     #[test]
     fn unknown_keys_and_weak_tls_are_refused() {
         let typo = initial_file().replace("min_version", "minversion");
         assert!(toml::from_str::<Config>(&typo).is_err());
-        let weak: Config = toml::from_str(
-            &initial_file().replace("min_version = \"1.3\"", "min_version = \"1.0\""),
-        )
-        .unwrap();
+        let weak: Config =
+            toml::from_str(&initial_file().replace("min_version = \"1.3\"", "min_version = \"1.0\"")).unwrap();
         assert!(weak.validate().is_err());
     }
 

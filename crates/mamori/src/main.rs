@@ -2,6 +2,7 @@
 //! every one of them is audited like a request.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod commands;
 mod config;
 mod serve;
@@ -12,11 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "mamori",
-    version,
-    about = "FHIR R4 medical-record server with security built in"
-)]
+#[command(name = "mamori", version, about = "FHIR R4 medical-record server with security built in")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The tamper-evident audit trail: verify and export (AUD-2).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Verify every stored record against its seal and its version chain (REC-6).
     Check {
         #[arg(long)]
@@ -80,6 +82,31 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the audit trail offline: an export FILE, or a data directory's database, its
+    /// checkpoints and witness file. Needs no database server and no secret key.
+    Verify {
+        /// An export written by `mamori audit export`.
+        file: Option<PathBuf>,
+        #[arg(long, conflicts_with = "file")]
+        data_dir: Option<PathBuf>,
+        /// The verifier key (`audit-signing.vkey`), obtained independently of the export.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Extra signed checkpoints kept elsewhere (repeatable): they must agree with the log.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+    },
+    /// Write entries, signed checkpoints and consistency proofs to FILE (JSON lines).
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Issue a bearer token for an account; it is printed once.
     Create {
@@ -102,10 +129,7 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -115,31 +139,23 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init { data_dir, admin } => commands::init(&data_dir, &admin).await,
-            Command::Serve {
-                data_dir,
-                listen,
-                dev,
-            } => serve::run(&data_dir, listen, dev).await,
-            Command::User {
-                command:
-                    UserCommand::Add {
-                        data_dir,
-                        name,
-                        role,
-                    },
-            } => commands::user_add(&data_dir, &name, &role).await,
-            Command::User {
-                command: UserCommand::List { data_dir },
-            } => commands::user_list(&data_dir).await,
-            Command::Token {
-                command:
-                    TokenCommand::Create {
-                        data_dir,
-                        user,
-                        ttl,
-                    },
-            } => commands::token_create(&data_dir, &user, ttl.as_deref()).await,
+            Command::Serve { data_dir, listen, dev } => serve::run(&data_dir, listen, dev).await,
+            Command::User { command: UserCommand::Add { data_dir, name, role } } => {
+                commands::user_add(&data_dir, &name, &role).await
+            }
+            Command::User { command: UserCommand::List { data_dir } } => commands::user_list(&data_dir).await,
+            Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
+                commands::token_create(&data_dir, &user, ttl.as_deref()).await
+            }
             Command::Check { data_dir } => commands::check(&data_dir).await,
+            Command::Audit { command: AuditCommand::Verify { file, data_dir, key, checkpoint } } => {
+                match (file, data_dir) {
+                    (Some(f), None) => audit::verify_export(&f, key.as_deref(), &checkpoint),
+                    (None, Some(d)) => audit::verify_data_dir(&d, &checkpoint),
+                    _ => Err(anyhow::anyhow!("give an export FILE or --data-dir DIR")),
+                }
+            }
+            Command::Audit { command: AuditCommand::Export { data_dir, out } } => audit::export(&data_dir, &out),
         }
     });
     match result {

@@ -16,17 +16,9 @@ use tokio::net::TcpListener;
 use crate::commands::open_store;
 use crate::config::Config;
 
-pub async fn run(
-    data_dir: &Path,
-    listen_override: Vec<SocketAddr>,
-    dev: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
-    let addrs = if listen_override.is_empty() {
-        cfg.server.listen.clone()
-    } else {
-        listen_override
-    };
+    let addrs = if listen_override.is_empty() { cfg.server.listen.clone() } else { listen_override };
     if dev && let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         bail!("--dev serves plain HTTP and is allowed on loopback addresses only; {a} is not one");
     }
@@ -44,14 +36,8 @@ pub async fn run(
     let store = open_store(data_dir, &cfg)?;
     let shared = Arc::new(Shared::new(
         Arc::new(store.clone()) as Arc<dyn Store>,
-        HttpLimits {
-            max_body_bytes: cfg.server.max_body_bytes,
-            max_bundle_entries: cfg.server.max_bundle_entries,
-        },
-        PageLimits {
-            default_count: cfg.server.default_page_size,
-            max_count: cfg.server.max_page_size,
-        },
+        HttpLimits { max_body_bytes: cfg.server.max_body_bytes, max_bundle_entries: cfg.server.max_bundle_entries },
+        PageLimits { default_count: cfg.server.default_page_size, max_count: cfg.server.max_page_size },
         cfg.server.base_url.clone(),
         Arc::new(SystemClock),
     ));
@@ -59,9 +45,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         // Scripts and tests read this line to find the port when listening on port 0.
@@ -70,13 +54,7 @@ pub async fn run(
         let shutdown = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tasks.push(tokio::spawn(serve(
-            listener,
-            tls.clone(),
-            router.clone(),
-            shutdown,
-            ConnLimits::default(),
-        )));
+        tasks.push(tokio::spawn(serve(listener, tls.clone(), router.clone(), shutdown, ConnLimits::default())));
     }
     if dev {
         tracing::warn!("development mode: plain HTTP on loopback");
@@ -98,10 +76,7 @@ pub async fn run(
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -16,16 +16,8 @@ fn exec(dir: &DataDir, sql: &str) {
 #[tokio::test]
 async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes() {
     let s = Server::start();
-    let (_, p) = json(
-        s.post_json(
-            "Patient",
-            &json!({"resourceType": "Patient", "gender": "male"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, p) =
+        json(s.post_json("Patient", &json!({"resourceType": "Patient", "gender": "male"})).send().await.unwrap()).await;
     let id = p["id"].as_str().unwrap().to_string();
     let versions = s.dir.query_i64("SELECT count(*) FROM resource_version");
 
@@ -35,17 +27,10 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
         "CREATE TRIGGER break_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'audit down'); END;",
     );
 
-    let create = s
-        .post_json("Patient", &json!({"resourceType": "Patient"}))
-        .send()
-        .await
-        .unwrap();
+    let create = s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap();
     expect_outcome(create, 500, "audit").await;
     let update = s
-        .put_json(
-            &format!("Patient/{id}"),
-            &json!({"resourceType": "Patient", "id": id, "gender": "female"}),
-        )
+        .put_json(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "gender": "female"}))
         .send()
         .await
         .unwrap();
@@ -55,29 +40,14 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
     let tx = json!({"resourceType": "Bundle", "type": "transaction",
         "entry": [{"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}]});
     expect_outcome(s.post_json("", &tx).send().await.unwrap(), 500, "audit").await;
-    assert_eq!(
-        s.dir.query_i64("SELECT count(*) FROM resource_version"),
-        versions,
-        "no write got through"
-    );
+    assert_eq!(s.dir.query_i64("SELECT count(*) FROM resource_version"), versions, "no write got through");
 
     // Reads disclose nothing without their audit row.
     let read = s.get(&format!("Patient/{id}")).send().await.unwrap();
     let body = expect_outcome(read, 500, "audit").await;
-    assert!(
-        !body.to_string().contains("male"),
-        "no record content in the error"
-    );
+    assert!(!body.to_string().contains("male"), "no record content in the error");
     expect_outcome(s.get("Patient?_id=x").send().await.unwrap(), 500, "audit").await;
-    expect_outcome(
-        s.get(&format!("Patient/{id}/_history"))
-            .send()
-            .await
-            .unwrap(),
-        500,
-        "audit",
-    )
-    .await;
+    expect_outcome(s.get(&format!("Patient/{id}/_history")).send().await.unwrap(), 500, "audit").await;
 
     // Audit back: service resumes, the data is as before.
     exec(&s.dir, "DROP TRIGGER break_audit;");
@@ -89,13 +59,7 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
 async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
     let s = Server::start();
     let before = s.dir.query_i64("SELECT count(*) FROM audit_event");
-    let (_, p) = json(
-        s.post_json("Patient", &json!({"resourceType": "Patient"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
     let id = p["id"].as_str().unwrap().to_string();
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "subject": {"reference": format!("Patient/{id}")}});
@@ -104,16 +68,9 @@ async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
     s.get(&format!("Observation/{oid}")).send().await.unwrap();
     s.get("Observation/missing").send().await.unwrap();
     s.http.get(s.url("Patient")).send().await.unwrap(); // no token
-    assert_eq!(
-        s.dir.query_i64("SELECT count(*) FROM audit_event"),
-        before + 5
-    );
+    assert_eq!(s.dir.query_i64("SELECT count(*) FROM audit_event"), before + 5);
 
-    let c = rusqlite::Connection::open_with_flags(
-        s.dir.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let c = rusqlite::Connection::open_with_flags(s.dir.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let row: (String, String, String, String, String, i64, String, i64) = c
         .query_row(
             "SELECT actor, role, source, action, rtype, version, patients, outcome FROM audit_event \
@@ -135,20 +92,10 @@ async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
             200
         )
     );
-    let missing: i64 = c
-        .query_row(
-            "SELECT outcome FROM audit_event WHERE rid = 'missing'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let missing: i64 = c.query_row("SELECT outcome FROM audit_event WHERE rid = 'missing'", [], |r| r.get(0)).unwrap();
     assert_eq!(missing, 404);
     let anonymous: i64 = c
-        .query_row(
-            "SELECT count(*) FROM audit_event WHERE actor IS NULL AND outcome = 401",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM audit_event WHERE actor IS NULL AND outcome = 401", [], |r| r.get(0))
         .unwrap();
     assert_eq!(anonymous, 1);
     // Audit time is the server's, increasing with the sequence.
@@ -165,54 +112,27 @@ async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
 #[tokio::test]
 async fn aud6_the_trail_refuses_update_and_delete_even_from_sql() {
     let s = Server::start();
-    s.post_json("Patient", &json!({"resourceType": "Patient"}))
-        .send()
-        .await
-        .unwrap();
+    s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap();
     let c = rusqlite::Connection::open(s.dir.db()).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    let upd = c
-        .execute("UPDATE audit_event SET actor = 'someone-else'", [])
-        .unwrap_err()
-        .to_string();
+    let upd = c.execute("UPDATE audit_event SET actor = 'someone-else'", []).unwrap_err().to_string();
     assert!(upd.contains("append-only"), "{upd}");
-    let del = c
-        .execute("DELETE FROM audit_event", [])
-        .unwrap_err()
-        .to_string();
+    let del = c.execute("DELETE FROM audit_event", []).unwrap_err().to_string();
     assert!(del.contains("append-only"), "{del}");
-    let rec = c
-        .execute("DELETE FROM resource_version", [])
-        .unwrap_err()
-        .to_string();
+    let rec = c.execute("DELETE FROM resource_version", []).unwrap_err().to_string();
     assert!(rec.contains("immutable"), "{rec}");
-    let edit = c
-        .execute("UPDATE resource_version SET deleted = 1", [])
-        .unwrap_err()
-        .to_string();
+    let edit = c.execute("UPDATE resource_version SET deleted = 1", []).unwrap_err().to_string();
     assert!(edit.contains("immutable"), "{edit}");
 }
 
 #[tokio::test]
 async fn acl5_administrator_and_auditor_tokens_get_no_clinical_data() {
     let s = Server::start();
-    let (_, p) = json(
-        s.post_json("Patient", &json!({"resourceType": "Patient"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
     let id = p["id"].as_str().unwrap().to_string();
     for (name, role) in [("it.admin", "administrator"), ("audit.ito", "auditor")] {
         let token = s.dir.user_with_token(name, role);
-        let read = s
-            .http
-            .get(s.url(&format!("Patient/{id}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let read = s.http.get(s.url(&format!("Patient/{id}"))).bearer_auth(&token).send().await.unwrap();
         expect_outcome(read, 403, "denied").await;
         let create = s
             .http
@@ -224,9 +144,8 @@ async fn acl5_administrator_and_auditor_tokens_get_no_clinical_data() {
             .await
             .unwrap();
         expect_outcome(create, 403, "denied").await;
-        let refused = s.dir.query_i64(&format!(
-            "SELECT count(*) FROM audit_event WHERE actor = '{name}' AND outcome = 403"
-        ));
+        let refused =
+            s.dir.query_i64(&format!("SELECT count(*) FROM audit_event WHERE actor = '{name}' AND outcome = 403"));
         assert_eq!(refused, 2, "denials are audited");
     }
 }

@@ -64,11 +64,7 @@ async fn int1_every_spec_example_creates_and_reads_back_equal() {
             let id = created["id"].as_str().unwrap();
             let (status, read) = json(s.get(&format!("{rtype}/{id}")).send().await.unwrap()).await;
             assert_eq!(status, 200, "{name}");
-            assert_eq!(
-                strip_server_fields(&read),
-                strip_server_fields(&value),
-                "{name} reads back differently"
-            );
+            assert_eq!(strip_server_fields(&read), strip_server_fields(&value), "{name} reads back differently");
             1
         });
     }
@@ -76,8 +72,5 @@ async fn int1_every_spec_example_creates_and_reads_back_equal() {
     while let Some(r) = tasks.join_next().await {
         created += r.unwrap();
     }
-    assert_eq!(
-        created, 5305,
-        "every example but the one with an over-long id"
-    );
+    assert_eq!(created, 5305, "every example but the one with an over-long id");
 }

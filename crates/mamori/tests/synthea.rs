@@ -23,15 +23,10 @@ fn synthea_files() -> Vec<PathBuf> {
     // Organisations and practitioners first: the patient bundles refer to them.
     files.sort_by_key(|p| {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let first =
-            name.starts_with("hospitalInformation") || name.starts_with("practitionerInformation");
+        let first = name.starts_with("hospitalInformation") || name.starts_with("practitionerInformation");
         (!first, name)
     });
-    assert_eq!(
-        files.len(),
-        62,
-        "the 60 patient bundles plus hospital and practitioner bundles"
-    );
+    assert_eq!(files.len(), 62, "the 60 patient bundles plus hospital and practitioner bundles");
     files
 }
 
@@ -94,11 +89,7 @@ async fn assert_reads_back(s: &Arc<Server>, expected: Vec<(Value, String)>) {
             let (status, got) = json(s.get(&local).send().await.unwrap()).await;
             assert_eq!(status, 200, "{local}");
             assert_eq!(got["id"].as_str(), local.split('/').nth(1), "{local}");
-            assert_eq!(
-                strip_server_fields(&got),
-                strip_server_fields(&sent),
-                "{local} reads back differently"
-            );
+            assert_eq!(strip_server_fields(&got), strip_server_fields(&sent), "{local} reads back differently");
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -144,11 +135,7 @@ fn patient_secrets() -> Vec<String> {
 /// names ("Tai") would match random ciphertext by chance (~6 times per 100 MB for three letters),
 /// so they are searched between JSON quotes, the form a plaintext body or index value shows.
 fn needle(value: &str) -> String {
-    if value.len() >= 5 {
-        value.to_string()
-    } else {
-        format!("\"{value}\"")
-    }
+    if value.len() >= 5 { value.to_string() } else { format!("\"{value}\"") }
 }
 
 /// Every file under the data directory except the key files, with what it contains of `secrets`.
@@ -166,11 +153,7 @@ fn scan(dir: &std::path::Path, matcher: &AhoCorasick, secrets: &[String]) -> Vec
             }
             let bytes = std::fs::read(&p).unwrap();
             for m in matcher.find_iter(&bytes) {
-                found.push(format!(
-                    "{} contains {:?}",
-                    p.display(),
-                    secrets[m.pattern().as_usize()]
-                ));
+                found.push(format!("{} contains {:?}", p.display(), secrets[m.pattern().as_usize()]));
             }
         }
     }
@@ -180,11 +163,7 @@ fn scan(dir: &std::path::Path, matcher: &AhoCorasick, secrets: &[String]) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enc1_raw_files_reveal_no_patient_names_or_identifiers() {
     let secrets = patient_secrets();
-    assert!(
-        secrets.len() > 300,
-        "names and identifiers of 60 patients: {}",
-        secrets.len()
-    );
+    assert!(secrets.len() > 300, "names and identifiers of 60 patients: {}", secrets.len());
     let originals: Vec<String> = secrets.iter().map(|s| needle(s)).collect();
     // The scanner is not blind: every needle is found in the plaintext bundles.
     let plain = AhoCorasick::new(&originals).unwrap();
@@ -194,10 +173,7 @@ async fn enc1_raw_files_reveal_no_patient_names_or_identifiers() {
             seen[m.pattern().as_usize()] = true;
         }
     }
-    assert!(
-        seen.iter().all(|s| *s),
-        "scanner must see every secret in the plaintext"
-    );
+    assert!(seen.iter().all(|s| *s), "scanner must see every secret in the plaintext");
     // Also the lower-case forms a search index would normalise names to.
     let mut secrets: Vec<String> = originals.clone();
     secrets.extend(patient_secrets().iter().map(|s| needle(&s.to_lowercase())));
@@ -210,16 +186,8 @@ async fn enc1_raw_files_reveal_no_patient_names_or_identifiers() {
     assert!(loaded.len() > 18_000);
     // While running: main database file, WAL and shared-memory file.
     let live = scan(&s.dir.path, &matcher, &secrets);
-    assert!(
-        live.is_empty(),
-        "ENC-1 violated while running:\n{}",
-        live.join("\n")
-    );
+    assert!(live.is_empty(), "ENC-1 violated while running:\n{}", live.join("\n"));
     let dir = s.stop();
     let at_rest = scan(&dir.path, &matcher, &secrets);
-    assert!(
-        at_rest.is_empty(),
-        "ENC-1 violated at rest:\n{}",
-        at_rest.join("\n")
-    );
+    assert!(at_rest.is_empty(), "ENC-1 violated at rest:\n{}", at_rest.join("\n"));
 }

@@ -34,14 +34,10 @@ impl Authenticated {
         match decide(&self.principal, op) {
             Decision::Permit => Ok(self.ctx.clone()),
             Decision::Deny => {
-                let mut ev = AuditEvent::new(Action::Refused, 403)
-                    .with_detail(format!("forbidden: {}", action.as_str()));
+                let mut ev =
+                    AuditEvent::new(Action::Refused, 403).with_detail(format!("forbidden: {}", action.as_str()));
                 ev.rtype = rtype.map(str::to_string);
-                state
-                    .store
-                    .record_event(self.ctx.clone(), ev)
-                    .await
-                    .map_err(ApiError::from)?;
+                state.store.record_event(self.ctx.clone(), ev).await.map_err(ApiError::from)?;
                 Err(ApiError::forbidden())
             }
         }
@@ -64,27 +60,17 @@ pub(crate) fn request_id() -> String {
 }
 
 pub(crate) fn source_of(req: &Request) -> String {
-    req.extensions()
-        .get::<ConnInfo>()
-        .map(|c| c.remote.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
+    req.extensions().get::<ConnInfo>().map(|c| c.remote.ip().to_string()).unwrap_or_else(|| "unknown".to_string())
 }
 
-pub async fn require_token(
-    State(state): State<Arc<crate::Shared>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id();
     let source = source_of(&req);
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .and_then(|t| TokenHash::from_presented(t.trim()));
     let principal = match presented {
         Some(hash) => match state.store.authenticate(hash).await {
@@ -95,11 +81,7 @@ pub async fn require_token(
     };
     let Some(principal) = principal else {
         // AUD-1: failed authentication is recorded too (no name: the token identified nobody).
-        let ctx = AccessContext {
-            request_id: request_id.clone(),
-            actor: Actor::Anonymous,
-            source,
-        };
+        let ctx = AccessContext { request_id: request_id.clone(), actor: Actor::Anonymous, source };
         let ev = AuditEvent::new(Action::Refused, 401).with_detail("login");
         let resp = match state.store.record_event(ctx, ev).await {
             Ok(()) => ApiError::unauthorized().into_response(),
@@ -107,13 +89,8 @@ pub async fn require_token(
         };
         return with_request_id(resp, &request_id);
     };
-    let ctx = AccessContext {
-        request_id: request_id.clone(),
-        actor: Actor::Person(principal.clone()),
-        source,
-    };
-    req.extensions_mut()
-        .insert(Authenticated { principal, ctx });
+    let ctx = AccessContext { request_id: request_id.clone(), actor: Actor::Person(principal.clone()), source };
+    req.extensions_mut().insert(Authenticated { principal, ctx });
     with_request_id(next.run(req).await, &request_id)
 }
 

@@ -17,36 +17,20 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            outcome: OperationOutcome::error(code, diagnostics),
-        }
+        ApiError { status, outcome: OperationOutcome::error(code, diagnostics) }
     }
 
     pub fn unauthorized() -> Self {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "login",
-            "a valid bearer token is required",
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "login", "a valid bearer token is required")
     }
 
     pub fn forbidden() -> Self {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "access denied by policy",
-        )
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "access denied by policy")
     }
 
     /// The numeric status and issue code for the audit row.
     pub fn audit_detail(&self) -> (u16, String) {
-        let code = self
-            .outcome
-            .issues
-            .first()
-            .map(|i| i.code)
-            .unwrap_or("exception");
+        let code = self.outcome.issues.first().map(|i| i.code).unwrap_or("exception");
         (self.status.as_u16(), code.to_string())
     }
 }
@@ -61,8 +45,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Tampered(what) => {
                 tracing::error!(target: "security", record = %what, "stored record failed authentication");
-                "a stored record failed its integrity check; the operator has been alerted"
-                    .to_string()
+                "a stored record failed its integrity check; the operator has been alerted".to_string()
             }
             StoreError::Setup(detail) => {
                 tracing::error!(error = %detail, "storage setup error");
@@ -92,13 +75,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.outcome.to_json()).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"mamori\""),
-            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mamori\""));
         }
         resp
     }

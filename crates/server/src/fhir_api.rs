@@ -19,8 +19,8 @@ use mamori_fhir::resource_type::ResourceType;
 use mamori_fhir::validate::{check_resource, parse_resource};
 use mamori_store::query::parse_query_string;
 use mamori_store::{
-    Action, EntryResult, HistoryQuery, HistoryScope, Page, SearchQuery, WriteOp, WriteOutcome,
-    parse_etag, patch_from_resource,
+    Action, EntryResult, HistoryQuery, HistoryScope, Page, SearchQuery, WriteOp, WriteOutcome, parse_etag,
+    patch_from_resource,
 };
 use serde_json::Value;
 
@@ -29,8 +29,8 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::listener::ConnInfo;
 use crate::respond::{
-    Bundle, Entry, EntryRequest, EntryResponse, Link, ReturnPref, SearchMode, entry_response,
-    lenient, raw, resource_response, status_line,
+    Bundle, Entry, EntryRequest, EntryResponse, Link, ReturnPref, SearchMode, entry_response, lenient, raw,
+    resource_response, status_line,
 };
 
 type St = State<Arc<Shared>>;
@@ -39,12 +39,7 @@ type Conn = Extension<ConnInfo>;
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// Audits a refusal if `r` failed, so bad input is recorded before it is answered.
-async fn checked<T>(
-    s: &Shared,
-    auth: &Authenticated,
-    rtype: Option<&str>,
-    r: Result<T>,
-) -> Result<T> {
+async fn checked<T>(s: &Shared, auth: &Authenticated, rtype: Option<&str>, r: Result<T>) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
         Err(e) => Err(auth.refuse(s, e, rtype).await),
@@ -52,8 +47,7 @@ async fn checked<T>(
 }
 
 fn parse_type(raw: &str) -> Result<ResourceType> {
-    ResourceType::from_str(raw)
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not-supported", e.to_string()))
+    ResourceType::from_str(raw).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not-supported", e.to_string()))
 }
 
 fn parse_id(raw: &str) -> Result<String> {
@@ -61,20 +55,12 @@ fn parse_id(raw: &str) -> Result<String> {
 }
 
 fn parse_version(raw: &str) -> Result<u64> {
-    raw.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "the version id must be a positive integer",
-        )
-    })
+    raw.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the version id must be a positive integer"))
 }
 
 fn accept(h: &HeaderMap, pairs: &[(String, String)]) -> Result<()> {
-    let format = pairs
-        .iter()
-        .find(|(k, _)| k == "_format")
-        .map(|(_, v)| v.as_str());
+    let format = pairs.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.as_str());
     media::negotiate_accept(h.get(header::ACCEPT).and_then(|v| v.to_str().ok()), format)
         .map_err(|e| ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", e.to_string()))
 }
@@ -88,13 +74,8 @@ fn resource_body(
     h: &HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<(ResourceType, Option<Id>, Value)> {
-    media::check_content_type(content_type(h)).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not-supported",
-            e.to_string(),
-        )
-    })?;
+    media::check_content_type(content_type(h))
+        .map_err(|e| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", e.to_string()))?;
     let bytes = body_bytes(body)?;
     let value = parse_resource(&bytes)?;
     let (rtype, id) = check_resource(&value)?;
@@ -121,47 +102,25 @@ fn resource_body_of(
 fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-costly",
-                "the request body exceeds the configured limit",
-            )
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-costly", "the request body exceeds the configured limit")
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "structure",
-                "the request body could not be read",
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, "structure", "the request body could not be read")
         }
     })
 }
 
 fn if_match(h: &HeaderMap) -> Result<Option<u64>> {
     h.get(header::IF_MATCH)
-        .map(|v| {
-            v.to_str().map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match is not text")
-            })
-        })
+        .map(|v| v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-Match is not text")))
         .transpose()?
         .map(|v| parse_etag(v).map_err(ApiError::from))
         .transpose()
 }
 
 pub async fn metadata(State(s): St, Extension(auth): Auth) -> Result<Response> {
-    let ctx = auth
-        .permit(&s, Operation::Capabilities, Action::Capabilities, None)
-        .await?;
-    s.store
-        .record_event(
-            ctx,
-            mamori_store::AuditEvent::new(Action::Capabilities, 200),
-        )
-        .await?;
-    Ok(crate::respond::json_response(
-        StatusCode::OK,
-        s.capability.clone(),
-    ))
+    let ctx = auth.permit(&s, Operation::Capabilities, Action::Capabilities, None).await?;
+    s.store.record_event(ctx, mamori_store::AuditEvent::new(Action::Capabilities, 200)).await?;
+    Ok(crate::respond::json_response(StatusCode::OK, s.capability.clone()))
 }
 
 pub async fn read(
@@ -173,24 +132,12 @@ pub async fn read(
     h: HeaderMap,
 ) -> Result<Response> {
     let pairs = parse_query_string(q.as_deref().unwrap_or(""));
-    let (rtype, id) = checked(
-        &s,
-        &auth,
-        Some(&rtype),
-        accept(&h, &pairs).and_then(|()| Ok((parse_type(&rtype)?, parse_id(&id)?))),
-    )
-    .await?;
-    let ctx = auth
-        .permit(&s, Operation::View, Action::Read, Some(rtype.as_str()))
-        .await?;
+    let (rtype, id) =
+        checked(&s, &auth, Some(&rtype), accept(&h, &pairs).and_then(|()| Ok((parse_type(&rtype)?, parse_id(&id)?))))
+            .await?;
+    let ctx = auth.permit(&s, Operation::View, Action::Read, Some(rtype.as_str())).await?;
     let rec = s.store.read(ctx, rtype, id, None).await?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &rec,
-        &s.base(&h, &conn),
-        false,
-        ReturnPref::Representation,
-    ))
+    Ok(resource_response(StatusCode::OK, &rec, &s.base(&h, &conn), false, ReturnPref::Representation))
 }
 
 pub async fn vread(
@@ -202,17 +149,9 @@ pub async fn vread(
 ) -> Result<Response> {
     let parsed = (|| Ok((parse_type(&rtype)?, parse_id(&id)?, parse_version(&vid)?)))();
     let (rtype, id, v) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::View, Action::Vread, Some(rtype.as_str()))
-        .await?;
+    let ctx = auth.permit(&s, Operation::View, Action::Vread, Some(rtype.as_str())).await?;
     let rec = s.store.read(ctx, rtype, id, Some(v)).await?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &rec,
-        &s.base(&h, &conn),
-        false,
-        ReturnPref::Representation,
-    ))
+    Ok(resource_response(StatusCode::OK, &rec, &s.base(&h, &conn), false, ReturnPref::Representation))
 }
 
 pub async fn create(
@@ -228,36 +167,18 @@ pub async fn create(
         let (_, value) = resource_body_of(&h, body, url_type)?;
         let cond = match h.get("if-none-exist").map(|v| v.to_str()) {
             None => None,
-            Some(Ok(q)) => Some(SearchQuery::parse(
-                &parse_query_string(q.trim_start_matches('?')),
-                s.page_limits,
-                false,
-            )?),
+            Some(Ok(q)) => {
+                Some(SearchQuery::parse(&parse_query_string(q.trim_start_matches('?')), s.page_limits, false)?)
+            }
             Some(Err(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "If-None-Exist is not text",
-                ));
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-None-Exist is not text"));
             }
         };
         Ok((url_type, value, cond))
     })();
     let (rtype, resource, if_none_exist) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Create, Action::Create, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(
-            ctx,
-            WriteOp::Create {
-                rtype,
-                resource,
-                if_none_exist,
-            },
-        )
-        .await?;
+    let ctx = auth.permit(&s, Operation::Create, Action::Create, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::Create { rtype, resource, if_none_exist }).await?;
     Ok(write_response(&s, &h, &conn, outcome))
 }
 
@@ -293,21 +214,8 @@ pub async fn update(
         Ok((url_type, id, value, if_match(&h)?))
     })();
     let (rtype, id, resource, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Update, Action::Update, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(
-            ctx,
-            WriteOp::Update {
-                rtype,
-                id,
-                resource,
-                if_match,
-            },
-        )
-        .await?;
+    let ctx = auth.permit(&s, Operation::Update, Action::Update, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::Update { rtype, id, resource, if_match }).await?;
     Ok(write_response(&s, &h, &conn, outcome))
 }
 
@@ -322,11 +230,7 @@ pub async fn conditional_update(
 ) -> Result<Response> {
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
-        let query = SearchQuery::parse(
-            &parse_query_string(q.as_deref().unwrap_or("")),
-            s.page_limits,
-            false,
-        )?;
+        let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
         if query.clauses.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -338,21 +242,8 @@ pub async fn conditional_update(
         Ok((url_type, query, value, if_match(&h)?))
     })();
     let (rtype, query, resource, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Update, Action::Update, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(
-            ctx,
-            WriteOp::ConditionalUpdate {
-                rtype,
-                query,
-                resource,
-                if_match,
-            },
-        )
-        .await?;
+    let ctx = auth.permit(&s, Operation::Update, Action::Update, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::ConditionalUpdate { rtype, query, resource, if_match }).await?;
     Ok(write_response(&s, &h, &conn, outcome))
 }
 
@@ -385,21 +276,8 @@ pub async fn patch(
         Ok((rtype, id, patch_from_resource(doc)?, if_match(&h)?))
     })();
     let (rtype, id, patch, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Update, Action::Patch, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(
-            ctx,
-            WriteOp::Patch {
-                rtype,
-                id,
-                patch,
-                if_match,
-            },
-        )
-        .await?;
+    let ctx = auth.permit(&s, Operation::Update, Action::Patch, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::Patch { rtype, id, patch, if_match }).await?;
     Ok(write_response(&s, &h, &conn, outcome))
 }
 
@@ -411,20 +289,8 @@ pub async fn delete(
 ) -> Result<Response> {
     let parsed = (|| Ok((parse_type(&rtype)?, parse_id(&id)?, if_match(&h)?)))();
     let (rtype, id, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Delete, Action::Delete, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(
-            ctx,
-            WriteOp::Delete {
-                rtype,
-                id,
-                if_match,
-            },
-        )
-        .await?;
+    let ctx = auth.permit(&s, Operation::Delete, Action::Delete, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::Delete { rtype, id, if_match }).await?;
     Ok(delete_response(&outcome))
 }
 
@@ -436,11 +302,7 @@ pub async fn conditional_delete(
 ) -> Result<Response> {
     let parsed = (|| {
         let rtype = parse_type(&rtype)?;
-        let query = SearchQuery::parse(
-            &parse_query_string(q.as_deref().unwrap_or("")),
-            s.page_limits,
-            false,
-        )?;
+        let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
         if query.clauses.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -451,13 +313,8 @@ pub async fn conditional_delete(
         Ok((rtype, query))
     })();
     let (rtype, query) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::Delete, Action::Delete, Some(rtype.as_str()))
-        .await?;
-    let outcome = s
-        .store
-        .write(ctx, WriteOp::ConditionalDelete { rtype, query })
-        .await?;
+    let ctx = auth.permit(&s, Operation::Delete, Action::Delete, Some(rtype.as_str())).await?;
+    let outcome = s.store.write(ctx, WriteOp::ConditionalDelete { rtype, query }).await?;
     Ok(delete_response(&outcome))
 }
 
@@ -505,8 +362,7 @@ pub async fn search_post(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let parsed = (|| {
-        let is_form =
-            content_type(&h).is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+        let is_form = content_type(&h).is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
         if !is_form {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -515,13 +371,8 @@ pub async fn search_post(
             ));
         }
         let bytes = body_bytes(body)?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "structure",
-                "the form body is not UTF-8",
-            )
-        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "structure", "the form body is not UTF-8"))?;
         let mut pairs = parse_query_string(q.as_deref().unwrap_or(""));
         pairs.extend(parse_query_string(text));
         Ok(pairs)
@@ -540,23 +391,16 @@ async fn search(
 ) -> Result<Response> {
     let parsed = (|| {
         accept(&h, &pairs)?;
-        Ok((
-            parse_type(&rtype)?,
-            SearchQuery::parse(&pairs, s.page_limits, lenient(&h))?,
-        ))
+        Ok((parse_type(&rtype)?, SearchQuery::parse(&pairs, s.page_limits, lenient(&h))?))
     })();
     let (rtype, query) = checked(&s, &auth, Some(&rtype), parsed).await?;
-    let ctx = auth
-        .permit(&s, Operation::View, Action::Search, Some(rtype.as_str()))
-        .await?;
+    let ctx = auth.permit(&s, Operation::View, Action::Search, Some(rtype.as_str())).await?;
     let ignored = query.ignored.clone();
     let page = s.store.search(ctx, rtype, query).await?;
     let base = s.base(&h, &conn);
     // The self link shows the parameters actually used (lenient mode drops unknown ones).
-    let used: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter(|(k, _)| k != "_cursor" && !ignored.contains(k))
-        .collect();
+    let used: Vec<(String, String)> =
+        pairs.into_iter().filter(|(k, _)| k != "_cursor" && !ignored.contains(k)).collect();
     let page_url = |cursor: Option<&str>| {
         let mut all = used.clone();
         if let Some(c) = cursor {
@@ -566,15 +410,9 @@ async fn search(
     };
     let mut bundle = Bundle::new("searchset", s.now_us());
     bundle.total = page.total;
-    bundle.link.push(Link {
-        relation: "self",
-        url: page_url(None),
-    });
+    bundle.link.push(Link { relation: "self", url: page_url(None) });
     if let Some(c) = &page.next_cursor {
-        bundle.link.push(Link {
-            relation: "next",
-            url: page_url(Some(c)),
-        });
+        bundle.link.push(Link { relation: "next", url: page_url(Some(c)) });
     }
     for rec in &page.records {
         bundle.entry.push(Entry {
@@ -595,11 +433,7 @@ fn encode_query(pairs: &[(String, String)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, NON_ALPHANUMERIC),
-                utf8_percent_encode(v, NON_ALPHANUMERIC)
-            )
+            format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC))
         })
         .collect();
     format!("?{}", parts.join("&"))
@@ -662,9 +496,7 @@ async fn history(
         HistoryScope::Type(_) => Action::HistoryType,
         HistoryScope::Instance(..) => Action::HistoryInstance,
     };
-    let ctx = auth
-        .permit(&s, Operation::View, action, rtype.as_deref())
-        .await?;
+    let ctx = auth.permit(&s, Operation::View, action, rtype.as_deref()).await?;
     let page: Page = s.store.history(ctx, scope.clone(), query).await?;
     let base = s.base(&h, &conn);
     let path = match &scope {
@@ -675,17 +507,11 @@ async fn history(
     let used: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_cursor").collect();
     let mut bundle = Bundle::new("history", s.now_us());
     bundle.total = page.total;
-    bundle.link.push(Link {
-        relation: "self",
-        url: format!("{path}{}", encode_query(&used)),
-    });
+    bundle.link.push(Link { relation: "self", url: format!("{path}{}", encode_query(&used)) });
     if let Some(c) = &page.next_cursor {
         let mut next = used.clone();
         next.push(("_cursor".into(), c.clone()));
-        bundle.link.push(Link {
-            relation: "next",
-            url: format!("{path}{}", encode_query(&next)),
-        });
+        bundle.link.push(Link { relation: "next", url: format!("{path}{}", encode_query(&next)) });
     }
     for rec in &page.records {
         let (method, url, status) = if rec.deleted {
@@ -714,13 +540,8 @@ pub async fn bundle(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let parsed = (|| {
-        media::check_content_type(content_type(&h)).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not-supported",
-                e.to_string(),
-            )
-        })?;
+        media::check_content_type(content_type(&h))
+            .map_err(|e| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", e.to_string()))?;
         let value = parse_resource(&body_bytes(body)?)?;
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ApiError::new(
@@ -735,45 +556,26 @@ pub async fn bundle(
     let (kind, entries) = checked(&s, &auth, Some("Bundle"), parsed).await?;
     // A bundle may create, update, delete and read: it needs every one of those rights. The
     // access-policy issue refines this to per-entry decisions.
-    let action = if kind == BundleKind::Transaction {
-        Action::Transaction
-    } else {
-        Action::Batch
-    };
-    for op in [
-        Operation::View,
-        Operation::Create,
-        Operation::Update,
-        Operation::Delete,
-    ] {
+    let action = if kind == BundleKind::Transaction { Action::Transaction } else { Action::Batch };
+    for op in [Operation::View, Operation::Create, Operation::Update, Operation::Delete] {
         auth.permit(&s, op, action, Some("Bundle")).await?;
     }
     let ctx = auth.ctx.clone();
     // Entries carry their resources only when asked (Prefer: return=representation).
-    let with_bodies = h
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("return=representation"));
+    let with_bodies =
+        h.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("return=representation"));
     let base = s.base(&h, &conn);
     match s.store.bundle(ctx, kind, entries).await? {
         Err(te) => {
             let mut err = ApiError::from(te.error);
             if let Some(issue) = err.outcome.issues.first_mut() {
-                issue.diagnostics = format!(
-                    "transaction failed at entry {}: {}",
-                    te.entry, issue.diagnostics
-                );
+                issue.diagnostics = format!("transaction failed at entry {}: {}", te.entry, issue.diagnostics);
                 issue.expression.push(format!("Bundle.entry[{}]", te.entry));
             }
             Err(err)
         }
         Ok(results) => {
-            let kind_name = if kind == BundleKind::Transaction {
-                "transaction-response"
-            } else {
-                "batch-response"
-            };
+            let kind_name = if kind == BundleKind::Transaction { "transaction-response" } else { "batch-response" };
             let mut bundle = Bundle::new(kind_name, s.now_us());
             for r in results {
                 bundle.entry.push(bundle_entry(&base, r, with_bodies)?);
@@ -784,23 +586,17 @@ pub async fn bundle(
 }
 
 fn bundle_entry(base: &str, r: EntryResult, with_body: bool) -> Result<Entry> {
-    let full_url =
-        |rec: &mamori_store::VersionRecord| Some(format!("{base}/{}/{}", rec.rtype, rec.id));
+    let full_url = |rec: &mamori_store::VersionRecord| Some(format!("{base}/{}/{}", rec.rtype, rec.id));
     Ok(match r {
         EntryResult::Write(o) => match &o {
-            WriteOutcome::Created(rec)
-            | WriteOutcome::Updated(rec)
-            | WriteOutcome::Existing(rec) => Entry {
+            WriteOutcome::Created(rec) | WriteOutcome::Updated(rec) | WriteOutcome::Existing(rec) => Entry {
                 full_url: full_url(rec),
                 resource: if with_body { raw(rec)? } else { None },
                 response: Some(entry_response(o.status(), rec, true)),
                 ..Entry::default()
             },
             WriteOutcome::Deleted(_) => Entry {
-                response: Some(EntryResponse {
-                    status: status_line(204),
-                    ..Default::default()
-                }),
+                response: Some(EntryResponse { status: status_line(204), ..Default::default() }),
                 ..Default::default()
             },
         },
@@ -821,19 +617,11 @@ fn bundle_entry(base: &str, r: EntryResult, with_body: bool) -> Result<Entry> {
                     ..Entry::default()
                 });
             }
-            let text = serde_json::to_string(&inner).map_err(|_| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "exception",
-                    "encoding failed",
-                )
-            })?;
+            let text = serde_json::to_string(&inner)
+                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "encoding failed"))?;
             Entry {
                 resource: serde_json::value::RawValue::from_string(text).ok(),
-                response: Some(EntryResponse {
-                    status: status_line(200),
-                    ..Default::default()
-                }),
+                response: Some(EntryResponse { status: status_line(200), ..Default::default() }),
                 ..Entry::default()
             }
         }
@@ -852,10 +640,6 @@ fn bundle_entry(base: &str, r: EntryResult, with_body: bool) -> Result<Entry> {
 }
 
 pub async fn not_found(State(s): St, Extension(auth): Auth) -> Result<Response> {
-    let err = ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "no FHIR interaction matches this URL and method",
-    );
+    let err = ApiError::new(StatusCode::NOT_FOUND, "not-found", "no FHIR interaction matches this URL and method");
     Err(auth.refuse(&s, err, None).await)
 }

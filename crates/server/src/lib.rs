@@ -34,10 +34,7 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits {
-            max_body_bytes: 32 * 1024 * 1024,
-            max_bundle_entries: 10_000,
-        }
+        HttpLimits { max_body_bytes: 32 * 1024 * 1024, max_bundle_entries: 10_000 }
     }
 }
 
@@ -63,10 +60,7 @@ impl Shared {
         base_url: Option<String>,
         clock: Arc<dyn Clock>,
     ) -> Shared {
-        let cap = capability::statement(
-            env!("CARGO_PKG_VERSION"),
-            &fhir_instant(to_micros(clock.now())),
-        );
+        let cap = capability::statement(env!("CARGO_PKG_VERSION"), &fhir_instant(to_micros(clock.now())));
         Shared {
             store,
             limits,
@@ -89,10 +83,7 @@ impl Shared {
         let host = h
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-            .filter(|h| {
-                h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            })
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
             .map(str::to_string)
             .unwrap_or_else(|| conn.local.to_string());
         format!("{scheme}://{host}/fhir")
@@ -106,39 +97,21 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metadata", get(f::metadata))
         .route("/", post(f::bundle))
         .route("/_history", get(f::history_system))
-        .route(
-            "/{rtype}",
-            get(f::search_get)
-                .post(f::create)
-                .put(f::conditional_update)
-                .delete(f::conditional_delete),
-        )
+        .route("/{rtype}", get(f::search_get).post(f::create).put(f::conditional_update).delete(f::conditional_delete))
         .route("/{rtype}/_search", post(f::search_post))
         .route("/{rtype}/_history", get(f::history_type))
-        .route(
-            "/{rtype}/{id}",
-            get(f::read)
-                .put(f::update)
-                .patch(f::patch)
-                .delete(f::delete),
-        )
+        .route("/{rtype}/{id}", get(f::read).put(f::update).patch(f::patch).delete(f::delete))
         .route("/{rtype}/{id}/_history", get(f::history_instance))
         .route("/{rtype}/{id}/_history/{vid}", get(f::vread))
         .fallback(f::not_found)
         // `layer`, not `route_layer`: unknown /fhir URLs are authenticated (and audited) too.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            auth::require_token,
-        ))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token))
         .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes));
     Router::new()
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(
             "/fhir/",
-            post(f::bundle).layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&shared),
-                auth::require_token,
-            )),
+            post(f::bundle).layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token)),
         )
         .nest("/fhir", fhir)
         .fallback(outside_fhir)
@@ -148,29 +121,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
 }
 
 async fn outside_fhir() -> error::ApiError {
-    error::ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "not-found",
-        "the FHIR endpoint is at /fhir",
-    )
+    error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not-found", "the FHIR endpoint is at /fhir")
 }
 
 /// Security headers on every response (NET-2).
 async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
     let h = resp.headers_mut();
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        "strict-transport-security",
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
     resp
 }

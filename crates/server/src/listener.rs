@@ -109,13 +109,7 @@ pub async fn serve(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new());
     http.http2().timer(TokioTimer::new());
-    let shared = Arc::new(Shared {
-        app,
-        http,
-        tls: tls.map(TlsAcceptor::from),
-        limits,
-        local,
-    });
+    let shared = Arc::new(Shared { app, http, tls: tls.map(TlsAcceptor::from), limits, local });
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -162,10 +156,8 @@ pub async fn serve(
     tracing::info!("shutting down {local}: draining {in_flight} connection(s)");
     // Receivers only ever wait for `true`; a send error means no connection is listening.
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(limits.drain_timeout, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(limits.drain_timeout, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             "{} connection(s) on {local} still open after {:?}; closing them",
@@ -183,10 +175,7 @@ async fn accept(
     slots: &Arc<Semaphore>,
 ) -> io::Result<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
     // The semaphore is never closed, so this only fails if it were; treat that as fatal-ish.
-    let permit = Arc::clone(slots)
-        .acquire_owned()
-        .await
-        .map_err(|_| io::Error::other("connection slots closed"))?;
+    let permit = Arc::clone(slots).acquire_owned().await.map_err(|_| io::Error::other("connection slots closed"))?;
     let (stream, remote) = listener.accept().await?;
     Ok((permit, stream, remote))
 }
@@ -195,33 +184,21 @@ async fn accept(
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
 }
 
 /// Serves one accepted connection to completion. Never panics; errors are logged at debug.
-async fn handle(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    remote: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
+async fn handle(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, stop: watch::Receiver<bool>) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("{remote}: cannot set TCP_NODELAY: {e}");
     }
     let Some(acceptor) = shared.tls.clone() else {
-        let info = ConnInfo {
-            remote,
-            local: shared.local,
-            tls: None,
-        };
+        let info = ConnInfo { remote, local: shared.local, tls: None };
         serve_http(&shared, stream, info, stop).await;
         return;
     };
-    let handshake =
-        tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await;
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await;
     let tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -229,10 +206,7 @@ async fn handle(
             return;
         }
         Err(_) => {
-            tracing::debug!(
-                "{remote}: TLS handshake not completed within {:?}",
-                shared.limits.handshake_timeout
-            );
+            tracing::debug!("{remote}: TLS handshake not completed within {:?}", shared.limits.handshake_timeout);
             return;
         }
     };
@@ -240,31 +214,19 @@ async fn handle(
         // Shutdown began during the handshake; don't start serving.
         return;
     }
-    let info = ConnInfo {
-        remote,
-        local: shared.local,
-        tls: Some(Arc::new(tls_info(tls_stream.get_ref().1))),
-    };
+    let info = ConnInfo { remote, local: shared.local, tls: Some(Arc::new(tls_info(tls_stream.get_ref().1))) };
     serve_http(&shared, tls_stream, info, stop).await;
 }
 
 fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
     TlsInfo {
-        version: conn
-            .protocol_version()
-            .map(|v| enum_name(v.as_str(), &v))
-            .unwrap_or_default(),
+        version: conn.protocol_version().map(|v| enum_name(v.as_str(), &v)).unwrap_or_default(),
         cipher_suite: conn
             .negotiated_cipher_suite()
             .map(|s| enum_name(s.suite().as_str(), &s.suite()))
             .unwrap_or_default(),
-        peer_cert_der: conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|leaf| leaf.as_ref().to_vec()),
-        alpn: conn
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        peer_cert_der: conn.peer_certificates().and_then(|chain| chain.first()).map(|leaf| leaf.as_ref().to_vec()),
+        alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
     }
 }
 
@@ -285,9 +247,7 @@ where
         // so `call` needs no `poll_ready` first (this is what `axum::serve` does as well).
         app.clone().call(req)
     });
-    let conn = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = shared.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let first_deadline = tokio::time::sleep(shared.limits.handshake_timeout);
     let mut first_deadline = std::pin::pin!(first_deadline);

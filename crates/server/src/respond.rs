@@ -21,12 +21,7 @@ pub enum ReturnPref {
 
 impl ReturnPref {
     pub fn from_headers(h: &HeaderMap) -> ReturnPref {
-        let prefer = h
-            .get_all("prefer")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
+        let prefer = h.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
         for part in prefer.split([',', ';']) {
             match part.trim() {
                 "return=minimal" => return ReturnPref::Minimal,
@@ -40,10 +35,7 @@ impl ReturnPref {
 }
 
 pub fn lenient(h: &HeaderMap) -> bool {
-    h.get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("handling=lenient"))
+    h.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"))
 }
 
 pub fn etag(version: u64) -> String {
@@ -56,8 +48,7 @@ pub fn http_date(us: i64) -> String {
 
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     resp
 }
 
@@ -73,19 +64,12 @@ pub fn resource_response(
         ReturnPref::Representation => rec.body.clone().unwrap_or_default(),
         ReturnPref::Minimal => Vec::new(),
         ReturnPref::OperationOutcome => serde_json::to_vec(
-            &OperationOutcome::information(
-                "informational",
-                format!("{} {}", status.as_u16(), rec.versioned_ref()),
-            )
-            .to_json(),
+            &OperationOutcome::information("informational", format!("{} {}", status.as_u16(), rec.versioned_ref()))
+                .to_json(),
         )
         .unwrap_or_default(),
     };
-    let mut resp = if body.is_empty() {
-        status.into_response()
-    } else {
-        json_response(status, body)
-    };
+    let mut resp = if body.is_empty() { status.into_response() } else { json_response(status, body) };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag(rec.version)) {
         h.insert(header::ETAG, v);
@@ -110,11 +94,7 @@ pub fn raw(rec: &VersionRecord) -> Result<Option<Box<RawValue>>, ApiError> {
 }
 
 fn internal() -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "exception",
-        "a stored resource could not be encoded",
-    )
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "a stored resource could not be encoded")
 }
 
 #[derive(Serialize)]
@@ -190,9 +170,7 @@ impl Bundle {
         Bundle {
             resource_type: "Bundle",
             id: uuid::Uuid::new_v4().to_string(),
-            meta: BundleMeta {
-                last_updated: fhir_instant(now_us),
-            },
+            meta: BundleMeta { last_updated: fhir_instant(now_us) },
             kind,
             total: None,
             link: Vec::new(),
@@ -209,10 +187,7 @@ impl Bundle {
 }
 
 pub fn status_line(code: u16) -> String {
-    let reason = StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
+    let reason = StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     format!("{code} {reason}").trim_end().to_string()
 }
 

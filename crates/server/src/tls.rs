@@ -58,11 +58,7 @@ impl MinTlsVersion {
     pub fn parse(s: &str) -> Result<Self, TlsError> {
         let t = s.trim();
         let lower = t.to_ascii_lowercase();
-        let v = lower
-            .strip_prefix("tlsv")
-            .or_else(|| lower.strip_prefix("tls"))
-            .unwrap_or(&lower)
-            .trim();
+        let v = lower.strip_prefix("tlsv").or_else(|| lower.strip_prefix("tls")).unwrap_or(&lower).trim();
         match v {
             "1.2" => Ok(Self::Tls12),
             "1.3" => Ok(Self::Tls13),
@@ -155,10 +151,8 @@ pub enum TlsError {
 }
 
 /// TLS 1.3 suites, in server preference order.
-static TLS13_SUITES: [SupportedCipherSuite; 2] = [
-    aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
-    aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-];
+static TLS13_SUITES: [SupportedCipherSuite; 2] =
+    [aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384, aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
 
 /// TLS 1.2 suites (ECDHE + AES-GCM only), in server preference order.
 static TLS12_SUITES: [SupportedCipherSuite; 4] = [
@@ -169,8 +163,7 @@ static TLS12_SUITES: [SupportedCipherSuite; 4] = [
 ];
 
 static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-static TLS13_AND_12: [&SupportedProtocolVersion; 2] =
-    [&rustls::version::TLS13, &rustls::version::TLS12];
+static TLS13_AND_12: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The aws-lc-rs provider restricted to the allowed suites and groups.
 fn provider(min: MinTlsVersion) -> CryptoProvider {
@@ -184,11 +177,7 @@ fn provider(min: MinTlsVersion) -> CryptoProvider {
         aws_lc_rs::kx_group::SECP256R1,
         aws_lc_rs::kx_group::SECP384R1,
     ];
-    CryptoProvider {
-        cipher_suites,
-        kx_groups,
-        ..aws_lc_rs::default_provider()
-    }
+    CryptoProvider { cipher_suites, kx_groups, ..aws_lc_rs::default_provider() }
 }
 
 /// Builds the server-side rustls configuration from `s` (see the module docs for the policy).
@@ -200,11 +189,8 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         MinTlsVersion::Tls12 => &TLS13_AND_12,
         MinTlsVersion::Tls13 => &TLS13_ONLY,
     };
-    let config_err = |e: rustls::Error| TlsError::Config {
-        cert: s.cert_pem.clone(),
-        key: s.key_pem.clone(),
-        reason: e.to_string(),
-    };
+    let config_err =
+        |e: rustls::Error| TlsError::Config { cert: s.cert_pem.clone(), key: s.key_pem.clone(), reason: e.to_string() };
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
         .map_err(config_err)?;
@@ -213,18 +199,12 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
         Some(ca_path) => {
             let mut roots = RootCertStore::empty();
             for ca in load_certs(ca_path)? {
-                roots.add(ca).map_err(|e| TlsError::ClientCa {
-                    path: ca_path.clone(),
-                    reason: e.to_string(),
-                })?;
+                roots.add(ca).map_err(|e| TlsError::ClientCa { path: ca_path.clone(), reason: e.to_string() })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: ca_path.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| TlsError::ClientCa { path: ca_path.clone(), reason: e.to_string() })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -237,18 +217,10 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// Reads all certificates of a PEM file; at least one is required.
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file = File::open(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let certs = CertificateDer::pem_reader_iter(file)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
+    let file = File::open(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let certs = CertificateDer::pem_reader_iter(file).collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.to_owned(),
-            what: "no CERTIFICATE section found".to_owned(),
-        });
+        return Err(TlsError::Pem { path: path.to_owned(), what: "no CERTIFICATE section found".to_owned() });
     }
     Ok(certs)
 }
@@ -256,19 +228,15 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// Opens the key file, checks its permissions on the opened handle (no check-then-open race),
 /// then parses the first private key in it.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let read_err = |source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = |source| TlsError::Read { path: path.to_owned(), source };
     let file = File::open(path).map_err(read_err)?;
     check_key_permissions(path, &file)?;
     // Keys are small; a generous cap keeps a wrong path (e.g. a device) from exhausting memory.
     let reader = file.take(1 << 20);
     PrivateKeyDer::from_pem_reader(reader).map_err(|e| match e {
-        pem::Error::NoItemsFound => TlsError::Pem {
-            path: path.to_owned(),
-            what: "no PRIVATE KEY section found".to_owned(),
-        },
+        pem::Error::NoItemsFound => {
+            TlsError::Pem { path: path.to_owned(), what: "no PRIVATE KEY section found".to_owned() }
+        }
         other => pem_error(path, other),
     })
 }
@@ -276,16 +244,10 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(unix)]
 fn check_key_permissions(path: &Path, file: &File) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = file.metadata().map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = file.metadata().map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(TlsError::KeyPermissions { path: path.to_owned(), mode });
     }
     Ok(())
 }
@@ -301,10 +263,7 @@ fn check_key_permissions(_path: &Path, _file: &File) -> Result<(), TlsError> {
 fn pem_error(path: &Path, e: pem::Error) -> TlsError {
     let what = match e {
         pem::Error::Io(source) => {
-            return TlsError::Read {
-                path: path.to_owned(),
-                source,
-            };
+            return TlsError::Read { path: path.to_owned(), source };
         }
         pem::Error::MissingSectionEnd { .. } => "malformed PEM: a section has no END line",
         pem::Error::IllegalSectionStart { .. } => "malformed PEM: invalid BEGIN line",
@@ -313,10 +272,7 @@ fn pem_error(path: &Path, e: pem::Error) -> TlsError {
         pem::Error::SectionTooLarge => "malformed PEM: section too large",
         _ => "malformed PEM",
     };
-    TlsError::Pem {
-        path: path.to_owned(),
-        what: what.to_owned(),
-    }
+    TlsError::Pem { path: path.to_owned(), what: what.to_owned() }
 }
 
 /// A generated certificate and its private key, both PEM.
@@ -330,10 +286,7 @@ pub struct SelfSigned {
 
 impl fmt::Debug for SelfSigned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SelfSigned")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("SelfSigned").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -347,9 +300,7 @@ pub fn generate_self_signed(
 ) -> Result<SelfSigned, TlsError> {
     let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let Some(first) = subject_alt_names.first() else {
-        return Err(TlsError::Generate(
-            "at least one subject alternative name is required".to_owned(),
-        ));
+        return Err(TlsError::Generate("at least one subject alternative name is required".to_owned()));
     };
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
     let mut params = rcgen::CertificateParams::new(subject_alt_names.to_vec()).map_err(gen_err)?;
@@ -363,10 +314,7 @@ pub fn generate_self_signed(
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&key).map_err(gen_err)?;
-    Ok(SelfSigned {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(SelfSigned { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// One-line summary of a server configuration for status/compliance output, e.g.
@@ -377,38 +325,20 @@ pub fn generate_self_signed(
 /// is not public in rustls); with [`server_config`] the two always agree.
 pub fn describe(cfg: &ServerConfig) -> String {
     let provider = cfg.crypto_provider();
-    let has12 = provider
-        .cipher_suites
-        .iter()
-        .any(|s| matches!(s, SupportedCipherSuite::Tls12(_)));
-    let has13 = provider
-        .cipher_suites
-        .iter()
-        .any(|s| matches!(s, SupportedCipherSuite::Tls13(_)));
+    let has12 = provider.cipher_suites.iter().any(|s| matches!(s, SupportedCipherSuite::Tls12(_)));
+    let has13 = provider.cipher_suites.iter().any(|s| matches!(s, SupportedCipherSuite::Tls13(_)));
     let versions = match (has13, has12) {
         (true, true) => "TLS 1.3, TLS 1.2",
         (true, false) => "TLS 1.3",
         (false, true) => "TLS 1.2",
         (false, false) => "none",
     };
-    let suites = provider
-        .cipher_suites
-        .iter()
-        .map(|s| enum_name(s.suite().as_str(), &s.suite()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let groups = provider
-        .kx_groups
-        .iter()
-        .map(|g| enum_name(g.name().as_str(), &g.name()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let alpn = cfg
-        .alpn_protocols
-        .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let suites =
+        provider.cipher_suites.iter().map(|s| enum_name(s.suite().as_str(), &s.suite())).collect::<Vec<_>>().join(", ");
+    let groups =
+        provider.kx_groups.iter().map(|g| enum_name(g.name().as_str(), &g.name())).collect::<Vec<_>>().join(", ");
+    let alpn =
+        cfg.alpn_protocols.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(", ");
     format!("{versions}; suites {suites}; groups {groups}; ALPN {alpn}")
 }
 

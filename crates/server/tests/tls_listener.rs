@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::{Extension, Router};
 use mamori_server::listener::{ConnInfo, ConnLimits, serve};
-use mamori_server::tls::{
-    MinTlsVersion, TlsError, TlsSettings, describe, generate_self_signed, server_config,
-};
+use mamori_server::tls::{MinTlsVersion, TlsError, TlsSettings, describe, generate_self_signed, server_config};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
@@ -48,11 +45,7 @@ fn ca(cn: &str) -> (CertificateDer<'static>, String, Issuer<'static, KeyPair>) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let cert = params.self_signed(&key).unwrap();
     let der = cert.der().clone();
     let pem = cert.pem();
@@ -66,8 +59,7 @@ fn leaf(
     eku: ExtendedKeyUsagePurpose,
 ) -> (CertificateDer<'static>, String, KeyPair) {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    let mut params = CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![eku];
@@ -84,35 +76,17 @@ fn write_secret(path: &Path, contents: &str, mode: u32) {
 fn pki() -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, _, server_issuer) = ca("mamori test server CA");
-    let (_, server_pem, server_key) = leaf(
-        &server_issuer,
-        &["localhost", "127.0.0.1"],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let (_, server_pem, server_key) =
+        leaf(&server_issuer, &["localhost", "127.0.0.1"], "localhost", ExtendedKeyUsagePurpose::ServerAuth);
     std::fs::write(dir.path().join("server.crt"), server_pem).unwrap();
-    write_secret(
-        &dir.path().join("server.key"),
-        &server_key.serialize_pem(),
-        0o600,
-    );
+    write_secret(&dir.path().join("server.key"), &server_key.serialize_pem(), 0o600);
 
     let (_, client_ca_pem, client_issuer) = ca("mamori test client CA");
     std::fs::write(dir.path().join("client-ca.crt"), client_ca_pem).unwrap();
-    let (client_cert, _, client_key) = leaf(
-        &client_issuer,
-        &[],
-        "doctor-1",
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let (client_cert, _, client_key) = leaf(&client_issuer, &[], "doctor-1", ExtendedKeyUsagePurpose::ClientAuth);
 
     let (_, _, rogue_issuer) = ca("not the client CA");
-    let (rogue_cert, _, rogue_key) = leaf(
-        &rogue_issuer,
-        &[],
-        "intruder",
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let (rogue_cert, _, rogue_key) = leaf(&rogue_issuer, &[], "intruder", ExtendedKeyUsagePurpose::ClientAuth);
 
     Pki {
         dir,
@@ -161,10 +135,7 @@ fn client(
     suites: &[SupportedCipherSuite],
     auth: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
 ) -> TlsConnector {
-    let provider = CryptoProvider {
-        cipher_suites: suites.to_vec(),
-        ..aws_lc_rs::default_provider()
-    };
+    let provider = CryptoProvider { cipher_suites: suites.to_vec(), ..aws_lc_rs::default_provider() };
     let builder = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
@@ -212,10 +183,7 @@ async fn https_get(addr: SocketAddr, connector: &TlsConnector, path: &str) -> io
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response"))??;
     if text.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "empty response",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "empty response"));
     }
     Ok(text)
 }
@@ -256,8 +224,7 @@ async fn show(Extension(info): Extension<ConnInfo>) -> String {
         tls.map_or("none", |t| t.version.as_str()),
         tls.map_or("none", |t| t.cipher_suite.as_str()),
         tls.and_then(|t| t.alpn.as_deref()).unwrap_or("none"),
-        tls.and_then(|t| t.peer_cert_der.as_deref())
-            .map_or_else(|| "none".to_owned(), hex),
+        tls.and_then(|t| t.peer_cert_der.as_deref()).map_or_else(|| "none".to_owned(), hex),
     )
 }
 
@@ -310,12 +277,7 @@ async fn start(tls: Option<Arc<rustls::ServerConfig>>, limits: ConnLimits) -> Ru
         },
         limits,
     ));
-    Running {
-        addr,
-        started,
-        stop: Some(tx),
-        task,
-    }
+    Running { addr, started, stop: Some(tx), task }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,11 +286,7 @@ async fn start(tls: Option<Arc<rustls::ServerConfig>>, limits: ConnLimits) -> Ru
 #[tokio::test]
 async fn tls13_handshake_reports_version_and_suite() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::default(), false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv = start(Some(pki.server(MinTlsVersion::default(), false)), ConnLimits::default()).await;
     let res = https_get(srv.addr, &default13(&pki), "/").await.unwrap();
     assert!(ok(&res), "{res}");
     assert_eq!(field(&res, "tls_version"), "TLSv1_3");
@@ -348,80 +306,43 @@ async fn tls13_handshake_reports_version_and_suite() {
 #[tokio::test]
 async fn tls12_ecdhe_aes_gcm_accepted_only_when_min_is_12() {
     let pki = pki();
-    let tls12_client = client(
-        &pki,
-        TLS12,
-        &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
-        None,
-    );
+    let tls12_client = client(&pki, TLS12, &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], None);
 
-    let srv12 = start(
-        Some(pki.server(MinTlsVersion::Tls12, false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv12 = start(Some(pki.server(MinTlsVersion::Tls12, false)), ConnLimits::default()).await;
     let res = https_get(srv12.addr, &tls12_client, "/").await.unwrap();
     assert!(ok(&res), "{res}");
     assert_eq!(field(&res, "tls_version"), "TLSv1_2");
-    assert_eq!(
-        field(&res, "cipher_suite"),
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
-    );
+    assert_eq!(field(&res, "cipher_suite"), "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256");
     // 1.3 still preferred when the client can do both.
-    let both = client(
-        &pki,
-        &[&rustls::version::TLS13, &rustls::version::TLS12],
-        aws_lc_rs::DEFAULT_CIPHER_SUITES,
-        None,
-    );
+    let both =
+        client(&pki, &[&rustls::version::TLS13, &rustls::version::TLS12], aws_lc_rs::DEFAULT_CIPHER_SUITES, None);
     let res = https_get(srv12.addr, &both, "/").await.unwrap();
     assert_eq!(field(&res, "tls_version"), "TLSv1_3");
 
-    let srv13 = start(
-        Some(pki.server(MinTlsVersion::Tls13, false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv13 = start(Some(pki.server(MinTlsVersion::Tls13, false)), ConnLimits::default()).await;
     let err = https_get(srv13.addr, &tls12_client, "/").await;
     assert!(err.is_err(), "TLS 1.2 client must be refused: {err:?}");
     // The server is unaffected.
-    assert!(ok(&https_get(srv13.addr, &default13(&pki), "/")
-        .await
-        .unwrap()));
+    assert!(ok(&https_get(srv13.addr, &default13(&pki), "/").await.unwrap()));
 }
 
 #[tokio::test]
 async fn chacha20_only_clients_are_refused() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::Tls12, false)),
-        ConnLimits::default(),
-    )
-    .await;
-    let chacha12 = client(
-        &pki,
-        TLS12,
-        &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
-        None,
-    );
+    let srv = start(Some(pki.server(MinTlsVersion::Tls12, false)), ConnLimits::default()).await;
+    let chacha12 = client(&pki, TLS12, &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256], None);
     let err = https_get(srv.addr, &chacha12, "/").await;
     assert!(err.is_err(), "TLS 1.2 CHACHA20 must be refused: {err:?}");
     let chacha13 = client(&pki, TLS13, &[cs::TLS13_CHACHA20_POLY1305_SHA256], None);
     let err = https_get(srv.addr, &chacha13, "/").await;
     assert!(err.is_err(), "TLS 1.3 CHACHA20 must be refused: {err:?}");
-    assert!(ok(&https_get(srv.addr, &default13(&pki), "/")
-        .await
-        .unwrap()));
+    assert!(ok(&https_get(srv.addr, &default13(&pki), "/").await.unwrap()));
 }
 
 #[tokio::test]
 async fn plain_http_on_tls_port_gets_no_http_response() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::default(), false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv = start(Some(pki.server(MinTlsVersion::default(), false)), ConnLimits::default()).await;
     match http_get(srv.addr, "/").await {
         Ok(text) => assert!(!text.contains("HTTP/"), "got an HTTP answer: {text:?}"),
         Err(e) => assert_ne!(e.kind(), io::ErrorKind::TimedOut, "connection left hanging"),
@@ -433,10 +354,7 @@ async fn plain_http_on_tls_port_gets_no_http_response() {
 #[tokio::test]
 async fn stalled_handshake_is_cut_and_server_keeps_serving() {
     let pki = pki();
-    let limits = ConnLimits {
-        handshake_timeout: Duration::from_millis(200),
-        ..ConnLimits::default()
-    };
+    let limits = ConnLimits { handshake_timeout: Duration::from_millis(200), ..ConnLimits::default() };
     let srv = start(Some(pki.server(MinTlsVersion::default(), false)), limits).await;
     let silent = TcpStream::connect(srv.addr).await.unwrap();
     let t0 = Instant::now();
@@ -445,24 +363,16 @@ async fn stalled_handshake_is_cut_and_server_keeps_serving() {
         .expect("silent connection must be closed by the server");
     assert!(text.map_or(true, |t| t.is_empty()));
     assert!(t0.elapsed() >= Duration::from_millis(150));
-    assert!(ok(&https_get(srv.addr, &default13(&pki), "/")
-        .await
-        .unwrap()));
+    assert!(ok(&https_get(srv.addr, &default13(&pki), "/").await.unwrap()));
 }
 
 #[tokio::test]
 async fn connection_without_a_request_is_closed_after_handshake_timeout() {
     let pki = pki();
-    let limits = ConnLimits {
-        handshake_timeout: Duration::from_millis(300),
-        ..ConnLimits::default()
-    };
+    let limits = ConnLimits { handshake_timeout: Duration::from_millis(300), ..ConnLimits::default() };
     let srv = start(Some(pki.server(MinTlsVersion::default(), false)), limits).await;
     let tcp = TcpStream::connect(srv.addr).await.unwrap();
-    let tls = default13(&pki)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = default13(&pki).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let res = tokio::time::timeout(Duration::from_secs(5), read_all(tls))
         .await
         .expect("idle TLS connection must be closed by the server");
@@ -475,11 +385,7 @@ async fn connection_without_a_request_is_closed_after_handshake_timeout() {
 #[tokio::test]
 async fn client_certificate_is_exposed_to_handlers() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::default(), true)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv = start(Some(pki.server(MinTlsVersion::default(), true)), ConnLimits::default()).await;
 
     let with_cert = client(
         &pki,
@@ -505,24 +411,15 @@ async fn client_certificate_is_exposed_to_handlers() {
         Some((pki.rogue_cert.clone(), pki.rogue_key.clone_key())),
     );
     if let Ok(text) = https_get(srv.addr, &rogue, "/").await {
-        assert!(
-            !text.contains("HTTP/1.1 200"),
-            "rogue cert accepted: {text}"
-        );
+        assert!(!text.contains("HTTP/1.1 200"), "rogue cert accepted: {text}");
     }
-    assert!(ok(&https_get(srv.addr, &default13(&pki), "/")
-        .await
-        .unwrap()));
+    assert!(ok(&https_get(srv.addr, &default13(&pki), "/").await.unwrap()));
 }
 
 #[tokio::test]
 async fn without_client_ca_no_certificate_is_requested() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::default(), false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv = start(Some(pki.server(MinTlsVersion::default(), false)), ConnLimits::default()).await;
     let with_cert = client(
         &pki,
         TLS13,
@@ -567,45 +464,24 @@ fn bad_files_are_reported_by_path_without_contents() {
 
     // A key file whose base64 is corrupt: the message must not echo the file.
     let bad_key = pki.path("bad.key");
-    write_secret(
-        &bad_key,
-        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXNlY3JldA@@@\n-----END PRIVATE KEY-----\n",
-        0o600,
-    );
-    let s = TlsSettings {
-        key_pem: bad_key.clone(),
-        ..pki.settings(MinTlsVersion::default(), false)
-    };
+    write_secret(&bad_key, "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXNlY3JldA@@@\n-----END PRIVATE KEY-----\n", 0o600);
+    let s = TlsSettings { key_pem: bad_key.clone(), ..pki.settings(MinTlsVersion::default(), false) };
     let msg = server_config(&s).unwrap_err().to_string();
     assert!(msg.contains("bad.key"), "{msg}");
     assert!(!msg.contains("c2VjcmV0"), "{msg}");
 
     // A certificate file given as the key: no key found.
     let not_a_key = pki.path("not-a-key.pem");
-    write_secret(
-        &not_a_key,
-        &std::fs::read_to_string(pki.path("server.crt")).unwrap(),
-        0o600,
-    );
-    let s = TlsSettings {
-        key_pem: not_a_key,
-        ..pki.settings(MinTlsVersion::default(), false)
-    };
+    write_secret(&not_a_key, &std::fs::read_to_string(pki.path("server.crt")).unwrap(), 0o600);
+    let s = TlsSettings { key_pem: not_a_key, ..pki.settings(MinTlsVersion::default(), false) };
     let msg = server_config(&s).unwrap_err().to_string();
-    assert!(
-        msg.contains("not-a-key.pem") && msg.contains("PRIVATE KEY"),
-        "{msg}"
-    );
+    assert!(msg.contains("not-a-key.pem") && msg.contains("PRIVATE KEY"), "{msg}");
 
     // Key that does not match the certificate.
-    let other =
-        generate_self_signed(&["localhost".to_owned()], time::OffsetDateTime::UNIX_EPOCH).unwrap();
+    let other = generate_self_signed(&["localhost".to_owned()], time::OffsetDateTime::UNIX_EPOCH).unwrap();
     let other_key = pki.path("other.key");
     write_secret(&other_key, &other.key_pem, 0o600);
-    let s = TlsSettings {
-        key_pem: other_key,
-        ..pki.settings(MinTlsVersion::default(), false)
-    };
+    let s = TlsSettings { key_pem: other_key, ..pki.settings(MinTlsVersion::default(), false) };
     let err = server_config(&s).unwrap_err();
     assert!(matches!(err, TlsError::Config { .. }), "{err:?}");
 }
@@ -614,20 +490,11 @@ fn bad_files_are_reported_by_path_without_contents() {
 fn min_version_parsing() {
     assert_eq!(MinTlsVersion::parse("1.2").unwrap(), MinTlsVersion::Tls12);
     assert_eq!(MinTlsVersion::parse("1.3").unwrap(), MinTlsVersion::Tls13);
-    assert_eq!(
-        MinTlsVersion::parse(" TLSv1.3 ").unwrap(),
-        MinTlsVersion::Tls13
-    );
-    assert_eq!(
-        MinTlsVersion::parse("tls1.2").unwrap(),
-        MinTlsVersion::Tls12
-    );
+    assert_eq!(MinTlsVersion::parse(" TLSv1.3 ").unwrap(), MinTlsVersion::Tls13);
+    assert_eq!(MinTlsVersion::parse("tls1.2").unwrap(), MinTlsVersion::Tls12);
     assert_eq!(MinTlsVersion::default(), MinTlsVersion::Tls13);
     for bad in ["1.1", "1.0", "", "2", "SSLv3"] {
-        assert!(
-            matches!(MinTlsVersion::parse(bad), Err(TlsError::BadMinVersion(_))),
-            "{bad:?}"
-        );
+        assert!(matches!(MinTlsVersion::parse(bad), Err(TlsError::BadMinVersion(_))), "{bad:?}");
     }
 }
 
@@ -637,11 +504,7 @@ async fn self_signed_certificate_serves_and_describe_lists_policy() {
     // The client below checks validity against the real clock.
     #[allow(clippy::disallowed_methods)]
     let not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let ss = generate_self_signed(
-        &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        not_before,
-    )
-    .unwrap();
+    let ss = generate_self_signed(&["localhost".to_owned(), "127.0.0.1".to_owned()], not_before).unwrap();
     assert!(!format!("{ss:?}").contains("PRIVATE KEY"));
     assert!(generate_self_signed(&[], not_before).is_err());
     std::fs::write(dir.path().join("c.pem"), &ss.cert_pem).unwrap();
@@ -657,10 +520,7 @@ async fn self_signed_certificate_serves_and_describe_lists_policy() {
     let d = describe(&cfg13);
     assert!(d.starts_with("TLS 1.3;"), "{d}");
     assert!(!d.contains("1.2") && !d.contains("ECDHE"), "{d}");
-    assert!(
-        d.contains("TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256"),
-        "{d}"
-    );
+    assert!(d.contains("TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256"), "{d}");
     assert!(d.contains("X25519") && d.contains("secp256r1"), "{d}");
     assert!(d.contains("ALPN h2, http/1.1"), "{d}");
     assert!(!d.contains("CHACHA"), "{d}");
@@ -684,9 +544,7 @@ async fn self_signed_certificate_serves_and_describe_lists_policy() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let srv = start(Some(cfg13), ConnLimits::default()).await;
-    let res = https_get(srv.addr, &TlsConnector::from(Arc::new(cfg)), "/")
-        .await
-        .unwrap();
+    let res = https_get(srv.addr, &TlsConnector::from(Arc::new(cfg)), "/").await.unwrap();
     assert!(ok(&res), "{res}");
 }
 
@@ -704,35 +562,19 @@ async fn plain_tcp_has_no_tls_info() {
 #[tokio::test]
 async fn keep_alive_serves_several_requests_on_one_connection() {
     let pki = pki();
-    let srv = start(
-        Some(pki.server(MinTlsVersion::default(), false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let srv = start(Some(pki.server(MinTlsVersion::default(), false)), ConnLimits::default()).await;
     let tcp = TcpStream::connect(srv.addr).await.unwrap();
-    let mut tls = default13(&pki)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = default13(&pki).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let keep = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    tls.write_all(format!("{keep}{keep}{}", request("/")).as_bytes())
-        .await
-        .unwrap();
-    let text = tokio::time::timeout(Duration::from_secs(5), read_all(tls))
-        .await
-        .unwrap()
-        .unwrap();
+    tls.write_all(format!("{keep}{keep}{}", request("/")).as_bytes()).await.unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(5), read_all(tls)).await.unwrap().unwrap();
     assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
 }
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     let pki = pki();
-    let mut srv = start(
-        Some(pki.server(MinTlsVersion::default(), false)),
-        ConnLimits::default(),
-    )
-    .await;
+    let mut srv = start(Some(pki.server(MinTlsVersion::default(), false)), ConnLimits::default()).await;
     let addr = srv.addr;
     let connector = default13(&pki);
     let started = srv.started.notified();
@@ -740,9 +582,7 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
         let connector = connector.clone();
         async move { https_get(addr, &connector, "/slow").await }
     });
-    tokio::time::timeout(Duration::from_secs(5), started)
-        .await
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), started).await.unwrap();
     let t0 = Instant::now();
     srv.shutdown();
 
@@ -758,20 +598,13 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
 
     let res = in_flight.await.unwrap().unwrap();
     assert!(ok(&res) && res.ends_with("slow done"), "{res}");
-    tokio::time::timeout(Duration::from_secs(5), &mut srv.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut srv.task).await.unwrap().unwrap().unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
 async fn drain_timeout_cuts_stuck_connections() {
-    let limits = ConnLimits {
-        drain_timeout: Duration::from_millis(300),
-        ..ConnLimits::default()
-    };
+    let limits = ConnLimits { drain_timeout: Duration::from_millis(300), ..ConnLimits::default() };
     let mut srv = start(None, limits).await;
     let addr = srv.addr;
     let stuck = tokio::spawn(async move { http_get(addr, "/stuck").await });
@@ -786,26 +619,18 @@ async fn drain_timeout_cuts_stuck_connections() {
         .unwrap();
     assert!(t0.elapsed() >= Duration::from_millis(250));
     // The client sees its connection closed without an answer.
-    let res = tokio::time::timeout(Duration::from_secs(5), stuck)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), stuck).await.unwrap().unwrap();
     assert!(res.map_or(true, |t| !t.contains("HTTP/1.1 200")));
 }
 
 #[tokio::test]
 async fn max_connections_makes_extra_connections_wait() {
-    let limits = ConnLimits {
-        max_connections: 1,
-        ..ConnLimits::default()
-    };
+    let limits = ConnLimits { max_connections: 1, ..ConnLimits::default() };
     let srv = start(None, limits).await;
     let addr = srv.addr;
     let started = srv.started.notified();
     let first = tokio::spawn(async move { http_get(addr, "/slow").await });
-    tokio::time::timeout(Duration::from_secs(5), started)
-        .await
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), started).await.unwrap();
     let slow_started = Instant::now();
     // The second connection is queued in the backlog until the first one ends, which is no
     // sooner than SLOW after its handler started (unlimited, it would be answered at once).

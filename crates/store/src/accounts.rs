@@ -17,9 +17,7 @@ impl AccountName {
     pub fn parse(raw: &str) -> Result<AccountName, StoreError> {
         let ok = (1..=64).contains(&raw.len())
             && raw.as_bytes()[0].is_ascii_alphanumeric()
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
         if ok {
             Ok(AccountName(raw.to_string()))
         } else {
@@ -95,10 +93,7 @@ impl SqliteStore {
         ttl: time::Duration,
     ) -> Result<(ApiToken, i64), StoreError> {
         if ttl <= time::Duration::ZERO {
-            return Err(StoreError::invalid(
-                "invalid",
-                "the token lifetime must be positive",
-            ));
+            return Err(StoreError::invalid("invalid", "the token lifetime must be positive"));
         }
         let name = name.clone();
         let target = name.to_string();
@@ -108,9 +103,7 @@ impl SqliteStore {
             move |tx| {
                 let enabled: Option<bool> = tx
                     .conn
-                    .query_row("SELECT disabled_us IS NULL FROM account WHERE name = ?1", [name.as_str()], |r| {
-                        r.get(0)
-                    })
+                    .query_row("SELECT disabled_us IS NULL FROM account WHERE name = ?1", [name.as_str()], |r| r.get(0))
                     .optional()?;
                 match enabled {
                     None => return Err(StoreError::NotFound(format!("account '{name}'"))),
@@ -138,7 +131,8 @@ impl SqliteStore {
         self.inner
             .engine
             .read(|c| {
-                let mut stmt = c.prepare("SELECT name, role, created_us, disabled_us IS NOT NULL FROM account ORDER BY name")?;
+                let mut stmt =
+                    c.prepare("SELECT name, role, created_us, disabled_us IS NOT NULL FROM account ORDER BY name")?;
                 let rows = stmt
                     .query_map([], |r| {
                         Ok(AccountInfo { name: r.get(0)?, role: r.get(1)?, created_us: r.get(2)?, disabled: r.get(3)? })
@@ -150,11 +144,7 @@ impl SqliteStore {
     }
 
     /// Records an operator action that has no data of its own (e.g. initialisation).
-    pub async fn record_operator_action(
-        &self,
-        ctx: AccessContext,
-        ev: AuditEvent,
-    ) -> Result<(), StoreError> {
+    pub async fn record_operator_action(&self, ctx: AccessContext, ev: AuditEvent) -> Result<(), StoreError> {
         self.audit(ctx, ev).await
     }
 }

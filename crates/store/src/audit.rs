@@ -6,12 +6,7 @@ use rusqlite::{Connection, params};
 use crate::StoreError;
 use crate::model::{AccessContext, AuditEvent};
 
-pub(crate) fn append(
-    conn: &Connection,
-    now_us: i64,
-    ctx: &AccessContext,
-    ev: &AuditEvent,
-) -> Result<(), StoreError> {
+pub(crate) fn append(conn: &Connection, now_us: i64, ctx: &AccessContext, ev: &AuditEvent) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit_event (recorded_us, request_id, actor, role, source, action, rtype, rid, version, \
          patients, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",

@@ -25,11 +25,7 @@ use crate::writes::{Tx, WriteOp, WriteOutcome, new_id};
 pub enum EntryResult {
     Write(WriteOutcome),
     Read(VersionRecord),
-    Search {
-        rtype: ResourceType,
-        records: Vec<VersionRecord>,
-        total: u64,
-    },
+    Search { rtype: ResourceType, records: Vec<VersionRecord>, total: u64 },
     Failed(StoreError),
 }
 
@@ -50,12 +46,7 @@ enum Target {
 
 fn parse_target(url: &str) -> Result<Target, StoreError> {
     let url = url.trim_start_matches('/');
-    let bad = || {
-        StoreError::invalid(
-            "invalid",
-            format!("unsupported request url '{}'", clip(url)),
-        )
-    };
+    let bad = || StoreError::invalid("invalid", format!("unsupported request url '{}'", clip(url)));
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
@@ -65,10 +56,7 @@ fn parse_target(url: &str) -> Result<Target, StoreError> {
     match (parts.as_slice(), query) {
         ([_], None) => Ok(Target::Type(rtype)),
         ([_], Some(q)) => Ok(Target::Conditional(rtype, parse_query_string(q))),
-        ([_, id], None) => Ok(Target::Instance(
-            rtype,
-            mamori_fhir::id::Id::parse(id)?.as_str().to_string(),
-        )),
+        ([_, id], None) => Ok(Target::Instance(rtype, mamori_fhir::id::Id::parse(id)?.as_str().to_string())),
         ([_, id, "_history", v], None) => Ok(Target::Version(
             rtype,
             mamori_fhir::id::Id::parse(id)?.as_str().to_string(),
@@ -123,18 +111,13 @@ pub(crate) fn run(
         BundleKind::Batch => Ok(entries
             .into_iter()
             .map(|e| {
-                savepoint(tx.conn, "entry", |_| run_batch_entry(tx, e, limits))
-                    .unwrap_or_else(EntryResult::Failed)
+                savepoint(tx.conn, "entry", |_| run_batch_entry(tx, e, limits)).unwrap_or_else(EntryResult::Failed)
             })
             .collect()),
     }
 }
 
-fn run_batch_entry(
-    tx: &Tx<'_>,
-    mut entry: RequestEntry,
-    limits: PageLimits,
-) -> Result<EntryResult, StoreError> {
+fn run_batch_entry(tx: &Tx<'_>, mut entry: RequestEntry, limits: PageLimits) -> Result<EntryResult, StoreError> {
     // Batch entries may not depend on each other (FHIR 3.1.0.11.1): no urn:uuid resolution.
     let mut broken = None;
     if let Some(resource) = entry.resource.as_mut() {
@@ -158,11 +141,7 @@ fn run_batch_entry(
         return Err(e);
     }
     let mut plan = plan_entry(tx, &entry, limits)?;
-    if plan.op.is_none()
-        && plan.existing.is_none()
-        && plan.method != Method::Get
-        && plan.method != Method::Head
-    {
+    if plan.op.is_none() && plan.existing.is_none() && plan.method != Method::Get && plan.method != Method::Head {
         plan.op = Some(build_op(&plan, entry.resource.take(), &entry, limits)?);
     }
     execute(tx, plan, entry.resource, limits)
@@ -205,10 +184,7 @@ fn run_transaction(
                 } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
                     broken = Some(StoreError::invalid(
                         "invalid",
-                        format!(
-                            "reference '{}' does not match the fullUrl of any entry in this transaction",
-                            clip(r)
-                        ),
+                        format!("reference '{}' does not match the fullUrl of any entry in this transaction", clip(r)),
                     ));
                 } else {
                     match resolve_conditional_reference(tx, r, limits) {
@@ -219,10 +195,7 @@ fn run_transaction(
                 }
             });
             if let Some(err) = broken {
-                return Err(TransactionError {
-                    entry: index,
-                    error: err,
-                });
+                return Err(TransactionError { entry: index, error: err });
             }
         }
     }
@@ -239,15 +212,13 @@ fn run_transaction(
     let mut results: Vec<(usize, EntryResult)> = Vec::with_capacity(work.len());
     for (mut plan, resource, entry) in work {
         let index = plan.index;
-        let resource = if plan.op.is_none()
-            && plan.existing.is_none()
-            && !matches!(plan.method, Method::Get | Method::Head)
-        {
-            plan.op = Some(build_op(&plan, resource, &entry, limits).map_err(fail(index))?);
-            None
-        } else {
-            resource
-        };
+        let resource =
+            if plan.op.is_none() && plan.existing.is_none() && !matches!(plan.method, Method::Get | Method::Head) {
+                plan.op = Some(build_op(&plan, resource, &entry, limits).map_err(fail(index))?);
+                None
+            } else {
+                resource
+            };
         let outcome = execute(tx, plan, resource, limits).map_err(fail(index))?;
         results.push((index, outcome));
     }
@@ -256,11 +227,7 @@ fn run_transaction(
 }
 
 /// Resolves `Type?query` references to `Type/id` (exactly one match required).
-fn resolve_conditional_reference(
-    tx: &Tx<'_>,
-    r: &str,
-    limits: PageLimits,
-) -> Result<Option<String>, StoreError> {
+fn resolve_conditional_reference(tx: &Tx<'_>, r: &str, limits: PageLimits) -> Result<Option<String>, StoreError> {
     let Some((type_part, query)) = r.split_once('?') else {
         return Ok(None);
     };
@@ -270,10 +237,7 @@ fn resolve_conditional_reference(
     let q = SearchQuery::parse(&parse_query_string(query), limits, false)?;
     match tx.find(rtype, &q)?.as_slice() {
         [one] => Ok(Some(format!("{rtype}/{one}"))),
-        [] => Err(StoreError::invalid(
-            "not-found",
-            format!("conditional reference to {rtype} matches no resource"),
-        )),
+        [] => Err(StoreError::invalid("not-found", format!("conditional reference to {rtype} matches no resource"))),
         _ => Err(StoreError::PreconditionFailed(format!(
             "conditional reference to {rtype} matches more than one resource"
         ))),
@@ -284,22 +248,12 @@ fn resolve_conditional_reference(
 fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Planned, StoreError> {
     let method = e.request.method;
     let target = parse_target(&e.request.url)?;
-    let mut plan = Planned {
-        index: e.index,
-        method,
-        op: None,
-        target,
-        existing: None,
-    };
+    let mut plan = Planned { index: e.index, method, op: None, target, existing: None };
     match (method, &plan.target) {
         (Method::Post, Target::Type(rtype)) => {
             let rtype = *rtype;
             if let Some(cond) = &e.request.if_none_exist {
-                let q = SearchQuery::parse(
-                    &parse_query_string(cond.trim_start_matches('?')),
-                    limits,
-                    false,
-                )?;
+                let q = SearchQuery::parse(&parse_query_string(cond.trim_start_matches('?')), limits, false)?;
                 if let Some(id) = tx.find_unique(rtype, &q)? {
                     plan.existing = rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)?;
                     return Ok(plan);
@@ -312,12 +266,7 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
             let q = SearchQuery::parse(pairs, limits, false)?;
             let id = match tx.find_unique(rtype, &q)? {
                 Some(id) => id,
-                None => match e
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.get("id"))
-                    .and_then(Value::as_str)
-                {
+                None => match e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
                     Some(id) => id.to_string(),
                     None => new_id(),
                 },
@@ -325,24 +274,15 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
             plan.target = Target::Instance(rtype, id);
         }
         (Method::Post, _) => {
-            return Err(StoreError::invalid(
-                "invalid",
-                "POST entries must name a resource type only",
-            ));
+            return Err(StoreError::invalid("invalid", "POST entries must name a resource type only"));
         }
         (Method::Put | Method::Patch, Target::Instance(..)) => {}
         (Method::Put | Method::Patch, _) => {
-            return Err(StoreError::invalid(
-                "invalid",
-                "PUT and PATCH entries need Type/id or Type?condition",
-            ));
+            return Err(StoreError::invalid("invalid", "PUT and PATCH entries need Type/id or Type?condition"));
         }
         (Method::Delete, Target::Instance(..) | Target::Conditional(..)) => {}
         (Method::Delete, _) => {
-            return Err(StoreError::invalid(
-                "invalid",
-                "DELETE entries need Type/id or Type?condition",
-            ));
+            return Err(StoreError::invalid("invalid", "DELETE entries need Type/id or Type?condition"));
         }
         (Method::Get | Method::Head, _) => {}
     }
@@ -365,12 +305,7 @@ fn build_op(
             if let Some(obj) = resource.as_object_mut() {
                 obj.insert("id".into(), Value::String(id.clone()));
             }
-            Ok(WriteOp::Update {
-                rtype: *rtype,
-                id: id.clone(),
-                resource,
-                if_match: None,
-            })
+            Ok(WriteOp::Update { rtype: *rtype, id: id.clone(), resource, if_match: None })
         }
         (Method::Put, Target::Instance(rtype, id)) => {
             let resource = resource.ok_or_else(need_resource)?;
@@ -378,37 +313,21 @@ fn build_op(
             if let Some(body_id) = resource.get("id").and_then(Value::as_str)
                 && body_id != id
             {
-                return Err(StoreError::invalid(
-                    "invalid",
-                    "the resource id does not match the request URL",
-                ));
+                return Err(StoreError::invalid("invalid", "the resource id does not match the request URL"));
             }
-            Ok(WriteOp::Update {
-                rtype: *rtype,
-                id: id.clone(),
-                resource,
-                if_match,
-            })
+            Ok(WriteOp::Update { rtype: *rtype, id: id.clone(), resource, if_match })
         }
         (Method::Patch, Target::Instance(rtype, id)) => {
             let resource = resource.ok_or_else(need_resource)?;
             let patch = crate::patch_from_resource(resource)?;
-            Ok(WriteOp::Patch {
-                rtype: *rtype,
-                id: id.clone(),
-                patch,
-                if_match,
-            })
+            Ok(WriteOp::Patch { rtype: *rtype, id: id.clone(), patch, if_match })
         }
-        (Method::Delete, Target::Instance(rtype, id)) => Ok(WriteOp::Delete {
-            rtype: *rtype,
-            id: id.clone(),
-            if_match,
-        }),
-        (Method::Delete, Target::Conditional(rtype, pairs)) => Ok(WriteOp::ConditionalDelete {
-            rtype: *rtype,
-            query: SearchQuery::parse(pairs, limits, false)?,
-        }),
+        (Method::Delete, Target::Instance(rtype, id)) => {
+            Ok(WriteOp::Delete { rtype: *rtype, id: id.clone(), if_match })
+        }
+        (Method::Delete, Target::Conditional(rtype, pairs)) => {
+            Ok(WriteOp::ConditionalDelete { rtype: *rtype, query: SearchQuery::parse(pairs, limits, false)? })
+        }
         _ => Err(StoreError::invalid("invalid", "unsupported entry request")),
     }
 }
@@ -417,10 +336,7 @@ fn check_type(resource: &Value, rtype: ResourceType) -> Result<(), StoreError> {
     if resource.get("resourceType").and_then(Value::as_str) == Some(rtype.as_str()) {
         Ok(())
     } else {
-        Err(StoreError::invalid(
-            "invalid",
-            format!("the entry's resource is not a {rtype}"),
-        ))
+        Err(StoreError::invalid("invalid", format!("the entry's resource is not a {rtype}")))
     }
 }
 
@@ -437,29 +353,20 @@ fn execute(
         // A POST becomes an Update with a fresh id; report it as the create it is.
         let was_post = plan.method == Method::Post;
         return match tx.apply(op)? {
-            WriteOutcome::Updated(r) if was_post => {
-                Ok(EntryResult::Write(WriteOutcome::Created(r)))
-            }
+            WriteOutcome::Updated(r) if was_post => Ok(EntryResult::Write(WriteOutcome::Created(r))),
             other => Ok(EntryResult::Write(other)),
         };
     }
     match plan.target {
-        Target::Instance(rtype, id) => {
-            match rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)? {
-                Some(r) if r.deleted => Err(StoreError::Gone {
-                    what: format!("{rtype}/{id}"),
-                    version: r.version,
-                }),
-                Some(r) => Ok(EntryResult::Read(r)),
-                None => Err(StoreError::NotFound(format!("{rtype}/{id}"))),
-            }
-        }
-        Target::Version(rtype, id, v) => {
-            match rows::load_version(tx.conn, tx.keys, tx.protect, rtype, &id, v)? {
-                Some(r) => Ok(EntryResult::Read(r)),
-                None => Err(StoreError::NotFound(format!("{rtype}/{id}/_history/{v}"))),
-            }
-        }
+        Target::Instance(rtype, id) => match rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)? {
+            Some(r) if r.deleted => Err(StoreError::Gone { what: format!("{rtype}/{id}"), version: r.version }),
+            Some(r) => Ok(EntryResult::Read(r)),
+            None => Err(StoreError::NotFound(format!("{rtype}/{id}"))),
+        },
+        Target::Version(rtype, id, v) => match rows::load_version(tx.conn, tx.keys, tx.protect, rtype, &id, v)? {
+            Some(r) => Ok(EntryResult::Read(r)),
+            None => Err(StoreError::NotFound(format!("{rtype}/{id}/_history/{v}"))),
+        },
         Target::Type(rtype) => search(tx, rtype, &[], limits),
         Target::Conditional(rtype, pairs) => search(tx, rtype, &pairs, limits),
     }
@@ -480,9 +387,5 @@ fn search(
             records.push(r);
         }
     }
-    Ok(EntryResult::Search {
-        rtype,
-        records,
-        total,
-    })
+    Ok(EntryResult::Search { rtype, records, total })
 }

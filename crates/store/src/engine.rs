@@ -14,11 +14,14 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::schema;
+use crate::sealer::Sealer;
 
 /// Upper bound on jobs per commit: keeps latency bounded under a flood of writes.
 const MAX_BATCH: usize = 512;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Builds the sealer on the writer's connection when the engine starts.
+pub(crate) type MakeSealer = Box<dyn FnOnce(&Connection) -> Result<Sealer, StoreError> + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
 pub(crate) struct Engine {
@@ -30,14 +33,16 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn open(path: &Path, synchronous_full: bool) -> Result<Engine, StoreError> {
+    /// `sealer`, if given, runs on the writer thread after every commit (and on a timer).
+    pub(crate) fn open(path: &Path, synchronous_full: bool, sealer: Option<MakeSealer>) -> Result<Engine, StoreError> {
         let conn = Connection::open(path)?;
         schema::configure(&conn, synchronous_full)?;
         schema::migrate(&conn)?;
+        let sealer = sealer.map(|make| make(&conn)).transpose()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("mamori-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, sealer))
             .map_err(StoreError::internal)?;
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
@@ -65,8 +70,7 @@ impl Engine {
             .ok_or_else(|| StoreError::internal("store is shut down"))?
             .send(job)
             .map_err(|_| StoreError::internal("writer thread has stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::internal("writer thread dropped a job"))?
+        rx.await.map_err(|_| StoreError::internal("writer thread dropped a job"))?
     }
 
     /// Runs `f` on a reader connection on the blocking pool.
@@ -75,9 +79,7 @@ impl Engine {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || me.read_blocking(f))
-            .await
-            .map_err(StoreError::internal)?
+        tokio::task::spawn_blocking(move || me.read_blocking(f)).await.map_err(StoreError::internal)?
     }
 
     pub(crate) fn read_blocking<T>(
@@ -99,9 +101,7 @@ impl Engine {
     fn open_reader(&self) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         schema::configure_reader(&conn, self.synchronous_full)?;
         Ok(conn)
@@ -144,8 +144,21 @@ pub(crate) fn savepoint<T>(
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+/// How often an idle writer wakes to let the sealer make time-based checkpoints.
+const SEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>) {
+    loop {
+        let first = match rx.recv_timeout(SEAL_TICK) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(s) = sealer.as_mut() {
+                    s.after_commit(&conn, false);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -154,13 +167,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = StoreError::from(e);
-            for job in batch {
-                // The job never ran; report the failure without running it.
-                drop(job);
-                let _ = &err;
-            }
-            tracing::error!(error = %err, "writer could not begin a transaction");
+            // Dropping the jobs unanswered makes each caller fail with an error.
+            tracing::error!(error = %e, "writer could not begin a transaction");
+            drop(batch);
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
@@ -172,5 +181,12 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         for done in completions {
             done(committed.clone());
         }
+        if let Some(s) = sealer.as_mut() {
+            s.after_commit(&conn, false);
+        }
+    }
+    // Shutdown: seal whatever the last checkpoint does not cover yet.
+    if let Some(s) = sealer.as_mut() {
+        s.after_commit(&conn, true);
     }
 }

@@ -50,10 +50,7 @@ impl StoreError {
     }
 
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        StoreError::Invalid {
-            code,
-            message: message.into(),
-        }
+        StoreError::Invalid { code, message: message.into() }
     }
 }
 
@@ -65,9 +62,6 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<mamori_fhir::error::FhirError> for StoreError {
     fn from(e: mamori_fhir::error::FhirError) -> Self {
-        StoreError::Invalid {
-            code: e.issue_code(),
-            message: e.to_string(),
-        }
+        StoreError::Invalid { code: e.issue_code(), message: e.to_string() }
     }
 }

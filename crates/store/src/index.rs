@@ -83,12 +83,10 @@ pub(crate) fn reindex(
     id: &str,
     body: Option<&Value>,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM idx_token WHERE rtype = ?1 AND id = ?2")?
-        .execute(params![rtype, id])?;
+    conn.prepare_cached("DELETE FROM idx_token WHERE rtype = ?1 AND id = ?2")?.execute(params![rtype, id])?;
     if let Some(body) = body {
-        let mut ins = conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_token (rtype, param, token, id) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        let mut ins =
+            conn.prepare_cached("INSERT OR IGNORE INTO idx_token (rtype, param, token, id) VALUES (?1, ?2, ?3, ?4)")?;
         for t in identifier_tokens(key, rtype, body) {
             ins.execute(params![rtype, IDENTIFIER, &t[..], id])?;
         }
@@ -103,22 +101,10 @@ mod tests {
     #[test]
     fn token_query_forms() {
         assert_eq!(TokenQuery::parse("a"), Some(TokenQuery::Value("a".into())));
-        assert_eq!(
-            TokenQuery::parse("|a"),
-            Some(TokenQuery::NoSystemValue("a".into()))
-        );
-        assert_eq!(
-            TokenQuery::parse("s|"),
-            Some(TokenQuery::System("s".into()))
-        );
-        assert_eq!(
-            TokenQuery::parse("s|a"),
-            Some(TokenQuery::SystemValue("s".into(), "a".into()))
-        );
-        assert_eq!(
-            TokenQuery::parse("s|a|b"),
-            Some(TokenQuery::SystemValue("s".into(), "a|b".into()))
-        );
+        assert_eq!(TokenQuery::parse("|a"), Some(TokenQuery::NoSystemValue("a".into())));
+        assert_eq!(TokenQuery::parse("s|"), Some(TokenQuery::System("s".into())));
+        assert_eq!(TokenQuery::parse("s|a"), Some(TokenQuery::SystemValue("s".into(), "a".into())));
+        assert_eq!(TokenQuery::parse("s|a|b"), Some(TokenQuery::SystemValue("s".into(), "a|b".into())));
         assert_eq!(TokenQuery::parse(""), None);
         assert_eq!(TokenQuery::parse("|"), None);
     }

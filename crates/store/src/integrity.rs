@@ -30,15 +30,8 @@ impl SqliteStore {
     pub async fn check_integrity(&self, ctx: AccessContext) -> Result<IntegrityReport, StoreError> {
         let inner = Arc::clone(&self.inner);
         let report = self.inner.engine.read(move |c| check(c, &inner)).await?;
-        let mut ev = AuditEvent::new(
-            Action::IntegrityCheck,
-            if report.is_clean() { 200 } else { 409 },
-        );
-        ev.detail = Some(format!(
-            "{} versions, {} problems",
-            report.versions_checked,
-            report.problems.len()
-        ));
+        let mut ev = AuditEvent::new(Action::IntegrityCheck, if report.is_clean() { 200 } else { 409 });
+        ev.detail = Some(format!("{} versions, {} problems", report.versions_checked, report.problems.len()));
         self.audit(ctx, ev).await?;
         Ok(report)
     }
@@ -47,12 +40,10 @@ impl SqliteStore {
 fn check(c: &Connection, inner: &Inner) -> Result<IntegrityReport, StoreError> {
     let mut report = IntegrityReport::default();
     // Newest version per resource as the version rows say, to compare with resource_current.
-    let mut newest: std::collections::HashMap<(String, String), (i64, i64, bool)> =
-        std::collections::HashMap::new();
+    let mut newest: std::collections::HashMap<(String, String), (i64, i64, bool)> = std::collections::HashMap::new();
     {
-        let mut stmt = c.prepare(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resource_version v ORDER BY v.rtype, v.id, v.version"
-        ))?;
+        let mut stmt =
+            c.prepare(&format!("SELECT {VERSION_COLUMNS} FROM resource_version v ORDER BY v.rtype, v.id, v.version"))?;
         let mut rows_iter = stmt.query([])?;
         let mut expected_next: Option<((String, String), i64)> = None;
         while let Some(row) = rows_iter.next()? {
@@ -80,9 +71,9 @@ fn check(c: &Connection, inner: &Inner) -> Result<IntegrityReport, StoreError> {
             let what = format!("{}/{}/_history/{}", sealed.rtype, sealed.id, sealed.version);
             match rows::open_row(c, &inner.keys, inner.protect, sealed) {
                 Ok(_) => {}
-                Err(StoreError::Tampered(_)) => report.problems.push(format!(
-                    "{what}: body or row metadata was altered outside mamori"
-                )),
+                Err(StoreError::Tampered(_)) => {
+                    report.problems.push(format!("{what}: body or row metadata was altered outside mamori"))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -96,21 +87,18 @@ fn check(c: &Connection, inner: &Inner) -> Result<IntegrityReport, StoreError> {
         let (version, seq, deleted): (i64, i64, bool) = (row.get(2)?, row.get(3)?, row.get(4)?);
         match newest.get(&key) {
             None => report.problems.push(format!("{}/{}: current pointer names no stored version", key.0, key.1)),
-            Some(&(v, s, d)) if (v, s, d) != (version, seq, deleted) => {
-                report.problems.push(format!(
-                    "{}/{}: current pointer (version {version}, deleted {deleted}) does not match the newest \
+            Some(&(v, s, d)) if (v, s, d) != (version, seq, deleted) => report.problems.push(format!(
+                "{}/{}: current pointer (version {version}, deleted {deleted}) does not match the newest \
                      stored version (version {v}, deleted {d})",
-                    key.0, key.1
-                ))
-            }
+                key.0, key.1
+            )),
             Some(_) => {}
         }
     }
     if seen != newest.len() {
-        report.problems.push(format!(
-            "{} resources have versions but no current pointer",
-            newest.len().saturating_sub(seen)
-        ));
+        report
+            .problems
+            .push(format!("{} resources have versions but no current pointer", newest.len().saturating_sub(seen)));
     }
     Ok(report)
 }

@@ -30,19 +30,12 @@ fn wrap_aad(scope: &str) -> Vec<u8> {
 
 impl KeyRing {
     pub(crate) fn new(kek: SealKey) -> Self {
-        KeyRing {
-            kek,
-            cache: RwLock::new(HashMap::new()),
-        }
+        KeyRing { kek, cache: RwLock::new(HashMap::new()) }
     }
 
     /// The data key of a scope, created (and stored wrapped) the first time it is needed.
     /// Runs on the writer connection so creation is part of the writing transaction.
-    pub(crate) fn for_scope(
-        &self,
-        conn: &Connection,
-        scope: &str,
-    ) -> Result<(i64, Arc<SealKey>), StoreError> {
+    pub(crate) fn for_scope(&self, conn: &Connection, scope: &str) -> Result<(i64, Arc<SealKey>), StoreError> {
         let found: Option<(i64, Vec<u8>)> = conn
             .prepare_cached("SELECT key_id, wrapped FROM data_key WHERE scope = ?1")?
             .query_row([scope], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -64,12 +57,7 @@ impl KeyRing {
 
     /// The data key with this id, for decrypting a stored row.
     pub(crate) fn by_id(&self, conn: &Connection, key_id: i64) -> Result<Arc<SealKey>, StoreError> {
-        if let Some(k) = self
-            .cache
-            .read()
-            .map_err(StoreError::internal)?
-            .get(&key_id)
-        {
+        if let Some(k) = self.cache.read().map_err(StoreError::internal)?.get(&key_id) {
             return Ok(Arc::clone(k));
         }
         let (scope, wrapped): (String, Vec<u8>) = conn
@@ -80,25 +68,13 @@ impl KeyRing {
         self.unwrap_cached(key_id, &scope, &wrapped)
     }
 
-    fn unwrap_cached(
-        &self,
-        key_id: i64,
-        scope: &str,
-        wrapped: &[u8],
-    ) -> Result<Arc<SealKey>, StoreError> {
-        if let Some(k) = self
-            .cache
-            .read()
-            .map_err(StoreError::internal)?
-            .get(&key_id)
-        {
+    fn unwrap_cached(&self, key_id: i64, scope: &str, wrapped: &[u8]) -> Result<Arc<SealKey>, StoreError> {
+        if let Some(k) = self.cache.read().map_err(StoreError::internal)?.get(&key_id) {
             return Ok(Arc::clone(k));
         }
         let raw =
             zeroize::Zeroizing::new(self.kek.open(wrapped, &wrap_aad(scope)).ok_or_else(|| {
-                StoreError::Tampered(format!(
-                    "data key {key_id} does not unwrap with the master key"
-                ))
+                StoreError::Tampered(format!("data key {key_id} does not unwrap with the master key"))
             })?);
         let raw: &[u8; 32] = raw
             .as_slice()

@@ -38,22 +38,17 @@ impl MasterKey {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| {
-                StoreError::Setup(format!("cannot create key file {}: {e}", path.display()))
-            })?;
+            .map_err(|e| StoreError::Setup(format!("cannot create key file {}: {e}", path.display())))?;
         f.write_all(key.as_ref())
             .and_then(|()| f.sync_all())
-            .map_err(|e| {
-                StoreError::Setup(format!("cannot write key file {}: {e}", path.display()))
-            })?;
+            .map_err(|e| StoreError::Setup(format!("cannot write key file {}: {e}", path.display())))?;
         Ok(MasterKey(key))
     }
 
     /// Loads the key file, refusing one that others could read (secrets must be 0600).
     pub fn load_file(path: &Path) -> Result<MasterKey, StoreError> {
-        let meta = fs::metadata(path).map_err(|e| {
-            StoreError::Setup(format!("cannot read key file {}: {e}", path.display()))
-        })?;
+        let meta = fs::metadata(path)
+            .map_err(|e| StoreError::Setup(format!("cannot read key file {}: {e}", path.display())))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(StoreError::Setup(format!(
                 "key file {} is accessible to group or others; run: chmod 600 {}",
@@ -61,12 +56,13 @@ impl MasterKey {
                 path.display()
             )));
         }
-        let bytes = Zeroizing::new(fs::read(path).map_err(|e| {
-            StoreError::Setup(format!("cannot read key file {}: {e}", path.display()))
-        })?);
-        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            StoreError::Setup(format!("key file {} is not a 32-byte key", path.display()))
-        })?;
+        let bytes = Zeroizing::new(
+            fs::read(path).map_err(|e| StoreError::Setup(format!("cannot read key file {}: {e}", path.display())))?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Setup(format!("key file {} is not a 32-byte key", path.display())))?;
         Ok(MasterKey(Zeroizing::new(key)))
     }
 
@@ -85,10 +81,7 @@ impl MasterKey {
         let ok = hk.expand(b"key-encryption-key", kek.as_mut()).is_ok()
             && hk.expand(b"search-index-key", index.as_mut()).is_ok();
         debug_assert!(ok);
-        DerivedKeys {
-            kek: SealKey::new(&kek),
-            index_key: index,
-        }
+        DerivedKeys { kek: SealKey::new(&kek), index_key: index }
     }
 }
 
@@ -133,9 +126,7 @@ impl SealKey {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        self.0
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .ok()
+        self.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
     }
 }
 
@@ -173,14 +164,8 @@ mod tests {
     fn seal_binds_ciphertext_to_its_row() {
         let (_, k) = SealKey::random();
         let sealed = k.seal(b"{\"name\":\"Yamada\"}", b"Patient/1/1").unwrap();
-        assert_eq!(
-            k.open(&sealed, b"Patient/1/1").unwrap(),
-            b"{\"name\":\"Yamada\"}"
-        );
-        assert!(
-            k.open(&sealed, b"Patient/1/2").is_none(),
-            "moved to another row"
-        );
+        assert_eq!(k.open(&sealed, b"Patient/1/1").unwrap(), b"{\"name\":\"Yamada\"}");
+        assert!(k.open(&sealed, b"Patient/1/2").is_none(), "moved to another row");
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -193,10 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("master.key");
         MasterKey::create_file(&p).unwrap();
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(MasterKey::create_file(&p).is_err());
         MasterKey::load_file(&p).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 mod audit;
+pub mod audit_log;
 mod bundle;
 pub mod clock;
 mod engine;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod query;
 mod rows;
 mod schema;
+mod sealer;
 mod sqlite;
 mod writes;
 
@@ -30,6 +32,7 @@ pub use index::TokenQuery;
 pub use integrity::IntegrityReport;
 pub use model::{AccessContext, Action, Actor, AuditEvent, VersionRecord};
 pub use query::{HistoryQuery, HistoryScope, PageLimits, SearchQuery};
+pub use sealer::SealingConfig;
 pub use sqlite::{SqliteStore, StoreConfig};
 pub use writes::{WriteOp, WriteOutcome};
 
@@ -68,18 +71,8 @@ pub trait Store: Send + Sync + 'static {
         id: String,
         version: Option<u64>,
     ) -> StoreFuture<'_, VersionRecord>;
-    fn history(
-        &self,
-        ctx: AccessContext,
-        scope: HistoryScope,
-        query: HistoryQuery,
-    ) -> StoreFuture<'_, Page>;
-    fn search(
-        &self,
-        ctx: AccessContext,
-        rtype: ResourceType,
-        query: SearchQuery,
-    ) -> StoreFuture<'_, Page>;
+    fn history(&self, ctx: AccessContext, scope: HistoryScope, query: HistoryQuery) -> StoreFuture<'_, Page>;
+    fn search(&self, ctx: AccessContext, rtype: ResourceType, query: SearchQuery) -> StoreFuture<'_, Page>;
     fn write(&self, ctx: AccessContext, op: WriteOp) -> StoreFuture<'_, WriteOutcome>;
     fn bundle(
         &self,
@@ -95,13 +88,7 @@ pub fn parse_etag(raw: &str) -> Result<u64, StoreError> {
     let t = t.strip_prefix("W/").unwrap_or(t);
     let t = t.trim_matches('"');
     t.parse().map_err(|_| {
-        StoreError::invalid(
-            "invalid",
-            format!(
-                "'{}' is not a version ETag such as W/\"3\"",
-                query::clip(raw)
-            ),
-        )
+        StoreError::invalid("invalid", format!("'{}' is not a version ETag such as W/\"3\"", query::clip(raw)))
     })
 }
 
@@ -120,8 +107,7 @@ pub fn patch_from_resource(resource: serde_json::Value) -> Result<json_patch::Pa
     } else {
         resource
     };
-    serde_json::from_value(doc)
-        .map_err(|e| StoreError::invalid("invalid", format!("invalid JSON Patch document: {e}")))
+    serde_json::from_value(doc).map_err(|e| StoreError::invalid("invalid", format!("invalid JSON Patch document: {e}")))
 }
 
 impl StoreError {
@@ -131,16 +117,13 @@ impl StoreError {
             StoreError::NotFound(_) => 404,
             StoreError::Gone { .. } => 410,
             StoreError::VersionConflict(_) | StoreError::PreconditionFailed(_) => 412,
-            StoreError::Invalid {
-                code: "processing", ..
-            } => 422,
+            StoreError::Invalid { code: "processing", .. } => 422,
             StoreError::Invalid { .. } | StoreError::Unsupported(_) => 400,
             StoreError::TooCostly(_) => 413,
             StoreError::Forbidden => 403,
-            StoreError::AuditUnavailable
-            | StoreError::Internal(_)
-            | StoreError::Tampered(_)
-            | StoreError::Setup(_) => 500,
+            StoreError::AuditUnavailable | StoreError::Internal(_) | StoreError::Tampered(_) | StoreError::Setup(_) => {
+                500
+            }
         }
     }
 
@@ -155,9 +138,7 @@ impl StoreError {
             StoreError::Unsupported(_) => "not-supported",
             StoreError::TooCostly(_) => "too-costly",
             StoreError::Forbidden => "forbidden",
-            StoreError::AuditUnavailable | StoreError::Internal(_) | StoreError::Setup(_) => {
-                "exception"
-            }
+            StoreError::AuditUnavailable | StoreError::Internal(_) | StoreError::Setup(_) => "exception",
             StoreError::Tampered(_) => "exception",
         }
     }

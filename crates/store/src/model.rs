@@ -126,15 +126,7 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     pub fn new(action: Action, outcome: u16) -> Self {
-        AuditEvent {
-            action,
-            rtype: None,
-            rid: None,
-            version: None,
-            patients: Vec::new(),
-            outcome,
-            detail: None,
-        }
+        AuditEvent { action, rtype: None, rid: None, version: None, patients: Vec::new(), outcome, detail: None }
     }
 
     pub fn of_record(action: Action, outcome: u16, r: &VersionRecord) -> Self {

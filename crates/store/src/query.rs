@@ -20,10 +20,7 @@ pub struct PageLimits {
 
 impl Default for PageLimits {
     fn default() -> Self {
-        PageLimits {
-            default_count: 50,
-            max_count: 1000,
-        }
+        PageLimits { default_count: 50, max_count: 1000 }
     }
 }
 
@@ -66,10 +63,7 @@ pub struct HistoryQuery {
 
 fn parse_count(raw: &str, limits: PageLimits) -> Result<usize, StoreError> {
     let n: usize = raw.parse().map_err(|_| {
-        StoreError::invalid(
-            "invalid",
-            format!("_count must be a non-negative integer, got '{}'", clip(raw)),
-        )
+        StoreError::invalid("invalid", format!("_count must be a non-negative integer, got '{}'", clip(raw)))
     })?;
     Ok(n.min(limits.max_count))
 }
@@ -80,33 +74,19 @@ pub(crate) fn clip(s: &str) -> String {
 }
 
 impl SearchQuery {
-    pub fn parse(
-        pairs: &[(String, String)],
-        limits: PageLimits,
-        lenient: bool,
-    ) -> Result<SearchQuery, StoreError> {
-        let mut q = SearchQuery {
-            clauses: Vec::new(),
-            count: limits.default_count,
-            after: None,
-            ignored: Vec::new(),
-        };
+    pub fn parse(pairs: &[(String, String)], limits: PageLimits, lenient: bool) -> Result<SearchQuery, StoreError> {
+        let mut q = SearchQuery { clauses: Vec::new(), count: limits.default_count, after: None, ignored: Vec::new() };
         for (name, value) in pairs {
             match name.as_str() {
                 "_count" => q.count = parse_count(value, limits)?,
                 "_cursor" => q.after = Some(value.clone()),
-                "_id" => q
-                    .clauses
-                    .push(Clause::Id(value.split(',').map(str::to_string).collect())),
+                "_id" => q.clauses.push(Clause::Id(value.split(',').map(str::to_string).collect())),
                 IDENTIFIER => {
                     let tokens = value
                         .split(',')
                         .map(|v| {
                             TokenQuery::parse(v).ok_or_else(|| {
-                                StoreError::invalid(
-                                    "invalid",
-                                    "identifier: expected [system]|[value] (empty value)",
-                                )
+                                StoreError::invalid("invalid", "identifier: expected [system]|[value] (empty value)")
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
@@ -140,24 +120,14 @@ impl SearchQuery {
         }
         sql.push_str(" ORDER BY c.id LIMIT ?");
         args.push(SqlValue::Integer(limit as i64));
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT c.id FROM resource_current c WHERE {sql}"))?;
-        let ids = stmt
-            .query_map(params_from_iter(args), |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT c.id FROM resource_current c WHERE {sql}"))?;
+        let ids = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         Ok(ids)
     }
 
-    pub(crate) fn total(
-        &self,
-        conn: &Connection,
-        index: &IndexKey,
-        rtype: ResourceType,
-    ) -> Result<u64, StoreError> {
+    pub(crate) fn total(&self, conn: &Connection, index: &IndexKey, rtype: ResourceType) -> Result<u64, StoreError> {
         let (sql, args) = self.where_clause(index, rtype);
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT count(*) FROM resource_current c WHERE {sql}"
-        ))?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {sql}"))?;
         Ok(stmt.query_row(params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
     }
 
@@ -176,11 +146,7 @@ impl SearchQuery {
                         placeholders(tokens.len())
                     ));
                     args.push(SqlValue::Text(rtype.as_str().to_string()));
-                    args.extend(
-                        tokens
-                            .iter()
-                            .map(|t| SqlValue::Blob(t.token(index, rtype.as_str()).to_vec())),
-                    );
+                    args.extend(tokens.iter().map(|t| SqlValue::Blob(t.token(index, rtype.as_str()).to_vec())));
                 }
             }
         }
@@ -193,23 +159,18 @@ fn placeholders(n: usize) -> String {
 }
 
 impl HistoryQuery {
-    pub fn parse(
-        pairs: &[(String, String)],
-        limits: PageLimits,
-    ) -> Result<HistoryQuery, StoreError> {
-        let mut q = HistoryQuery {
-            since_us: None,
-            count: limits.default_count,
-            before_seq: None,
-        };
+    pub fn parse(pairs: &[(String, String)], limits: PageLimits) -> Result<HistoryQuery, StoreError> {
+        let mut q = HistoryQuery { since_us: None, count: limits.default_count, before_seq: None };
         for (name, value) in pairs {
             match name.as_str() {
                 "_count" => q.count = parse_count(value, limits)?,
                 "_since" => q.since_us = Some(parse_instant(value)?),
                 "_cursor" => {
-                    q.before_seq = Some(value.parse().map_err(|_| {
-                        StoreError::invalid("invalid", "_cursor is not a valid paging cursor")
-                    })?)
+                    q.before_seq = Some(
+                        value
+                            .parse()
+                            .map_err(|_| StoreError::invalid("invalid", "_cursor is not a valid paging cursor"))?,
+                    )
                 }
                 n if PRESENTATION_PARAMS.contains(&n) => {}
                 n => {
@@ -230,18 +191,12 @@ pub fn parse_instant(raw: &str) -> Result<i64, StoreError> {
     // A '+' in an unencoded query string arrives as a space.
     let fixed = raw.replace(' ', "+");
     let parsed = time::OffsetDateTime::parse(&fixed, &Rfc3339).or_else(|_| {
-        time::Date::parse(
-            &fixed,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        )
-        .map(|d| d.midnight().assume_utc())
+        time::Date::parse(&fixed, time::macros::format_description!("[year]-[month]-[day]"))
+            .map(|d| d.midnight().assume_utc())
     });
-    parsed.map(crate::clock::to_micros).map_err(|_| {
-        StoreError::invalid(
-            "invalid",
-            format!("'{}' is not a valid FHIR instant", clip(raw)),
-        )
-    })
+    parsed
+        .map(crate::clock::to_micros)
+        .map_err(|_| StoreError::invalid("invalid", format!("'{}' is not a valid FHIR instant", clip(raw))))
 }
 
 /// Decodes an `application/x-www-form-urlencoded` query (as in `If-None-Exist` and Bundle URLs).
@@ -257,9 +212,7 @@ pub fn parse_query_string(raw: &str) -> Vec<(String, String)> {
 
 fn decode(s: &str) -> String {
     let plus = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -272,17 +225,10 @@ mod tests {
 
     #[test]
     fn search_parameters_parse_and_unknown_ones_are_named() {
-        let q = SearchQuery::parse(
-            &pairs("identifier=s%7Cv&_count=5&_id=a,b"),
-            PageLimits::default(),
-            false,
-        )
-        .unwrap();
+        let q = SearchQuery::parse(&pairs("identifier=s%7Cv&_count=5&_id=a,b"), PageLimits::default(), false).unwrap();
         assert_eq!(q.count, 5);
         assert_eq!(q.clauses.len(), 2);
-        let err = SearchQuery::parse(&pairs("name=x"), PageLimits::default(), false)
-            .unwrap_err()
-            .to_string();
+        let err = SearchQuery::parse(&pairs("name=x"), PageLimits::default(), false).unwrap_err().to_string();
         assert!(err.contains("'name'"), "{err}");
         let lenient = SearchQuery::parse(&pairs("name=x"), PageLimits::default(), true).unwrap();
         assert_eq!(lenient.ignored, vec!["name".to_string()]);
@@ -290,15 +236,8 @@ mod tests {
 
     #[test]
     fn count_is_clamped_to_the_configured_maximum() {
-        let q = SearchQuery::parse(
-            &pairs("_count=100000"),
-            PageLimits {
-                default_count: 10,
-                max_count: 100,
-            },
-            false,
-        )
-        .unwrap();
+        let q = SearchQuery::parse(&pairs("_count=100000"), PageLimits { default_count: 10, max_count: 100 }, false)
+            .unwrap();
         assert_eq!(q.count, 100);
         assert!(SearchQuery::parse(&pairs("_count=-1"), PageLimits::default(), false).is_err());
     }
@@ -306,10 +245,7 @@ mod tests {
     #[test]
     fn instants_parse_with_offsets_and_dates() {
         assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
-        assert_eq!(
-            parse_instant("1970-01-01T09:00:01 09:00").unwrap(),
-            1_000_000
-        );
+        assert_eq!(parse_instant("1970-01-01T09:00:01 09:00").unwrap(), 1_000_000);
         assert_eq!(parse_instant("1970-01-02").unwrap(), 86_400_000_000);
         assert!(parse_instant("yesterday").is_err());
     }

@@ -17,10 +17,7 @@ pub(crate) struct Protection {
 }
 
 impl Protection {
-    pub(crate) const FULL: Protection = Protection {
-        encrypt: true,
-        audit: true,
-    };
+    pub(crate) const FULL: Protection = Protection { encrypt: true, audit: true };
 }
 
 /// The columns every version query selects, in this order.
@@ -71,11 +68,8 @@ fn row_aad(
     key_id: i64,
     patients: &str,
 ) -> Vec<u8> {
-    format!(
-        "mamori/version/{rtype}\0{id}\0{version}\0{last_updated_us}\0{}\0{key_id}\0{patients}",
-        u8::from(deleted)
-    )
-    .into_bytes()
+    format!("mamori/version/{rtype}\0{id}\0{version}\0{last_updated_us}\0{}\0{key_id}\0{patients}", u8::from(deleted))
+        .into_bytes()
 }
 
 /// Decrypts and authenticates one row.
@@ -88,25 +82,14 @@ pub(crate) fn open_row(
     let rtype = ResourceType::from_str(&row.rtype).map_err(|_| StoreError::Tampered(row.what()))?;
     let plain = if protect.encrypt {
         let key = keys.by_id(conn, row.key_id)?;
-        let aad = row_aad(
-            &row.rtype,
-            &row.id,
-            row.version,
-            row.last_updated_us,
-            row.deleted,
-            row.key_id,
-            &row.patients,
-        );
-        key.open(&row.body, &aad)
-            .ok_or_else(|| StoreError::Tampered(row.what()))?
+        let aad =
+            row_aad(&row.rtype, &row.id, row.version, row.last_updated_us, row.deleted, row.key_id, &row.patients);
+        key.open(&row.body, &aad).ok_or_else(|| StoreError::Tampered(row.what()))?
     } else {
         row.body
     };
-    let patients = if row.patients.is_empty() {
-        Vec::new()
-    } else {
-        row.patients.split(',').map(str::to_string).collect()
-    };
+    let patients =
+        if row.patients.is_empty() { Vec::new() } else { row.patients.split(',').map(str::to_string).collect() };
     Ok(VersionRecord {
         rtype,
         id: row.id,
@@ -164,12 +147,8 @@ pub(crate) fn current_state(
     id: &str,
 ) -> Result<Option<(u64, bool)>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT version, deleted FROM resource_current WHERE rtype = ?1 AND id = ?2",
-        )?
-        .query_row(params![rtype.as_str(), id], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, bool>(1)?))
-        })
+        .prepare_cached("SELECT version, deleted FROM resource_current WHERE rtype = ?1 AND id = ?2")?
+        .query_row(params![rtype.as_str(), id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, bool>(1)?)))
         .optional()?)
 }
 

@@ -9,7 +9,8 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -103,7 +104,22 @@ CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
 CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
-"#];
+"#,
+    r#"
+-- Signed checkpoints of the audit trail's Merkle tree (AUD-2): C2SP signed notes over the
+-- first `size` audit_event rows in seq order. Also appended to the witness file outside the
+-- database, so a rewritten table cannot rewrite history unseen.
+CREATE TABLE audit_checkpoint (
+    size        INTEGER PRIMARY KEY,
+    recorded_us INTEGER NOT NULL,
+    note        TEXT    NOT NULL
+);
+CREATE TRIGGER audit_checkpoint_no_update BEFORE UPDATE ON audit_checkpoint
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+CREATE TRIGGER audit_checkpoint_no_delete BEFORE DELETE ON audit_checkpoint
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+"#,
+];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -114,13 +130,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))
-        .inspect_err(|_| {
-            let _ = conn.execute_batch("ROLLBACK");
-        })?;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1)).inspect_err(
+            |_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            },
+        )?;
     }
     Ok(())
 }
@@ -137,10 +151,7 @@ pub(crate) fn configure(conn: &Connection, synchronous_full: bool) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn configure_reader(
-    conn: &Connection,
-    _synchronous_full: bool,
-) -> Result<(), StoreError> {
+pub(crate) fn configure_reader(conn: &Connection, _synchronous_full: bool) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;")?;
     conn.set_prepared_statement_cache_capacity(64);

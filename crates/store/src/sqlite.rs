@@ -23,6 +23,9 @@ use crate::{Page, Store, StoreError, StoreFuture, audit, schema};
 /// How to open the store.
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Merkle sealing of the audit trail with signed checkpoints; `None` leaves it unsealed
+    /// (tests of other features, and the benchmark baseline).
+    pub sealing: Option<crate::SealingConfig>,
     /// `synchronous=FULL`: a commit is on disk before the caller hears of it (the default).
     pub synchronous_full: bool,
     pub page_limits: PageLimits,
@@ -33,6 +36,7 @@ impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         StoreConfig {
             path: path.into(),
+            sealing: None,
             synchronous_full: true,
             page_limits: PageLimits::default(),
             clock: Arc::new(SystemClock),
@@ -70,21 +74,10 @@ impl SqliteStore {
     /// into the benchmark harness (feature `bench-baseline`), never into the server binary.
     #[cfg(feature = "bench-baseline")]
     pub fn open_unprotected_baseline(cfg: StoreConfig) -> Result<SqliteStore, StoreError> {
-        Self::open_with(
-            cfg,
-            &MasterKey::ephemeral(),
-            Protection {
-                encrypt: false,
-                audit: false,
-            },
-        )
+        Self::open_with(cfg, &MasterKey::ephemeral(), Protection { encrypt: false, audit: false })
     }
 
-    fn open_with(
-        cfg: StoreConfig,
-        master: &MasterKey,
-        protect: Protection,
-    ) -> Result<SqliteStore, StoreError> {
+    fn open_with(cfg: StoreConfig, master: &MasterKey, protect: Protection) -> Result<SqliteStore, StoreError> {
         let derived = master.derive();
         let keys = KeyRing::new(derived.kek);
         create_private_file(&cfg.path)?;
@@ -100,7 +93,15 @@ impl SqliteStore {
                 |r| r.get::<_, i64>(0),
             )?
         };
-        let engine = Arc::new(Engine::open(&cfg.path, cfg.synchronous_full)?);
+        let sealer = match (cfg.sealing, protect.audit) {
+            (Some(sealing), true) => {
+                let clock = Arc::clone(&cfg.clock);
+                Some(Box::new(move |c: &Connection| crate::sealer::Sealer::open(c, sealing, clock))
+                    as crate::engine::MakeSealer)
+            }
+            _ => None,
+        };
+        let engine = Arc::new(Engine::open(&cfg.path, cfg.synchronous_full, sealer)?);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 engine,
@@ -157,13 +158,7 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
-                let tx = Tx {
-                    conn,
-                    keys: &inner.keys,
-                    index: &inner.index,
-                    protect: inner.protect,
-                    now_us: now,
-                };
+                let tx = Tx { conn, keys: &inner.keys, index: &inner.index, protect: inner.protect, now_us: now };
                 let result = savepoint(conn, "data", |_| f(&tx));
                 if inner.protect.audit {
                     for ev in events(&result) {
@@ -180,27 +175,16 @@ impl SqliteStore {
 /// files the same permissions as the database file.
 fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Setup(format!(
-            "cannot create database {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(StoreError::Setup(format!("cannot create database {}: {e}", path.display()))),
     }
 }
 
 fn verify_master_key(conn: &Connection, keys: &KeyRing) -> Result<(), StoreError> {
-    let stored: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let stored: Option<Vec<u8>> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0)).optional()?;
     match stored {
         Some(sealed) => match keys.kek().open(&sealed, b"mamori/key-check") {
             Some(p) if p == KEY_CHECK => Ok(()),
@@ -222,12 +206,7 @@ impl Inner {
         let mut prev = self.last_us.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_us.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match self.last_us.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(actual) => prev = actual,
             }
@@ -235,15 +214,8 @@ impl Inner {
     }
 }
 
-fn failure_event(
-    action: Action,
-    rtype: impl Into<String>,
-    id: Option<String>,
-    e: &StoreError,
-) -> AuditEvent {
-    AuditEvent::new(action, e.status())
-        .with_target(rtype, id)
-        .with_detail(e.issue_code())
+fn failure_event(action: Action, rtype: impl Into<String>, id: Option<String>, e: &StoreError) -> AuditEvent {
+    AuditEvent::new(action, e.status()).with_target(rtype, id).with_detail(e.issue_code())
 }
 
 fn write_action(op: &WriteOp) -> Action {
@@ -256,8 +228,7 @@ fn write_action(op: &WriteOp) -> Action {
 }
 
 fn outcome_event(action: Action, o: &WriteOutcome) -> Option<AuditEvent> {
-    o.record()
-        .map(|r| AuditEvent::of_record(action, o.status(), r))
+    o.record().map(|r| AuditEvent::of_record(action, o.status(), r))
 }
 
 fn union_patients(records: &[VersionRecord]) -> Vec<String> {
@@ -287,9 +258,8 @@ impl Store for SqliteStore {
                         )?
                         .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
-                    Ok(row.and_then(|(account, role)| {
-                        role.parse::<Role>().ok().map(|role| Principal { account, role })
-                    }))
+                    Ok(row
+                        .and_then(|(account, role)| role.parse::<Role>().ok().map(|role| Principal { account, role })))
                 })
                 .await
         })
@@ -314,9 +284,7 @@ impl Store for SqliteStore {
                 .engine
                 .read(move |c| match version {
                     None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id),
-                    Some(v) => {
-                        rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)
-                    }
+                    Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v),
                 })
                 .await;
             let what = || match version {
@@ -325,17 +293,10 @@ impl Store for SqliteStore {
             };
             let result = found.and_then(|r| match r {
                 None => Err(StoreError::NotFound(what())),
-                Some(r) if r.deleted => Err(StoreError::Gone {
-                    what: what(),
-                    version: r.version,
-                }),
+                Some(r) if r.deleted => Err(StoreError::Gone { what: what(), version: r.version }),
                 Some(r) => Ok(r),
             });
-            let action = if version.is_some() {
-                Action::Vread
-            } else {
-                Action::Read
-            };
+            let action = if version.is_some() { Action::Vread } else { Action::Read };
             let ev = match &result {
                 Ok(r) => AuditEvent::of_record(action, 200, r),
                 Err(e) => failure_event(action, rtype.as_str(), Some(id.clone()), e),
@@ -345,28 +306,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn history(
-        &self,
-        ctx: AccessContext,
-        scope: HistoryScope,
-        q: HistoryQuery,
-    ) -> StoreFuture<'_, Page> {
+    fn history(&self, ctx: AccessContext, scope: HistoryScope, q: HistoryQuery) -> StoreFuture<'_, Page> {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let s = scope.clone();
-            let result = self
-                .inner
-                .engine
-                .read(move |c| history_page(c, &inner, &s, &q))
-                .await;
+            let result = self.inner.engine.read(move |c| history_page(c, &inner, &s, &q)).await;
             let (action, rtype, rid) = match &scope {
                 HistoryScope::System => (Action::HistorySystem, None, None),
                 HistoryScope::Type(t) => (Action::HistoryType, Some(t.to_string()), None),
-                HistoryScope::Instance(t, id) => (
-                    Action::HistoryInstance,
-                    Some(t.to_string()),
-                    Some(id.clone()),
-                ),
+                HistoryScope::Instance(t, id) => (Action::HistoryInstance, Some(t.to_string()), Some(id.clone())),
             };
             let mut ev = match &result {
                 Ok(page) => {
@@ -383,12 +331,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn search(
-        &self,
-        ctx: AccessContext,
-        rtype: ResourceType,
-        q: SearchQuery,
-    ) -> StoreFuture<'_, Page> {
+    fn search(&self, ctx: AccessContext, rtype: ResourceType, q: SearchQuery) -> StoreFuture<'_, Page> {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let result = self
@@ -401,23 +344,16 @@ impl Store for SqliteStore {
                     let total = q.total(c, &inner.index, rtype)?;
                     let mut records = Vec::with_capacity(ids.len());
                     for id in &ids {
-                        if let Some(r) =
-                            rows::load_current(c, &inner.keys, inner.protect, rtype, id)?
-                        {
+                        if let Some(r) = rows::load_current(c, &inner.keys, inner.protect, rtype, id)? {
                             records.push(r);
                         }
                     }
-                    Ok(Page {
-                        records,
-                        next_cursor: if more { ids.last().cloned() } else { None },
-                        total: Some(total),
-                    })
+                    Ok(Page { records, next_cursor: if more { ids.last().cloned() } else { None }, total: Some(total) })
                 })
                 .await;
             let ev = match &result {
                 Ok(page) => {
-                    let mut ev =
-                        AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
+                    let mut ev = AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
                     // What was disclosed: every patient whose data is in the page.
                     ev.patients = union_patients(&page.records);
                     ev
@@ -438,9 +374,8 @@ impl Store for SqliteStore {
             move |tx| tx.apply(op),
             move |result| {
                 vec![match result {
-                    Ok(o) => outcome_event(action, o).unwrap_or_else(|| {
-                        AuditEvent::new(action, o.status()).with_target(rtype.as_str(), target)
-                    }),
+                    Ok(o) => outcome_event(action, o)
+                        .unwrap_or_else(|| AuditEvent::new(action, o.status()).with_target(rtype.as_str(), target)),
                     Err(e) => failure_event(action, rtype.as_str(), target, e),
                 }]
             },
@@ -491,38 +426,26 @@ fn bundle_events(
                     }
                     EntryResult::Read(r) => AuditEvent::of_record(Action::Read, 200, r),
                     EntryResult::Search { rtype, records, .. } => {
-                        let mut ev =
-                            AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
+                        let mut ev = AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
                         ev.patients = union_patients(records);
                         ev
                     }
-                    EntryResult::Failed(e) => {
-                        AuditEvent::new(action, e.status()).with_detail(e.issue_code())
-                    }
+                    EntryResult::Failed(e) => AuditEvent::new(action, e.status()).with_detail(e.issue_code()),
                 })
                 .collect();
-            events.push(
-                AuditEvent::new(action, 200).with_detail(format!("{} entries", entries.len())),
-            );
+            events.push(AuditEvent::new(action, 200).with_detail(format!("{} entries", entries.len())));
             events
         }
-        Ok(Err(te)) => vec![
-            AuditEvent::new(action, te.error.status()).with_detail(format!(
-                "entry {}: {}",
-                te.entry,
-                te.error.issue_code()
-            )),
-        ],
+        Ok(Err(te)) => vec![AuditEvent::new(action, te.error.status()).with_detail(format!(
+            "entry {}: {}",
+            te.entry,
+            te.error.issue_code()
+        ))],
         Err(e) => vec![AuditEvent::new(action, e.status()).with_detail(e.issue_code())],
     }
 }
 
-fn history_page(
-    c: &Connection,
-    inner: &Inner,
-    scope: &HistoryScope,
-    q: &HistoryQuery,
-) -> Result<Page, StoreError> {
+fn history_page(c: &Connection, inner: &Inner, scope: &HistoryScope, q: &HistoryQuery) -> Result<Page, StoreError> {
     use rusqlite::types::Value as SqlValue;
     let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
@@ -535,9 +458,7 @@ fn history_page(
         }
         HistoryScope::Instance(t, id) => {
             let count: i64 = c
-                .prepare_cached(
-                    "SELECT count(*) FROM resource_version WHERE rtype = ?1 AND id = ?2",
-                )?
+                .prepare_cached("SELECT count(*) FROM resource_version WHERE rtype = ?1 AND id = ?2")?
                 .query_row(params![t.as_str(), id], |r| r.get(0))?;
             if count == 0 {
                 return Err(StoreError::NotFound(format!("{t}/{id}")));
@@ -573,13 +494,5 @@ fn history_page(
         last_seq = Some(row.seq);
         records.push(rows::open_row(c, &inner.keys, inner.protect, row)?);
     }
-    Ok(Page {
-        records,
-        next_cursor: if more {
-            last_seq.map(|s| s.to_string())
-        } else {
-            None
-        },
-        total,
-    })
+    Ok(Page { records, next_cursor: if more { last_seq.map(|s| s.to_string()) } else { None }, total })
 }

@@ -28,9 +28,7 @@ pub enum WriteOutcome {
 impl WriteOutcome {
     pub fn record(&self) -> Option<&VersionRecord> {
         match self {
-            WriteOutcome::Created(r) | WriteOutcome::Updated(r) | WriteOutcome::Existing(r) => {
-                Some(r)
-            }
+            WriteOutcome::Created(r) | WriteOutcome::Updated(r) | WriteOutcome::Existing(r) => Some(r),
             WriteOutcome::Deleted(r) => r.as_ref(),
         }
     }
@@ -96,9 +94,7 @@ impl WriteOp {
 
     pub fn target_id(&self) -> Option<&str> {
         match self {
-            WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } | WriteOp::Delete { id, .. } => {
-                Some(id)
-            }
+            WriteOp::Update { id, .. } | WriteOp::Patch { id, .. } | WriteOp::Delete { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -120,31 +116,16 @@ pub(crate) fn new_id() -> String {
 impl Tx<'_> {
     pub(crate) fn apply(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         match op {
-            WriteOp::Create {
-                rtype,
-                resource,
-                if_none_exist,
-            } => {
+            WriteOp::Create { rtype, resource, if_none_exist } => {
                 if let Some(q) = if_none_exist
                     && let Some(existing) = self.resolve_conditional(rtype, &q)?
                 {
                     return Ok(WriteOutcome::Existing(existing));
                 }
-                self.create(rtype, resource, None)
-                    .map(WriteOutcome::Created)
+                self.create(rtype, resource, None).map(WriteOutcome::Created)
             }
-            WriteOp::Update {
-                rtype,
-                id,
-                resource,
-                if_match,
-            } => self.update(rtype, &id, resource, if_match),
-            WriteOp::ConditionalUpdate {
-                rtype,
-                query,
-                resource,
-                if_match,
-            } => match self.find_unique(rtype, &query)? {
+            WriteOp::Update { rtype, id, resource, if_match } => self.update(rtype, &id, resource, if_match),
+            WriteOp::ConditionalUpdate { rtype, query, resource, if_match } => match self.find_unique(rtype, &query)? {
                 Some(id) => {
                     if let Some(body_id) = resource.get("id").and_then(Value::as_str)
                         && body_id != id
@@ -157,24 +138,12 @@ impl Tx<'_> {
                     self.update(rtype, &id, resource, if_match)
                 }
                 None => {
-                    let id = resource
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
+                    let id = resource.get("id").and_then(Value::as_str).map(str::to_string);
                     self.create(rtype, resource, id).map(WriteOutcome::Created)
                 }
             },
-            WriteOp::Patch {
-                rtype,
-                id,
-                patch,
-                if_match,
-            } => self.patch(rtype, &id, &patch, if_match),
-            WriteOp::Delete {
-                rtype,
-                id,
-                if_match,
-            } => {
+            WriteOp::Patch { rtype, id, patch, if_match } => self.patch(rtype, &id, &patch, if_match),
+            WriteOp::Delete { rtype, id, if_match } => {
                 if let Some(expected) = if_match {
                     self.check_version(rtype, &id, expected)?;
                 }
@@ -188,63 +157,39 @@ impl Tx<'_> {
     }
 
     /// Ids matching a conditional query: at most two are fetched, enough to tell 0, 1 or many.
-    pub(crate) fn find(
-        &self,
-        rtype: ResourceType,
-        q: &SearchQuery,
-    ) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn find(&self, rtype: ResourceType, q: &SearchQuery) -> Result<Vec<String>, StoreError> {
         let mut q = q.clone();
         q.after = None;
         q.matching_ids(self.conn, self.index, rtype, 2)
     }
 
     /// The single resource a condition selects; more than one is a 412 (FHIR conditional rules).
-    pub(crate) fn find_unique(
-        &self,
-        rtype: ResourceType,
-        q: &SearchQuery,
-    ) -> Result<Option<String>, StoreError> {
+    pub(crate) fn find_unique(&self, rtype: ResourceType, q: &SearchQuery) -> Result<Option<String>, StoreError> {
         if q.clauses.is_empty() {
-            return Err(StoreError::invalid(
-                "invalid",
-                "a conditional operation needs at least one search parameter",
-            ));
+            return Err(StoreError::invalid("invalid", "a conditional operation needs at least one search parameter"));
         }
         let ids = self.find(rtype, q)?;
         match ids.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one.clone())),
-            _ => Err(StoreError::PreconditionFailed(format!(
-                "the condition matches more than one {rtype}"
-            ))),
+            _ => Err(StoreError::PreconditionFailed(format!("the condition matches more than one {rtype}"))),
         }
     }
 
-    fn resolve_conditional(
-        &self,
-        rtype: ResourceType,
-        q: &SearchQuery,
-    ) -> Result<Option<VersionRecord>, StoreError> {
+    fn resolve_conditional(&self, rtype: ResourceType, q: &SearchQuery) -> Result<Option<VersionRecord>, StoreError> {
         match self.find_unique(rtype, q)? {
             None => Ok(None),
             Some(id) => rows::load_current(self.conn, self.keys, self.protect, rtype, &id),
         }
     }
 
-    fn check_version(
-        &self,
-        rtype: ResourceType,
-        id: &str,
-        expected: u64,
-    ) -> Result<(), StoreError> {
+    fn check_version(&self, rtype: ResourceType, id: &str, expected: u64) -> Result<(), StoreError> {
         match rows::current_state(self.conn, rtype, id)? {
             Some((v, _)) if v == expected => Ok(()),
             Some((v, _)) => Err(StoreError::VersionConflict(format!(
                 "If-Match expected version {expected} of {rtype}/{id}, but the current version is {v}"
             ))),
-            None => Err(StoreError::VersionConflict(format!(
-                "If-Match given but {rtype}/{id} does not exist"
-            ))),
+            None => Err(StoreError::VersionConflict(format!("If-Match given but {rtype}/{id} does not exist"))),
         }
     }
 
@@ -256,9 +201,7 @@ impl Tx<'_> {
     ) -> Result<VersionRecord, StoreError> {
         let id = id.unwrap_or_else(new_id);
         if rows::current_state(self.conn, rtype, &id)?.is_some() {
-            return Err(StoreError::PreconditionFailed(format!(
-                "{rtype}/{id} already exists"
-            )));
+            return Err(StoreError::PreconditionFailed(format!("{rtype}/{id} already exists")));
         }
         self.write_version(rtype, &id, 1, body)
     }
@@ -274,17 +217,11 @@ impl Tx<'_> {
             self.check_version(rtype, id, expected)?;
         }
         match rows::current_state(self.conn, rtype, id)? {
-            None => self
-                .write_version(rtype, id, 1, body)
-                .map(WriteOutcome::Created),
+            None => self.write_version(rtype, id, 1, body).map(WriteOutcome::Created),
             // Updating a deleted resource brings it back as a new version; history is kept.
             Some((v, deleted)) => {
                 let rec = self.write_version(rtype, id, v + 1, body)?;
-                Ok(if deleted {
-                    WriteOutcome::Created(rec)
-                } else {
-                    WriteOutcome::Updated(rec)
-                })
+                Ok(if deleted { WriteOutcome::Created(rec) } else { WriteOutcome::Updated(rec) })
             }
         }
     }
@@ -302,34 +239,19 @@ impl Tx<'_> {
         let current = rows::load_current(self.conn, self.keys, self.protect, rtype, id)?
             .ok_or_else(|| StoreError::NotFound(format!("{rtype}/{id}")))?;
         let Some(bytes) = &current.body else {
-            return Err(StoreError::Gone {
-                what: format!("{rtype}/{id}"),
-                version: current.version,
-            });
+            return Err(StoreError::Gone { what: format!("{rtype}/{id}"), version: current.version });
         };
         let mut doc: Value = serde_json::from_slice(bytes).map_err(StoreError::internal)?;
-        json_patch::patch(&mut doc, patch).map_err(|e| {
-            StoreError::invalid(
-                "processing",
-                format!("the JSON Patch could not be applied: {e}"),
-            )
-        })?;
+        json_patch::patch(&mut doc, patch)
+            .map_err(|e| StoreError::invalid("processing", format!("the JSON Patch could not be applied: {e}")))?;
         let (patched_type, patched_id) = mamori_fhir::validate::check_resource(&doc)?;
         if patched_type != rtype || patched_id.as_ref().map(|i| i.as_str()) != Some(id) {
-            return Err(StoreError::invalid(
-                "invalid",
-                "a patch may not change resourceType or id",
-            ));
+            return Err(StoreError::invalid("invalid", "a patch may not change resourceType or id"));
         }
-        self.write_version(rtype, id, current.version + 1, doc)
-            .map(WriteOutcome::Updated)
+        self.write_version(rtype, id, current.version + 1, doc).map(WriteOutcome::Updated)
     }
 
-    pub(crate) fn delete(
-        &self,
-        rtype: ResourceType,
-        id: &str,
-    ) -> Result<Option<VersionRecord>, StoreError> {
+    pub(crate) fn delete(&self, rtype: ResourceType, id: &str) -> Result<Option<VersionRecord>, StoreError> {
         match rows::current_state(self.conn, rtype, id)? {
             Some((v, false)) => {
                 let tombstone = VersionRecord {
@@ -360,31 +282,19 @@ impl Tx<'_> {
         version: u64,
         mut body: Value,
     ) -> Result<VersionRecord, StoreError> {
-        let obj = body
-            .as_object_mut()
-            .ok_or_else(|| StoreError::invalid("structure", "a resource must be a JSON object"))?;
+        let obj =
+            body.as_object_mut().ok_or_else(|| StoreError::invalid("structure", "a resource must be a JSON object"))?;
         if obj.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
-            return Err(StoreError::invalid(
-                "invalid",
-                format!("resourceType must be {rtype}"),
-            ));
+            return Err(StoreError::invalid("invalid", format!("resourceType must be {rtype}")));
         }
         obj.insert("id".into(), Value::String(id.to_string()));
-        let meta = obj
-            .entry("meta")
-            .or_insert_with(|| Value::Object(Map::new()));
+        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
         if !meta.is_object() {
-            return Err(StoreError::invalid(
-                "structure",
-                format!("{rtype}.meta must be an object"),
-            ));
+            return Err(StoreError::invalid("structure", format!("{rtype}.meta must be an object")));
         }
         if let Some(meta) = meta.as_object_mut() {
             meta.insert("versionId".into(), Value::String(version.to_string()));
-            meta.insert(
-                "lastUpdated".into(),
-                Value::String(fhir_instant(self.now_us)),
-            );
+            meta.insert("lastUpdated".into(), Value::String(fhir_instant(self.now_us)));
         }
         let patients = patient_ids(&body, rtype);
         reindex(self.conn, self.index, rtype.as_str(), id, Some(&body))?;

@@ -11,18 +11,15 @@ use mamori_fhir::ResourceType;
 use mamori_store::clock::ManualClock;
 use mamori_store::keys::MasterKey;
 use mamori_store::{
-    AccessContext, Actor, HistoryQuery, HistoryScope, PageLimits, SearchQuery, SqliteStore, Store,
-    StoreConfig, StoreError, WriteOp, WriteOutcome,
+    AccessContext, Actor, HistoryQuery, HistoryScope, PageLimits, SearchQuery, SqliteStore, Store, StoreConfig,
+    StoreError, WriteOp, WriteOutcome,
 };
 use serde_json::{Value, json};
 
 fn ctx() -> AccessContext {
     AccessContext {
         request_id: "test".into(),
-        actor: Actor::Person(Principal {
-            account: "dr.conf".into(),
-            role: Role::Physician,
-        }),
+        actor: Actor::Person(Principal { account: "dr.conf".into(), role: Role::Physician }),
         source: "127.0.0.1".into(),
     }
 }
@@ -36,28 +33,12 @@ fn body(rec: &mamori_store::VersionRecord) -> Value {
 }
 
 fn query(q: &str) -> SearchQuery {
-    SearchQuery::parse(
-        &mamori_store::query::parse_query_string(q),
-        PageLimits::default(),
-        false,
-    )
-    .unwrap()
+    SearchQuery::parse(&mamori_store::query::parse_query_string(q), PageLimits::default(), false).unwrap()
 }
 
 async fn create(store: &dyn Store, resource: Value) -> mamori_store::VersionRecord {
     let rtype = ResourceType::from_str(resource["resourceType"].as_str().unwrap()).unwrap();
-    match store
-        .write(
-            ctx(),
-            WriteOp::Create {
-                rtype,
-                resource,
-                if_none_exist: None,
-            },
-        )
-        .await
-        .unwrap()
-    {
+    match store.write(ctx(), WriteOp::Create { rtype, resource, if_none_exist: None }).await.unwrap() {
         WriteOutcome::Created(r) => r,
         other => panic!("expected Created, got {other:?}"),
     }
@@ -66,61 +47,27 @@ async fn create(store: &dyn Store, resource: Value) -> mamori_store::VersionReco
 /// Versions, tombstones and history (REC-1).
 async fn versions_and_tombstones(store: &dyn Store) {
     let rec = create(store, json!({"resourceType": "Patient", "gender": "male"})).await;
-    assert_eq!(
-        (rec.version, rec.patients.clone()),
-        (1, vec![rec.id.clone()])
-    );
+    assert_eq!((rec.version, rec.patients.clone()), (1, vec![rec.id.clone()]));
     let upd = WriteOp::Update {
         rtype: patient_t(),
         id: rec.id.clone(),
         resource: json!({"resourceType": "Patient", "id": rec.id, "gender": "female"}),
         if_match: Some(1),
     };
-    assert!(matches!(
-        store.write(ctx(), upd.clone()).await.unwrap(),
-        WriteOutcome::Updated(_)
-    ));
+    assert!(matches!(store.write(ctx(), upd.clone()).await.unwrap(), WriteOutcome::Updated(_)));
     // The same If-Match again is now stale.
-    assert!(matches!(
-        store.write(ctx(), upd).await,
-        Err(StoreError::VersionConflict(_))
-    ));
-    let del = WriteOp::Delete {
-        rtype: patient_t(),
-        id: rec.id.clone(),
-        if_match: None,
-    };
-    assert!(matches!(
-        store.write(ctx(), del).await.unwrap(),
-        WriteOutcome::Deleted(Some(_))
-    ));
+    assert!(matches!(store.write(ctx(), upd).await, Err(StoreError::VersionConflict(_))));
+    let del = WriteOp::Delete { rtype: patient_t(), id: rec.id.clone(), if_match: None };
+    assert!(matches!(store.write(ctx(), del).await.unwrap(), WriteOutcome::Deleted(Some(_))));
     assert!(matches!(
         store.read(ctx(), patient_t(), rec.id.clone(), None).await,
         Err(StoreError::Gone { version: 3, .. })
     ));
-    let v1 = store
-        .read(ctx(), patient_t(), rec.id.clone(), Some(1))
-        .await
-        .unwrap();
+    let v1 = store.read(ctx(), patient_t(), rec.id.clone(), Some(1)).await.unwrap();
     assert_eq!(body(&v1)["gender"], "male");
-    let q = HistoryQuery {
-        since_us: None,
-        count: 10,
-        before_seq: None,
-    };
-    let page = store
-        .history(
-            ctx(),
-            HistoryScope::Instance(patient_t(), rec.id.clone()),
-            q,
-        )
-        .await
-        .unwrap();
-    let seen: Vec<(u64, bool)> = page
-        .records
-        .iter()
-        .map(|r| (r.version, r.deleted))
-        .collect();
+    let q = HistoryQuery { since_us: None, count: 10, before_seq: None };
+    let page = store.history(ctx(), HistoryScope::Instance(patient_t(), rec.id.clone()), q).await.unwrap();
+    let seen: Vec<(u64, bool)> = page.records.iter().map(|r| (r.version, r.deleted)).collect();
     assert_eq!(seen, [(3, true), (2, false), (1, false)]);
     assert_eq!(page.total, Some(3));
 }
@@ -128,11 +75,7 @@ async fn versions_and_tombstones(store: &dyn Store) {
 /// Identifier search over keyed tokens, and conditional create.
 async fn identifier_search_and_conditionals(store: &dyn Store) {
     let ident = json!([{"system": "urn:mrn", "value": "12345"}, {"value": "no-system"}]);
-    let rec = create(
-        store,
-        json!({"resourceType": "Patient", "identifier": ident}),
-    )
-    .await;
+    let rec = create(store, json!({"resourceType": "Patient", "identifier": ident})).await;
     for (q, hits) in [
         ("identifier=urn:mrn|12345", 1),
         ("identifier=12345", 1),
@@ -146,10 +89,7 @@ async fn identifier_search_and_conditionals(store: &dyn Store) {
         let page = store.search(ctx(), patient_t(), query(q)).await.unwrap();
         assert_eq!(page.total, Some(hits), "{q}");
     }
-    let page = store
-        .search(ctx(), patient_t(), query(&format!("_id={}", rec.id)))
-        .await
-        .unwrap();
+    let page = store.search(ctx(), patient_t(), query(&format!("_id={}", rec.id))).await.unwrap();
     assert_eq!(page.records[0].id, rec.id);
     let again = WriteOp::Create {
         rtype: patient_t(),
@@ -165,7 +105,11 @@ async fn identifier_search_and_conditionals(store: &dyn Store) {
 /// Paging over search results is stable: a cursor continues after the last id seen.
 async fn search_paging(store: &dyn Store) {
     for i in 0..5 {
-        create(store, json!({"resourceType": "Device", "identifier": [{"system": "urn:dev", "value": format!("d{i}")}]})).await;
+        create(
+            store,
+            json!({"resourceType": "Device", "identifier": [{"system": "urn:dev", "value": format!("d{i}")}]}),
+        )
+        .await;
     }
     let device = ResourceType::from_str("Device").unwrap();
     let mut seen = Vec::new();
@@ -194,9 +138,7 @@ async fn run_suite(store: &dyn Store) {
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(
-        time::macros::datetime!(2026-01-01 09:00 UTC),
-    ));
+    let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-01-01 09:00 UTC)));
     let mut cfg = StoreConfig::new(dir.path().join("db"));
     cfg.clock = clock.clone();
     let store = SqliteStore::open(cfg, &MasterKey::ephemeral()).unwrap();
@@ -204,18 +146,14 @@ async fn sqlite_store_conforms() {
     store.shutdown();
     // Every call above left its audit row (AUD-1): 7 + 11 + 8 store calls.
     let c = rusqlite::Connection::open(dir.path().join("db")).unwrap();
-    let rows: i64 = c
-        .query_row("SELECT count(*) FROM audit_event", [], |r| r.get(0))
-        .unwrap();
+    let rows: i64 = c.query_row("SELECT count(*) FROM audit_event", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 26);
 }
 
 #[tokio::test]
 async fn sqlite_store_times_never_go_backwards_even_when_the_clock_does() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(
-        time::macros::datetime!(2026-01-01 09:00 UTC),
-    ));
+    let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-01-01 09:00 UTC)));
     let mut cfg = StoreConfig::new(dir.path().join("db"));
     cfg.clock = clock.clone();
     let store = SqliteStore::open(cfg, &MasterKey::ephemeral()).unwrap();
@@ -229,11 +167,7 @@ async fn sqlite_store_times_never_go_backwards_even_when_the_clock_does() {
 async fn opening_with_the_wrong_master_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    SqliteStore::open(StoreConfig::new(&path), &MasterKey::ephemeral())
-        .unwrap()
-        .shutdown();
-    let err = SqliteStore::open(StoreConfig::new(&path), &MasterKey::ephemeral())
-        .err()
-        .unwrap();
+    SqliteStore::open(StoreConfig::new(&path), &MasterKey::ephemeral()).unwrap().shutdown();
+    let err = SqliteStore::open(StoreConfig::new(&path), &MasterKey::ephemeral()).err().unwrap();
     assert!(err.to_string().contains("does not match"), "{err}");
 }

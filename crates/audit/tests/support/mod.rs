@@ -8,24 +8,9 @@ fn text() -> impl Strategy<Value = String> {
 
 pub fn arb_entry() -> impl Strategy<Value = AuditEntry> {
     (
-        (
-            any::<u64>(),
-            any::<i64>(),
-            text(),
-            prop::option::of(text()),
-            prop::option::of(text()),
-        ),
-        (
-            text(),
-            text(),
-            prop::option::of(text()),
-            prop::option::of(text()),
-        ),
-        (
-            prop::option::of(any::<u64>()),
-            prop::collection::vec(text(), 0..4),
-            any::<u16>(),
-        ),
+        (any::<u64>(), any::<i64>(), text(), prop::option::of(text()), prop::option::of(text())),
+        (text(), text(), prop::option::of(text()), prop::option::of(text())),
+        (prop::option::of(any::<u64>()), prop::collection::vec(text(), 0..4), any::<u16>()),
         prop::option::of(text()),
     )
         .prop_map(

@@ -13,19 +13,12 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// Runs a mamori command and returns (exit code, stdout, stderr).
 pub fn mamori(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run mamori");
+    let out = Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("run mamori");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -59,23 +52,12 @@ impl DataDir {
 
     /// Adds an account and returns a fresh bearer token for it.
     pub fn user_with_token(&self, name: &str, role: &str) -> String {
-        ok(&[
-            "user",
-            "add",
-            "--data-dir",
-            self.arg(),
-            "--name",
-            name,
-            "--role",
-            role,
-        ]);
+        ok(&["user", "add", "--data-dir", self.arg(), "--name", name, "--role", role]);
         self.token(name)
     }
 
     pub fn token(&self, name: &str) -> String {
-        ok(&["token", "create", "--data-dir", self.arg(), "--user", name])
-            .trim()
-            .to_string()
+        ok(&["token", "create", "--data-dir", self.arg(), "--user", name]).trim().to_string()
     }
 
     pub fn db(&self) -> PathBuf {
@@ -84,11 +66,7 @@ impl DataDir {
 
     /// A read-only look at the database file, as an auditor of the test would take.
     pub fn query_i64(&self, sql: &str) -> i64 {
-        let c = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let c = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 }
@@ -111,14 +89,7 @@ impl Server {
 
     pub fn start_in(dir: DataDir, token: String) -> Server {
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--data-dir",
-                dir.arg(),
-                "--listen",
-                "127.0.0.1:0",
-                "--dev",
-            ])
+            .args(["serve", "--data-dir", dir.arg(), "--listen", "127.0.0.1:0", "--dev"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -132,17 +103,8 @@ impl Server {
             .strip_prefix("mamori listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
             .to_string();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
-        Server {
-            dir,
-            child: Some(child),
-            base,
-            token,
-            http,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        Server { dir, child: Some(child), base, token, http }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -176,18 +138,12 @@ impl Server {
     /// Stops the server with SIGTERM and waits for a clean exit (graceful shutdown).
     pub fn stop(mut self) -> DataDir {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let exit = child.wait().unwrap();
         assert!(exit.success(), "serve exited with {exit:?}");
         let tmp = tempfile::tempdir().unwrap();
-        let placeholder = DataDir {
-            path: tmp.path().to_path_buf(),
-            _tmp: tmp,
-        };
+        let placeholder = DataDir { path: tmp.path().to_path_buf(), _tmp: tmp };
         std::mem::replace(&mut self.dir, placeholder)
     }
 }
@@ -205,11 +161,7 @@ impl Drop for Server {
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
-    let v = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    };
+    let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
     (status, v)
 }
 
@@ -219,10 +171,7 @@ pub async fn expect_outcome(resp: reqwest::Response, status: u16, needle: &str) 
     assert_eq!(got, status, "unexpected status; body: {body}");
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
     let diag = body["issue"][0]["diagnostics"].as_str().unwrap_or("");
-    assert!(
-        diag.to_lowercase().contains(&needle.to_lowercase()),
-        "diagnostics {diag:?} lack {needle:?}"
-    );
+    assert!(diag.to_lowercase().contains(&needle.to_lowercase()), "diagnostics {diag:?} lack {needle:?}");
     body
 }
 
