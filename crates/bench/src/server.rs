@@ -59,7 +59,14 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
         .prefix(&format!("mamori-bench-{}-", mode.name()))
         .tempdir_in(tmp_parent)
         .with_context(|| format!("cannot create a temporary directory in {}", tmp_parent.display()))?;
-    let cfg = StoreConfig::new(dir.path().join("mamori.db"));
+    let mut cfg = StoreConfig::new(dir.path().join("mamori.db"));
+    // As shipped: the audit trail is sealed (Merkle tree, signed checkpoints, witness file).
+    cfg.sealing = Some(mamori_store::SealingConfig {
+        key: mamori_audit::SigningKey::generate("mamori-audit-bench")?,
+        witness: Some(dir.path().join("checkpoints.log")),
+        every_entries: 1000,
+        interval: time::Duration::seconds(10),
+    });
     let store = match mode {
         Mode::Mamori => SqliteStore::open(cfg, &MasterKey::ephemeral()),
         Mode::Baseline => SqliteStore::open_unprotected_baseline(cfg),

@@ -75,6 +75,7 @@ impl SqliteStore {
                 )?;
                 Ok(())
             },
+            |_| true,
             move |r| {
                 let ev = AuditEvent::new(Action::AccountCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
                     .with_target("account", Some(target))
@@ -117,6 +118,7 @@ impl SqliteStore {
                 )?;
                 Ok((token, expires_us))
             },
+            |_| true,
             move |r| {
                 vec![
                     AuditEvent::new(Action::TokenCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))

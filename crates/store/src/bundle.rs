@@ -97,17 +97,9 @@ pub(crate) fn run(
     limits: PageLimits,
 ) -> Result<Vec<EntryResult>, TransactionError> {
     match kind {
-        BundleKind::Transaction => {
-            let mut failed: Option<TransactionError> = None;
-            let result = savepoint(tx.conn, "bundle", |_| {
-                run_transaction(tx, entries, limits).map_err(|e| {
-                    let err = e.error.clone();
-                    failed = Some(e);
-                    err
-                })
-            });
-            result.map_err(|error| failed.unwrap_or(TransactionError { entry: 0, error }))
-        }
+        // The caller's savepoint undoes a failed transaction (SqliteStore::bundle keeps the
+        // changes only when this returns Ok): no savepoint of its own, so no nesting.
+        BundleKind::Transaction => run_transaction(tx, entries, limits),
         BundleKind::Batch => Ok(entries
             .into_iter()
             .map(|e| {
@@ -259,7 +251,7 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
                     return Ok(plan);
                 }
             }
-            plan.target = Target::Instance(rtype, new_id());
+            plan.target = Target::Instance(rtype, new_id(tx.now_us));
         }
         (Method::Put, Target::Conditional(rtype, pairs)) => {
             let rtype = *rtype;
@@ -268,7 +260,7 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
                 Some(id) => id,
                 None => match e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
                     Some(id) => id.to_string(),
-                    None => new_id(),
+                    None => new_id(tx.now_us),
                 },
             };
             plan.target = Target::Instance(rtype, id);

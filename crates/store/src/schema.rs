@@ -153,6 +153,8 @@ pub(crate) fn configure(conn: &Connection, synchronous_full: bool) -> Result<(),
 
 pub(crate) fn configure_reader(conn: &Connection, _synchronous_full: bool) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // No mmap: the file grows with every checkpoint, and each growth made every reader remap it
+    // (TLB shootdowns dominated the read profile).
     conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())

