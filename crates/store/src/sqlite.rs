@@ -252,20 +252,16 @@ impl Store for SqliteStore {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let now = to_micros(inner.clock.now());
-            inner
-                .engine
-                .read_now(move |c| {
-                    let row: Option<(String, String)> = c
-                        .prepare_cached(
-                            "SELECT a.name, a.role FROM api_token t JOIN account a ON a.name = t.account \
+            inner.engine.read_now(move |c| {
+                let row: Option<(String, String)> = c
+                    .prepare_cached(
+                        "SELECT a.name, a.role FROM api_token t JOIN account a ON a.name = t.account \
                              WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL",
-                        )?
-                        .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    Ok(row
-                        .and_then(|(account, role)| role.parse::<Role>().ok().map(|role| Principal { account, role })))
-                })
-                
+                    )?
+                    .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                Ok(row.and_then(|(account, role)| role.parse::<Role>().ok().map(|role| Principal { account, role })))
+            })
         })
     }
 
