@@ -56,7 +56,7 @@ fn read_witness(path: &Path) -> anyhow::Result<String> {
 pub fn verify_data_dir(data_dir: &Path, extra: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let key = load_verifier_key(&data_dir.join(&cfg.audit.verifier_key))?;
-    let reader = AuditLogReader::open(&data_dir.join(&cfg.storage.database))?;
+    let reader = AuditLogReader::open(&data_dir.join(&cfg.storage.audit_database))?;
     let stored = reader.checkpoints()?;
     let witness_text = read_witness(&data_dir.join(&cfg.audit.witness_file))?;
     let mut witnessed: Vec<String> = split_notes(&witness_text).into_iter().map(str::to_string).collect();
@@ -220,7 +220,7 @@ fn entry_from_json(v: &Value) -> anyhow::Result<AuditEntry> {
 pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let vkey = load_verifier_key(&data_dir.join(&cfg.audit.verifier_key))?;
-    let reader = AuditLogReader::open(&data_dir.join(&cfg.storage.database))?;
+    let reader = AuditLogReader::open(&data_dir.join(&cfg.storage.audit_database))?;
     let stored = reader.checkpoints()?;
     let witness_text = read_witness(&data_dir.join(&cfg.audit.witness_file))?;
     let file = std::fs::OpenOptions::new()

@@ -37,6 +37,7 @@ fn uuid_like() -> String {
 pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> {
     let master = MasterKey::load_file(&data_dir.join(&cfg.keys.master_key))?;
     let mut sc = StoreConfig::new(data_dir.join(&cfg.storage.database));
+    sc.audit_path = data_dir.join(&cfg.storage.audit_database);
     sc.sealing = Some(SealingConfig {
         key: crate::audit::load_signing_key(&data_dir.join(&cfg.audit.signing_key))?,
         witness: Some(data_dir.join(&cfg.audit.witness_file)),

@@ -95,13 +95,15 @@ pub struct TlsSection {
 pub struct StorageSection {
     #[serde(default = "default_db")]
     pub database: PathBuf,
+    #[serde(default = "default_audit_db")]
+    pub audit_database: PathBuf,
     #[serde(default = "default_sync")]
     pub synchronous: String,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
-        StorageSection { database: default_db(), synchronous: default_sync() }
+        StorageSection { database: default_db(), audit_database: default_audit_db(), synchronous: default_sync() }
     }
 }
 
@@ -144,6 +146,9 @@ fn default_tls_min() -> String {
 fn default_db() -> PathBuf {
     "mamori.db".into()
 }
+fn default_audit_db() -> PathBuf {
+    "mamori-audit.db".into()
+}
 fn default_sync() -> String {
     "full".into()
 }
@@ -185,8 +190,10 @@ min_version = "1.3"
 # client_ca = "tls/client-ca.pem"
 
 [storage]
-# The embedded SQLite database.
+# The embedded SQLite databases: records (resources, keys, search index, accounts) and the
+# audit trail, kept in its own file so that recording reads does not slow reading records.
 database = "mamori.db"
+audit_database = "mamori-audit.db"
 # "full": a write is on disk before the client hears back (survives power loss).
 # "normal": survives a crash of mamori, not of the machine; faster.
 synchronous = "full"

@@ -7,8 +7,9 @@ mod support;
 use serde_json::json;
 use support::*;
 
-fn exec(dir: &DataDir, sql: &str) {
-    let c = rusqlite::Connection::open(dir.db()).unwrap();
+/// Runs SQL on the audit database, as an insider (or a failing disk) would affect it.
+fn exec_audit(dir: &DataDir, sql: &str) {
+    let c = rusqlite::Connection::open(dir.audit_db()).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     c.execute_batch(sql).unwrap();
 }
@@ -22,7 +23,7 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
     let versions = s.dir.query_i64("SELECT count(*) FROM resource_version");
 
     // An insider (or a full disk) makes every audit insert fail.
-    exec(
+    exec_audit(
         &s.dir,
         "CREATE TRIGGER break_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'audit down'); END;",
     );
@@ -50,7 +51,7 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
     expect_outcome(s.get(&format!("Patient/{id}/_history")).send().await.unwrap(), 500, "audit").await;
 
     // Audit back: service resumes, the data is as before.
-    exec(&s.dir, "DROP TRIGGER break_audit;");
+    exec_audit(&s.dir, "DROP TRIGGER break_audit;");
     let (status, read) = json(s.get(&format!("Patient/{id}")).send().await.unwrap()).await;
     assert_eq!((status, read["gender"].as_str()), (200, Some("male")));
 }
@@ -58,7 +59,7 @@ async fn aud1_when_the_audit_write_fails_the_request_fails_and_no_data_changes()
 #[tokio::test]
 async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
     let s = Server::start();
-    let before = s.dir.query_i64("SELECT count(*) FROM audit_event");
+    let before = s.dir.audit_i64("SELECT count(*) FROM audit_event");
     let (_, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
     let id = p["id"].as_str().unwrap().to_string();
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
@@ -68,9 +69,10 @@ async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
     s.get(&format!("Observation/{oid}")).send().await.unwrap();
     s.get("Observation/missing").send().await.unwrap();
     s.http.get(s.url("Patient")).send().await.unwrap(); // no token
-    assert_eq!(s.dir.query_i64("SELECT count(*) FROM audit_event"), before + 5);
+    assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event"), before + 5);
 
-    let c = rusqlite::Connection::open_with_flags(s.dir.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c =
+        rusqlite::Connection::open_with_flags(s.dir.audit_db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let row: (String, String, String, String, String, i64, String, i64) = c
         .query_row(
             "SELECT actor, role, source, action, rtype, version, patients, outcome FROM audit_event \
@@ -113,12 +115,14 @@ async fn aud1_every_request_is_recorded_with_who_what_where_and_outcome() {
 async fn aud6_the_trail_refuses_update_and_delete_even_from_sql() {
     let s = Server::start();
     s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap();
-    let c = rusqlite::Connection::open(s.dir.db()).unwrap();
+    let c = rusqlite::Connection::open(s.dir.audit_db()).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     let upd = c.execute("UPDATE audit_event SET actor = 'someone-else'", []).unwrap_err().to_string();
     assert!(upd.contains("append-only"), "{upd}");
     let del = c.execute("DELETE FROM audit_event", []).unwrap_err().to_string();
     assert!(del.contains("append-only"), "{del}");
+    let c = rusqlite::Connection::open(s.dir.db()).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     let rec = c.execute("DELETE FROM resource_version", []).unwrap_err().to_string();
     assert!(rec.contains("immutable"), "{rec}");
     let edit = c.execute("UPDATE resource_version SET deleted = 1", []).unwrap_err().to_string();
@@ -145,7 +149,7 @@ async fn acl5_administrator_and_auditor_tokens_get_no_clinical_data() {
             .unwrap();
         expect_outcome(create, 403, "denied").await;
         let refused =
-            s.dir.query_i64(&format!("SELECT count(*) FROM audit_event WHERE actor = '{name}' AND outcome = 403"));
+            s.dir.audit_i64(&format!("SELECT count(*) FROM audit_event WHERE actor = '{name}' AND outcome = 403"));
         assert_eq!(refused, 2, "denials are audited");
     }
 }

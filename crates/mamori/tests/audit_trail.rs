@@ -39,7 +39,7 @@ fn tamper_and_verify(dir: &DataDir, sql: &str) -> (i32, String) {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("d");
     copy_dir(&dir.path, &copy);
-    let c = rusqlite::Connection::open(copy.join("mamori.db")).unwrap();
+    let c = rusqlite::Connection::open(copy.join("mamori-audit.db")).unwrap();
     c.execute_batch("DROP TRIGGER audit_event_no_update; DROP TRIGGER audit_event_no_delete;").unwrap();
     c.execute_batch(sql).unwrap();
     drop(c);
@@ -53,7 +53,7 @@ async fn aud2_insider_edits_made_with_sql_are_detected_and_named() {
     let (code, out, _) = mamori(&["audit", "verify", "--data-dir", dir.arg()]);
     assert_eq!(code, 0, "an untouched trail verifies: {out}");
     assert!(out.contains("audit trail: OK"), "{out}");
-    let n = dir.query_i64("SELECT count(*) FROM audit_event");
+    let n = dir.audit_i64("SELECT count(*) FROM audit_event");
     assert!(n >= 40, "{n}");
 
     let cases: [(&str, String, &str); 6] = [
@@ -92,7 +92,7 @@ async fn aud2_a_rewritten_and_re_signed_trail_is_exposed_by_the_witness_file() {
     copy_dir(&dir.path, &copy);
     // The insider rewrites who did entry 9 — same number of entries — and re-signs a fresh
     // checkpoint with the real signing key: the database is consistent with itself again.
-    let db = copy.join("mamori.db");
+    let db = copy.join("mamori-audit.db");
     let c = rusqlite::Connection::open(&db).unwrap();
     c.execute_batch(
         "DROP TRIGGER audit_event_no_update; DROP TRIGGER audit_event_no_delete;

@@ -116,7 +116,7 @@ async fn int1_bundle_shape_errors_name_the_entry() {
 #[tokio::test]
 async fn aud1_requests_without_a_valid_token_are_refused_and_audited() {
     let s = Server::start();
-    let audited_before = s.dir.query_i64("SELECT count(*) FROM audit_event WHERE outcome = 401");
+    let audited_before = s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE outcome = 401");
     let none = s.http.get(s.url("Patient")).send().await.unwrap();
     expect_outcome(none, 401, "token").await;
     let forged = s
@@ -129,5 +129,5 @@ async fn aud1_requests_without_a_valid_token_are_refused_and_audited() {
     expect_outcome(forged, 401, "token").await;
     let junk = s.http.get(s.url("Patient/x")).header("authorization", "Basic YWRtaW46YWRtaW4=").send().await.unwrap();
     expect_outcome(junk, 401, "token").await;
-    assert_eq!(s.dir.query_i64("SELECT count(*) FROM audit_event WHERE outcome = 401"), audited_before + 3);
+    assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE outcome = 401"), audited_before + 3);
 }

@@ -31,18 +31,22 @@ pub(crate) struct Engine {
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
-    synchronous_full: bool,
 }
 
 impl Engine {
     /// `sealer`, if given, runs on the writer thread after every commit (and on a timer).
-    pub(crate) fn open(path: &Path, synchronous_full: bool, sealer: Option<MakeSealer>) -> Result<Engine, StoreError> {
-        let conn = Connection::open(path)?;
-        schema::configure(&conn, synchronous_full)?;
-        schema::migrate(&conn)?;
+    /// `records` and `audit` are the two database files, already migrated. The writer opens the
+    /// audit file as `main` and attaches the records as `rec` (see schema.rs for why).
+    pub(crate) fn open(
+        records: &Path,
+        audit: &Path,
+        synchronous_full: bool,
+        sealer: Option<MakeSealer>,
+    ) -> Result<Engine, StoreError> {
+        let conn = open_writer(records, audit, synchronous_full)?;
         // WAL checkpoints run on their own connection and thread, not inside a writer's commit.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
-        let checkpointer = start_checkpointer(path)?;
+        let checkpointer = start_checkpointer(records, audit)?;
         let sealer = sealer.map(|make| make(&conn)).transpose()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
@@ -54,8 +58,7 @@ impl Engine {
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Mutex::new(Vec::new()),
-            path: path.to_path_buf(),
-            synchronous_full,
+            path: records.to_path_buf(),
         })
     }
 
@@ -123,7 +126,7 @@ impl Engine {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
-        schema::configure_reader(&conn, self.synchronous_full)?;
+        schema::configure_reader(&conn)?;
         Ok(conn)
     }
 
@@ -188,8 +191,22 @@ pub(crate) fn savepoint<T>(
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StoreError> {
-    let conn = Connection::open(path)?;
+/// The audit file as `main`, the records attached as `rec`: SQLite commits `main` first.
+pub(crate) fn open_writer(records: &Path, audit: &Path, synchronous_full: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(audit)?;
+    let records = records.to_str().ok_or_else(|| StoreError::Setup("the database path is not UTF-8".into()))?;
+    conn.execute("ATTACH DATABASE ?1 AS rec", [records])?;
+    schema::configure(&conn, "main", synchronous_full)?;
+    schema::configure(&conn, "rec", synchronous_full)?;
+    Ok(conn)
+}
+
+fn start_checkpointer(
+    records: &Path,
+    audit: &Path,
+) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StoreError> {
+    // Without a schema name, wal_checkpoint covers every attached database.
+    let conn = open_writer(records, audit, true)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()

@@ -33,7 +33,7 @@ pub use integrity::IntegrityReport;
 pub use model::{AccessContext, Action, Actor, AuditEvent, VersionRecord};
 pub use query::{HistoryQuery, HistoryScope, PageLimits, SearchQuery};
 pub use sealer::SealingConfig;
-pub use sqlite::{SqliteStore, StoreConfig};
+pub use sqlite::{SqliteStore, StoreConfig, default_audit_path};
 pub use writes::{WriteOp, WriteOutcome};
 
 use std::future::Future;

@@ -8,9 +8,9 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
+/// The records database (`mamori.db`): resources, keys, search index, accounts.
 /// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const RECORD_MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -77,6 +77,19 @@ CREATE TABLE api_token (
     expires_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+"#];
+
+/// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits
+/// (one per read) do not invalidate the page caches of the connections reading records. The
+/// writer opens it as `main` and attaches the records database; SQLite commits `main` first, so an
+/// audit row is durable before the data it describes — a crash in between leaves a record of an
+/// attempted change, never an unrecorded one.
+const AUDIT_MIGRATIONS: &[&str] = &[
+    r#"
 -- The audit trail (AUD-1). Append-only: the triggers below refuse UPDATE and DELETE from any
 -- connection; the tamper-evident sealing (Merkle tree, signed checkpoints) builds on seq order.
 CREATE TABLE audit_event (
@@ -100,10 +113,6 @@ CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event
 BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
 BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
-CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
-BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
-CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
-BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
 "#,
     r#"
 -- Signed checkpoints of the audit trail's Merkle tree (AUD-2): C2SP signed notes over the
@@ -121,15 +130,27 @@ BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 "#,
 ];
 
-pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// Which database file a connection is migrating.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Db {
+    Records,
+    Audit,
+}
+
+/// Brings one database file up to date; run on a connection to that file alone.
+pub(crate) fn migrate(conn: &Connection, db: Db) -> Result<(), StoreError> {
+    let migrations = match db {
+        Db::Records => RECORD_MIGRATIONS,
+        Db::Audit => AUDIT_MIGRATIONS,
+    };
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let target = MIGRATIONS.len() as i64;
+    let target = migrations.len() as i64;
     if current > target {
         return Err(StoreError::Setup(format!(
-            "database schema version {current} is newer than this mamori supports ({target}); upgrade mamori"
+            "{db:?} database schema version {current} is newer than this mamori supports ({target}); upgrade mamori"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1)).inspect_err(
             |_| {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -139,19 +160,19 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Connection settings shared by the writer and the readers.
-pub(crate) fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), StoreError> {
+/// Settings of a writing connection for `schema` (`main`, or the name a file is attached as).
+pub(crate) fn configure(conn: &Connection, schema: &str, synchronous_full: bool) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
-         PRAGMA secure_delete = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+        "PRAGMA {schema}.journal_mode = WAL; PRAGMA {schema}.synchronous = {}; PRAGMA foreign_keys = ON; \
+         PRAGMA {schema}.secure_delete = ON; PRAGMA {schema}.cache_size = -16384; PRAGMA temp_store = MEMORY;",
         if synchronous_full { "FULL" } else { "NORMAL" }
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
-pub(crate) fn configure_reader(conn: &Connection, _synchronous_full: bool) -> Result<(), StoreError> {
+pub(crate) fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // No mmap: the file grows with every checkpoint, and each growth made every reader remap it
     // (TLB shootdowns dominated the read profile).

@@ -22,7 +22,10 @@ use crate::{Page, Store, StoreError, StoreFuture, audit, schema};
 
 /// How to open the store.
 pub struct StoreConfig {
+    /// The records database (resources, keys, index, accounts).
     pub path: PathBuf,
+    /// The audit database; by default `<records stem>-audit.db` beside the records database.
+    pub audit_path: PathBuf,
     /// Merkle sealing of the audit trail with signed checkpoints; `None` leaves it unsealed
     /// (tests of other features, and the benchmark baseline).
     pub sealing: Option<crate::SealingConfig>,
@@ -34,14 +37,23 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path: PathBuf = path.into();
+        let audit_path = default_audit_path(&path);
         StoreConfig {
-            path: path.into(),
+            path,
+            audit_path,
             sealing: None,
             synchronous_full: true,
             page_limits: PageLimits::default(),
             clock: Arc::new(SystemClock),
         }
     }
+}
+
+/// `x/mamori.db` → `x/mamori-audit.db`.
+pub fn default_audit_path(records: &std::path::Path) -> PathBuf {
+    let stem = records.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "mamori".into());
+    records.with_file_name(format!("{stem}-audit.db"))
 }
 
 #[derive(Clone)]
@@ -81,18 +93,21 @@ impl SqliteStore {
         let derived = master.derive();
         let keys = KeyRing::new(derived.kek);
         create_private_file(&cfg.path)?;
-        let last_us = {
+        create_private_file(&cfg.audit_path)?;
+        let records_last: i64 = {
             let conn = Connection::open(&cfg.path)?;
-            schema::configure(&conn, cfg.synchronous_full)?;
-            schema::migrate(&conn)?;
+            schema::configure(&conn, "main", cfg.synchronous_full)?;
+            schema::migrate(&conn, schema::Db::Records)?;
             verify_master_key(&conn, &keys)?;
-            conn.query_row(
-                "SELECT max(COALESCE((SELECT max(last_updated_us) FROM resource_version), 0), \
-                 COALESCE((SELECT max(recorded_us) FROM audit_event), 0))",
-                [],
-                |r| r.get::<_, i64>(0),
-            )?
+            conn.query_row("SELECT COALESCE(max(last_updated_us), 0) FROM resource_version", [], |r| r.get(0))?
         };
+        let audit_last: i64 = {
+            let conn = Connection::open(&cfg.audit_path)?;
+            schema::configure(&conn, "main", cfg.synchronous_full)?;
+            schema::migrate(&conn, schema::Db::Audit)?;
+            conn.query_row("SELECT COALESCE(max(recorded_us), 0) FROM audit_event", [], |r| r.get(0))?
+        };
+        let last_us = records_last.max(audit_last);
         let sealer = match (cfg.sealing, protect.audit) {
             (Some(sealing), true) => {
                 let clock = Arc::clone(&cfg.clock);
@@ -101,7 +116,7 @@ impl SqliteStore {
             }
             _ => None,
         };
-        let engine = Arc::new(Engine::open(&cfg.path, cfg.synchronous_full, sealer)?);
+        let engine = Arc::new(Engine::open(&cfg.path, &cfg.audit_path, cfg.synchronous_full, sealer)?);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 engine,

@@ -145,7 +145,7 @@ async fn sqlite_store_conforms() {
     run_suite(&store).await;
     store.shutdown();
     // Every call above left its audit row (AUD-1): 7 + 11 + 8 store calls.
-    let c = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("db-audit.db")).unwrap();
     let rows: i64 = c.query_row("SELECT count(*) FROM audit_event", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 26);
 }

@@ -64,9 +64,21 @@ impl DataDir {
         self.path.join("mamori.db")
     }
 
-    /// A read-only look at the database file, as an auditor of the test would take.
+    /// The audit trail's database file.
+    pub fn audit_db(&self) -> PathBuf {
+        self.path.join("mamori-audit.db")
+    }
+
+    /// A read-only look at the records database, as an auditor of the test would take.
     pub fn query_i64(&self, sql: &str) -> i64 {
         let c = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A read-only look at the audit database.
+    pub fn audit_i64(&self, sql: &str) -> i64 {
+        let c =
+            rusqlite::Connection::open_with_flags(self.audit_db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 }
