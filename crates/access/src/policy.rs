@@ -15,6 +15,8 @@ pub enum Operation {
     Delete,
     /// Reading the server's CapabilityStatement: no record content.
     Capabilities,
+    /// Reading the audit trail's review views (AUD-4).
+    AuditReview,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub enum Decision {
 pub fn decide(who: &Principal, op: Operation) -> Decision {
     match (who.role, op) {
         (_, Operation::Capabilities) => Decision::Permit,
+        // ACL-5: auditors read audit trails, and only they do.
+        (Role::Auditor, Operation::AuditReview) => Decision::Permit,
+        (_, Operation::AuditReview) => Decision::Deny,
         (Role::Physician, Operation::View | Operation::Create | Operation::Update | Operation::Delete) => {
             Decision::Permit
         }
@@ -50,6 +55,13 @@ mod tests {
                 assert_eq!(decide(&p(role), op), Decision::Deny, "{role} {op:?}");
             }
         }
+    }
+
+    #[test]
+    fn acl5_only_auditors_review_the_audit_trail() {
+        assert_eq!(decide(&p(Role::Auditor), Operation::AuditReview), Decision::Permit);
+        assert_eq!(decide(&p(Role::Physician), Operation::AuditReview), Decision::Deny);
+        assert_eq!(decide(&p(Role::Administrator), Operation::AuditReview), Decision::Deny);
     }
 
     #[test]

@@ -180,14 +180,6 @@ fn report(r: VerifyReport, started: std::time::Instant) -> ExitCode {
     }
 }
 
-fn entry_to_json(e: &AuditEntry) -> Value {
-    json!({
-        "seq": e.seq, "recorded_us": e.recorded_us, "request_id": e.request_id, "actor": e.actor,
-        "role": e.role, "source": e.source, "action": e.action, "rtype": e.rtype, "rid": e.rid,
-        "version": e.version, "patients": e.patients, "outcome": e.outcome, "detail": e.detail,
-    })
-}
-
 fn entry_from_json(v: &Value) -> anyhow::Result<AuditEntry> {
     let s = |k: &str| -> anyhow::Result<String> {
         v[k].as_str().map(str::to_string).with_context(|| format!("{k} missing"))
@@ -235,7 +227,7 @@ pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let n = reader.for_each_entry(|e| {
         leaves.push(e.leaf_hash());
         if io_err.is_none()
-            && let Err(err) = writeln!(w, "{}", json!({"entry": entry_to_json(&e)}))
+            && let Err(err) = writeln!(w, "{}", json!({"entry": mamori_store::audit_log::entry_json(&e)}))
         {
             io_err = Some(err);
         }
@@ -260,5 +252,41 @@ pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     }
     w.flush()?;
     println!("exported {n} entries and {} checkpoints to {}", stored.len(), out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori audit review`: the review views, run through the store so the review is audited.
+#[allow(clippy::too_many_arguments)]
+pub async fn review(
+    data_dir: &Path,
+    account: Option<String>,
+    patient: Option<String>,
+    counts: bool,
+    max_patients_per_hour: Option<u64>,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use mamori_store::Store;
+    use mamori_store::audit_log::{Period, ReviewQuery};
+    use mamori_store::query::parse_instant;
+    let mut period = Period::ALL;
+    if let Some(f) = &from {
+        period.from_us = parse_instant(f)?;
+    }
+    if let Some(t) = &to {
+        period.to_us = parse_instant(t)? + if t.len() == 10 { 86_400_000_000 - 1 } else { 0 };
+    }
+    let query = match (account, patient, counts, max_patients_per_hour) {
+        (Some(account), None, false, None) => ReviewQuery::Account { account, period },
+        (None, Some(patient), false, None) => ReviewQuery::Patient { patient, period },
+        (None, None, true, None) => ReviewQuery::PatientCounts { period },
+        (None, None, false, Some(limit)) => ReviewQuery::ManyPatients { period, limit },
+        _ => bail!("give exactly one of --account, --patient, --counts, --max-patients-per-hour"),
+    };
+    let cfg = Config::load(data_dir)?;
+    let store = crate::commands::open_store(data_dir, &cfg)?;
+    let result = store.review(crate::commands::operator_ctx(), query).await;
+    store.shutdown();
+    println!("{}", serde_json::to_string_pretty(&result?)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,27 @@ enum AuditCommand {
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
     },
+    /// Review views for auditors (AUD-4): one account's entries, one patient's accessors,
+    /// per-patient counts, or accounts touching many patients per hour. Printed as JSON.
+    Review {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, group = "view")]
+        account: Option<String>,
+        #[arg(long, group = "view")]
+        patient: Option<String>,
+        #[arg(long, group = "view")]
+        counts: bool,
+        /// Flag accounts that touched more than this many distinct patients in one hour.
+        #[arg(long, group = "view")]
+        max_patients_per_hour: Option<u64>,
+        /// Start of the period (FHIR instant or date).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (FHIR instant, or a date meaning the end of that day).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Write entries, signed checkpoints and consistency proofs to FILE (JSON lines).
     Export {
         #[arg(long)]
@@ -156,6 +177,9 @@ fn main() -> ExitCode {
                 }
             }
             Command::Audit { command: AuditCommand::Export { data_dir, out } } => audit::export(&data_dir, &out),
+            Command::Audit {
+                command: AuditCommand::Review { data_dir, account, patient, counts, max_patients_per_hour, from, to },
+            } => audit::review(&data_dir, account, patient, counts, max_patients_per_hour, from, to).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@
 //! OperationOutcome.
 #![forbid(unsafe_code)]
 
+mod admin_api;
 pub mod auth;
 mod capability;
 pub mod error;
@@ -107,7 +108,15 @@ pub fn app(shared: Arc<Shared>) -> Router {
         // `layer`, not `route_layer`: unknown /fhir URLs are authenticated (and audited) too.
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token))
         .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes));
+    let admin = Router::new()
+        .route("/audit/accounts/{account}", get(admin_api::account))
+        .route("/audit/patients/{id}", get(admin_api::patient))
+        .route("/audit/patient-counts", get(admin_api::patient_counts))
+        .route("/audit/anomalies", get(admin_api::anomalies))
+        .fallback(f::not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()
+        .nest("/admin", admin)
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(
             "/fhir/",

@@ -29,5 +29,12 @@ pub(crate) fn append(conn: &Connection, now_us: i64, ctx: &AccessContext, ev: &A
         tracing::error!(target: "security", error = %e, "audit append failed; refusing the request");
         StoreError::AuditUnavailable
     })?;
+    if !ev.patients.is_empty() {
+        let seq = conn.last_insert_rowid();
+        let mut idx = conn.prepare_cached("INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
+        for p in &ev.patients {
+            idx.execute(params![p, seq]).map_err(|_| StoreError::AuditUnavailable)?;
+        }
+    }
     Ok(())
 }

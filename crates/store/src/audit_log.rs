@@ -63,3 +63,153 @@ impl AuditLogReader {
         Ok(notes)
     }
 }
+
+/// A time window for the review views, in µs since 1970, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Period {
+    pub from_us: i64,
+    pub to_us: i64,
+}
+
+impl Period {
+    pub const ALL: Period = Period { from_us: i64::MIN, to_us: i64::MAX };
+}
+
+/// How often one patient's data was accessed in a period, and by whom (AUD-4).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PatientAccesses {
+    pub patient: String,
+    pub accesses: u64,
+    /// (account, accesses), most first; `null` account = failed authentication.
+    pub by_account: Vec<(Option<String>, u64)>,
+}
+
+/// An account that touched unusually many distinct patients within one clock hour (UTC).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ManyPatientsInAnHour {
+    pub account: Option<String>,
+    pub hour_start_us: i64,
+    pub distinct_patients: u64,
+}
+
+/// One review view (AUD-4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReviewQuery {
+    /// Every entry of one account, in time order.
+    Account { account: String, period: Period },
+    /// Every entry that disclosed or changed one patient's data.
+    Patient { patient: String, period: Period },
+    /// Per-patient access counts, with the accounts that accessed each.
+    PatientCounts { period: Period },
+    /// Accounts that touched more than `limit` distinct patients within one clock hour.
+    ManyPatients { period: Period, limit: u64 },
+}
+
+impl ReviewQuery {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReviewQuery::Account { .. } => "account",
+            ReviewQuery::Patient { .. } => "patient",
+            ReviewQuery::PatientCounts { .. } => "patient-counts",
+            ReviewQuery::ManyPatients { .. } => "many-patients-per-hour",
+        }
+    }
+
+    /// Runs the view on a read-only connection to the audit database, as JSON.
+    pub fn run(&self, reader: &AuditLogReader) -> Result<serde_json::Value, StoreError> {
+        use serde_json::{Value, json};
+        let entries = |v: Vec<AuditEntry>| Value::Array(v.iter().map(entry_json).collect());
+        Ok(match self {
+            ReviewQuery::Account { account, period } => {
+                json!({"entries": entries(reader.account_entries(account, *period)?)})
+            }
+            ReviewQuery::Patient { patient, period } => {
+                json!({"entries": entries(reader.patient_entries(patient, *period)?)})
+            }
+            ReviewQuery::PatientCounts { period } => json!({"patients": reader.patient_counts(*period)?}),
+            ReviewQuery::ManyPatients { period, limit } => {
+                json!({"flags": reader.many_patients_per_hour(*period, *limit)?})
+            }
+        })
+    }
+}
+
+/// An audit entry as JSON (review views, exports).
+pub fn entry_json(e: &AuditEntry) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq, "recorded_us": e.recorded_us, "recorded": crate::clock::fhir_instant(e.recorded_us),
+        "request_id": e.request_id, "actor": e.actor, "role": e.role, "source": e.source, "action": e.action,
+        "rtype": e.rtype, "rid": e.rid, "version": e.version, "patients": e.patients, "outcome": e.outcome,
+        "detail": e.detail,
+    })
+}
+
+impl AuditLogReader {
+    /// Every entry of one account in the period, in time order (the maintenance-vendor view).
+    pub fn account_entries(&self, account: &str, period: Period) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE actor = ?1 AND recorded_us BETWEEN ?2 AND ?3 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![account, period.from_us, period.to_us], entry_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every entry that disclosed or changed data of one patient ("who looked at me").
+    pub fn patient_entries(&self, patient: &str, period: Period) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE seq IN (SELECT seq FROM audit_patient WHERE patient = ?1) \
+             AND recorded_us BETWEEN ?2 AND ?3 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![patient, period.from_us, period.to_us], entry_from_row)?;
+        // The index is derived; keep only rows whose hashed patient list really names the patient.
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|e| e.patients.iter().any(|p| p == patient))
+            .collect())
+    }
+
+    /// Per-patient access counts over the period, most accessed first.
+    pub fn patient_counts(&self, period: Period) -> Result<Vec<PatientAccesses>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.patient, e.actor, count(*) FROM audit_patient p JOIN audit_event e ON e.seq = p.seq \
+             WHERE e.recorded_us BETWEEN ?1 AND ?2 GROUP BY p.patient, e.actor",
+        )?;
+        let rows = stmt
+            .query_map(rusqlite::params![period.from_us, period.to_us], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_patient: std::collections::BTreeMap<String, Vec<(Option<String>, u64)>> = Default::default();
+        for (patient, actor, n) in rows {
+            by_patient.entry(patient).or_default().push((actor, n));
+        }
+        let mut out: Vec<PatientAccesses> = by_patient
+            .into_iter()
+            .map(|(patient, mut by_account)| {
+                by_account.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                PatientAccesses { accesses: by_account.iter().map(|(_, n)| n).sum(), patient, by_account }
+            })
+            .collect();
+        out.sort_by(|a, b| b.accesses.cmp(&a.accesses).then_with(|| a.patient.cmp(&b.patient)));
+        Ok(out)
+    }
+
+    /// Accounts that touched more than `limit` distinct patients within one clock hour.
+    pub fn many_patients_per_hour(&self, period: Period, limit: u64) -> Result<Vec<ManyPatientsInAnHour>, StoreError> {
+        const HOUR_US: i64 = 3_600_000_000;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.actor, (e.recorded_us / ?3) * ?3 AS hour, count(DISTINCT p.patient) AS n \
+             FROM audit_patient p JOIN audit_event e ON e.seq = p.seq \
+             WHERE e.recorded_us BETWEEN ?1 AND ?2 GROUP BY e.actor, hour HAVING n > ?4 ORDER BY hour, e.actor",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![period.from_us, period.to_us, HOUR_US, limit as i64], |r| {
+            Ok(ManyPatientsInAnHour {
+                account: r.get(0)?,
+                hour_start_us: r.get(1)?,
+                distinct_patients: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}

@@ -83,6 +83,7 @@ pub enum Action {
     TokenCreate,
     Initialise,
     IntegrityCheck,
+    AuditReview,
 }
 
 impl Action {
@@ -106,6 +107,7 @@ impl Action {
             Action::TokenCreate => "token-create",
             Action::Initialise => "initialise",
             Action::IntegrityCheck => "integrity-check",
+            Action::AuditReview => "audit-review",
         }
     }
 }

@@ -128,6 +128,20 @@ BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 CREATE TRIGGER audit_checkpoint_no_delete BEFORE DELETE ON audit_checkpoint
 BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 "#,
+    r#"
+-- Which patients each audit row names, for the review views (AUD-4): "who accessed this
+-- patient" and per-patient counts without scanning the trail. Derived from audit_event.patients
+-- (which the Merkle tree covers); written in the same transaction as its row.
+CREATE TABLE audit_patient (
+    patient TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (patient, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER audit_patient_no_update BEFORE UPDATE ON audit_patient
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+CREATE TRIGGER audit_patient_no_delete BEFORE DELETE ON audit_patient
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+"#,
 ];
 
 /// Which database file a connection is migrating.

@@ -68,6 +68,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) protect: Protection,
     pub(crate) limits: PageLimits,
+    pub(crate) audit_path: PathBuf,
     /// The last timestamp handed out: versions and audit rows get strictly increasing times
     /// even if the system clock steps back, so time order and commit order agree.
     last_us: AtomicI64,
@@ -125,6 +126,7 @@ impl SqliteStore {
                 clock: cfg.clock,
                 protect,
                 limits: cfg.page_limits,
+                audit_path: cfg.audit_path.clone(),
                 last_us: AtomicI64::new(last_us),
             }),
         })
@@ -263,6 +265,10 @@ fn union_patients(records: &[VersionRecord]) -> Vec<String> {
 }
 
 impl Store for SqliteStore {
+    fn review(&self, ctx: AccessContext, query: crate::audit_log::ReviewQuery) -> StoreFuture<'_, serde_json::Value> {
+        self.review_now(ctx, query)
+    }
+
     fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
@@ -415,6 +421,36 @@ impl Store for SqliteStore {
                 )
                 .await?;
             Ok(outcome)
+        })
+    }
+}
+
+impl SqliteStore {
+    fn review_now(
+        &self,
+        ctx: AccessContext,
+        query: crate::audit_log::ReviewQuery,
+    ) -> StoreFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let path = self.inner.audit_path.clone();
+            let q = query.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let reader = crate::audit_log::AuditLogReader::open(&path)?;
+                q.run(&reader)
+            })
+            .await
+            .map_err(StoreError::internal)
+            .and_then(|r| r);
+            let target = match &query {
+                crate::audit_log::ReviewQuery::Account { account, .. } => Some(account.clone()),
+                crate::audit_log::ReviewQuery::Patient { patient, .. } => Some(patient.clone()),
+                _ => None,
+            };
+            let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
+            let ev =
+                AuditEvent::new(Action::AuditReview, status).with_target("audit", target).with_detail(query.kind());
+            self.audit(ctx, ev).await?;
+            result
         })
     }
 }

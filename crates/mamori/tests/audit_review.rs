@@ -1,0 +1,108 @@
+//! AUD-4: the review views, checked against a fixture of known accesses whose expected counts are
+//! worked out by hand below. ACL-5: only auditors may review, and reviewing is itself audited.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+async fn get_as(s: &Server, token: &str, path: &str) -> (u16, Value) {
+    let url = format!("{}/{}", s.base.trim_end_matches("/fhir"), path.trim_start_matches('/'));
+    json(s.http.get(url).bearer_auth(token).send().await.unwrap()).await
+}
+
+async fn read_as(s: &Server, token: &str, path: &str) {
+    let resp = s.http.get(s.url(path)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+}
+
+#[tokio::test]
+async fn aud4_review_views_match_a_fixture_of_known_accesses() {
+    let s = Server::start(); // physician dr.test
+    let dr_b = s.dir.user_with_token("dr.b", "physician");
+    let auditor = s.dir.user_with_token("audit.a", "auditor");
+
+    // The fixture. Accesses per patient, by account:
+    let (_, p1) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
+    let (_, p2) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
+    let (p1, p2) = (p1["id"].as_str().unwrap().to_string(), p2["id"].as_str().unwrap().to_string());
+    //   creates:                               P1 dr.test 1, P2 dr.test 1
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "BP"},
+        "subject": {"reference": format!("Patient/{p1}")}});
+    let (_, o1) = json(s.post_json("Observation", &obs).send().await.unwrap()).await;
+    let o1 = o1["id"].as_str().unwrap().to_string();
+    //   observation about P1 created:          P1 dr.test 2
+    read_as(&s, &s.token, &format!("Patient/{p1}")).await;
+    read_as(&s, &s.token, &format!("Patient/{p1}")).await;
+    //   two reads of P1:                       P1 dr.test 4
+    read_as(&s, &dr_b, &format!("Patient/{p1}")).await;
+    read_as(&s, &dr_b, &format!("Observation/{o1}")).await;
+    read_as(&s, &dr_b, &format!("Patient/{p2}")).await;
+    //   dr.b: P1 twice, P2 once:               P1 dr.b 2, P2 dr.b 1
+    read_as(&s, &s.token, &format!("Patient?_id={p1},{p2}")).await;
+    //   one search disclosing both:            P1 dr.test 5, P2 dr.test 2
+    s.get("Patient/no-such-patient").send().await.unwrap(); // names no patient
+    // Expected: P1 = 7 (dr.test 5, dr.b 2), P2 = 3 (dr.test 2, dr.b 1).
+
+    let (status, counts) = get_as(&s, &auditor, "admin/audit/patient-counts").await;
+    assert_eq!(status, 200, "{counts}");
+    assert_eq!(
+        counts["patients"],
+        json!([
+            {"patient": p1, "accesses": 7, "by_account": [["dr.test", 5], ["dr.b", 2]]},
+            {"patient": p2, "accesses": 3, "by_account": [["dr.test", 2], ["dr.b", 1]]},
+        ])
+    );
+
+    // Who accessed P2, in time order.
+    let (_, who) = get_as(&s, &auditor, &format!("admin/audit/patients/{p2}")).await;
+    let seen: Vec<(String, String)> = who["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect();
+    let pairs = [("dr.test", "create"), ("dr.b", "read"), ("dr.test", "search-type")];
+    assert_eq!(seen, pairs.map(|(a, b)| (a.to_string(), b.to_string())));
+
+    // Everything dr.b did, in order.
+    let (_, mine) = get_as(&s, &auditor, "admin/audit/accounts/dr.b").await;
+    let rids: Vec<&str> = mine["entries"].as_array().unwrap().iter().map(|e| e["rid"].as_str().unwrap()).collect();
+    assert_eq!(rids, [p1.as_str(), o1.as_str(), p2.as_str()]);
+
+    // A period that ends before the fixture shows nothing.
+    let (_, empty) = get_as(&s, &auditor, "admin/audit/patient-counts?to=2000-01-01").await;
+    assert_eq!(empty["patients"], json!([]));
+
+    // Both physicians touched two distinct patients within the hour (if the fixture did not
+    // straddle an hour boundary, which the entries' own times tell).
+    let (_, flags) = get_as(&s, &auditor, "admin/audit/anomalies?max_patients_per_hour=1").await;
+    let times: Vec<i64> =
+        who["entries"].as_array().unwrap().iter().map(|e| e["recorded_us"].as_i64().unwrap()).collect();
+    if times.first().unwrap() / 3_600_000_000 == times.last().unwrap() / 3_600_000_000 {
+        let flagged: Vec<&str> =
+            flags["flags"].as_array().unwrap().iter().map(|f| f["account"].as_str().unwrap()).collect();
+        assert_eq!(flagged, ["dr.b", "dr.test"]);
+    }
+    let (_, none) = get_as(&s, &auditor, "admin/audit/anomalies?max_patients_per_hour=2").await;
+    assert_eq!(none["flags"], json!([]));
+
+    // ACL-5: physicians and administrators may not review; every review is audited.
+    let (status, _) = get_as(&s, &s.token, "admin/audit/patient-counts").await;
+    assert_eq!(status, 403);
+    let admin = s.dir.user_with_token("it.admin", "administrator");
+    let (status, _) = get_as(&s, &admin, &format!("admin/audit/patients/{p1}")).await;
+    assert_eq!(status, 403);
+    let reviews =
+        s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE action = 'audit-review' AND actor = 'audit.a'");
+    assert_eq!(reviews, 6);
+    let (status, _) = get_as(&s, &auditor, "admin/audit/patient-counts?colour=blue").await;
+    assert_eq!(status, 400);
+
+    // The same view from the operator CLI, offline from the HTTP API.
+    let dir = s.stop();
+    let out = ok(&["audit", "review", "--data-dir", dir.arg(), "--counts"]);
+    let cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli["patients"][0]["accesses"], 7);
+}

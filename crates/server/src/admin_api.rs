@@ -1,0 +1,103 @@
+//! The administration API. Today: the audit trail's review views (AUD-4), for auditors only
+//! (ACL-5). Same request path as FHIR: authenticated by the middleware, decided by the policy,
+//! and the review itself is audited by the store.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mamori_access::Operation;
+use mamori_store::Action;
+use mamori_store::audit_log::{Period, ReviewQuery};
+use mamori_store::query::{parse_instant, parse_query_string};
+
+use crate::Shared;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// `from` / `to` as FHIR instants or dates; a date as `to` means the end of that day.
+fn period(query: &Option<String>) -> Result<(Period, Vec<(String, String)>)> {
+    let pairs = parse_query_string(query.as_deref().unwrap_or(""));
+    let mut p = Period::ALL;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "from" => p.from_us = parse_instant(v)?,
+            "to" if v.len() == 10 => p.to_us = parse_instant(v)? + 86_400_000_000 - 1,
+            "to" => p.to_us = parse_instant(v)?,
+            "max_patients_per_hour" => {}
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not-supported",
+                    format!(
+                        "unknown parameter '{}' (supported: from, to, max_patients_per_hour)",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((p, pairs))
+}
+
+async fn review(s: &Shared, auth: &Authenticated, parsed: Result<ReviewQuery>) -> Result<Response> {
+    let query = match parsed {
+        Ok(q) => q,
+        Err(e) => return Err(auth.refuse(s, e, Some("audit")).await),
+    };
+    let ctx = auth.permit(s, Operation::AuditReview, Action::AuditReview, Some("audit")).await?;
+    let body = s.store.review(ctx, query).await?;
+    let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+pub async fn account(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(account): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).map(|(period, _)| ReviewQuery::Account { account, period });
+    review(&s, &auth, parsed).await
+}
+
+pub async fn patient(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(patient): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).map(|(period, _)| ReviewQuery::Patient { patient, period });
+    review(&s, &auth, parsed).await
+}
+
+pub async fn patient_counts(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).map(|(period, _)| ReviewQuery::PatientCounts { period });
+    review(&s, &auth, parsed).await
+}
+
+pub async fn anomalies(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).and_then(|(period, pairs)| {
+        let limit = match pairs.iter().find(|(k, _)| k == "max_patients_per_hour") {
+            Some((_, v)) => v.parse().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", "max_patients_per_hour must be a whole number")
+            })?,
+            None => 50,
+        };
+        Ok(ReviewQuery::ManyPatients { period, limit })
+    });
+    review(&s, &auth, parsed).await
+}
