@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod clock;
 mod commands;
 mod config;
 mod serve;

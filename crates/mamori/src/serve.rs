@@ -34,6 +34,17 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         Some(server_config(&settings)?)
     };
     let store = open_store(data_dir, &cfg)?;
+    // AUD-3: record whether the clock the trail runs on is synchronised.
+    let ntp = crate::clock::ntp_status();
+    if ntp != crate::clock::NtpStatus::Synchronized {
+        tracing::warn!(target: "security", status = %ntp, "the system clock is not known to be NTP-synchronised");
+    }
+    store
+        .record_operator_action(
+            crate::commands::operator_ctx(),
+            mamori_store::AuditEvent::new(mamori_store::Action::ClockStatus, 200).with_detail(format!("ntp={ntp}")),
+        )
+        .await?;
     let shared = Arc::new(Shared::new(
         Arc::new(store.clone()) as Arc<dyn Store>,
         HttpLimits { max_body_bytes: cfg.server.max_body_bytes, max_bundle_entries: cfg.server.max_bundle_entries },

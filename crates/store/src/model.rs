@@ -84,6 +84,10 @@ pub enum Action {
     Initialise,
     IntegrityCheck,
     AuditReview,
+    /// The system clock stepped back (AUD-3).
+    ClockStep,
+    /// The operating system's clock-synchronisation status, recorded at start-up (AUD-3).
+    ClockStatus,
 }
 
 impl Action {
@@ -108,6 +112,8 @@ impl Action {
             Action::Initialise => "initialise",
             Action::IntegrityCheck => "integrity-check",
             Action::AuditReview => "audit-review",
+            Action::ClockStep => "clock-step",
+            Action::ClockStatus => "clock-status",
         }
     }
 }

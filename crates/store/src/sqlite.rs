@@ -69,12 +69,19 @@ pub(crate) struct Inner {
     pub(crate) protect: Protection,
     pub(crate) limits: PageLimits,
     pub(crate) audit_path: PathBuf,
+    /// How far the system clock was last seen to step back (µs), not yet recorded in the trail.
+    clock_step_back_us: AtomicI64,
+    /// The previous raw clock reading, to tell a step from the monotonic lead of `last_us`.
+    last_clock_us: AtomicI64,
     /// The last timestamp handed out: versions and audit rows get strictly increasing times
     /// even if the system clock steps back, so time order and commit order agree.
     last_us: AtomicI64,
 }
 
 const KEY_CHECK: &[u8] = b"mamori master key check";
+
+/// Backward clock steps larger than this are recorded in the audit trail.
+const CLOCK_STEP_US: i64 = 1_000_000;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `cfg.path` with the given master key.
@@ -128,6 +135,8 @@ impl SqliteStore {
                 limits: cfg.page_limits,
                 audit_path: cfg.audit_path.clone(),
                 last_us: AtomicI64::new(last_us),
+                clock_step_back_us: AtomicI64::new(0),
+                last_clock_us: AtomicI64::new(last_us),
             }),
         })
     }
@@ -151,6 +160,7 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
+                inner.record_clock_step(conn, now, &ctx)?;
                 audit::append(conn, now, &ctx, &ev)
             })
             .await
@@ -181,6 +191,7 @@ impl SqliteStore {
                 let tx = Tx { conn, keys: &inner.keys, index: &inner.index, protect: inner.protect, now_us: now };
                 let result = savepoint_keeping(conn, |_| f(&tx), keep)?;
                 if inner.protect.audit {
+                    inner.record_clock_step(conn, now, &ctx)?;
                     for ev in events(&result) {
                         // An error here poisons the whole group commit (see Engine::write).
                         audit::append(conn, now, &ctx, &ev)?;
@@ -222,9 +233,32 @@ fn verify_master_key(conn: &Connection, keys: &KeyRing) -> Result<(), StoreError
 }
 
 impl Inner {
+    /// Appends a `clock-step` entry if the system clock was seen stepping back (AUD-3).
+    fn record_clock_step(&self, conn: &Connection, now: i64, ctx: &AccessContext) -> Result<(), StoreError> {
+        let step = self.clock_step_back_us.swap(0, Ordering::Relaxed);
+        if step == 0 || !self.protect.audit {
+            return Ok(());
+        }
+        tracing::warn!(target: "security", step_ms = step / 1000, "system clock stepped back; audit time kept monotonic");
+        let system = AccessContext {
+            request_id: ctx.request_id.clone(),
+            actor: crate::model::Actor::Operator("mamori".into()),
+            source: "local".into(),
+        };
+        let ev = AuditEvent::new(Action::ClockStep, 200)
+            .with_detail(format!("system clock stepped back {} ms; audit time kept monotonic", step / 1000));
+        audit::append(conn, now, &system, &ev)
+    }
+
     pub(crate) fn next_time(&self) -> i64 {
         let now = to_micros(self.clock.now());
         let mut prev = self.last_us.load(Ordering::Relaxed);
+        // AUD-3: a step back of more than a second is clock trouble, not jitter; note it for the
+        // trail (see record_clock_step). Times handed out stay increasing regardless.
+        let previous_reading = self.last_clock_us.swap(now, Ordering::Relaxed);
+        if now + CLOCK_STEP_US < previous_reading {
+            self.clock_step_back_us.fetch_max(previous_reading - now, Ordering::Relaxed);
+        }
         loop {
             let next = now.max(prev + 1);
             match self.last_us.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {

@@ -151,7 +151,7 @@ async fn sqlite_store_conforms() {
 }
 
 #[tokio::test]
-async fn sqlite_store_times_never_go_backwards_even_when_the_clock_does() {
+async fn aud3_times_never_go_backwards_and_a_clock_step_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-01-01 09:00 UTC)));
     let mut cfg = StoreConfig::new(dir.path().join("db"));
@@ -161,6 +161,25 @@ async fn sqlite_store_times_never_go_backwards_even_when_the_clock_does() {
     clock.advance(time::Duration::hours(-1));
     let b = create(&store, json!({"resourceType": "Patient"})).await;
     assert!(b.last_updated_us > a.last_updated_us);
+    clock.advance(time::Duration::milliseconds(-200)); // jitter below a second is not clock trouble
+    create(&store, json!({"resourceType": "Patient"})).await;
+    store.shutdown();
+    let c = rusqlite::Connection::open(dir.path().join("db-audit.db")).unwrap();
+    let (n, detail): (i64, String) = c
+        .query_row("SELECT count(*), max(detail) FROM audit_event WHERE action = 'clock-step'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(n, 1, "one step back of an hour, recorded once");
+    assert!(detail.contains("stepped back 36"), "{detail}");
+    let times_ok: i64 = c
+        .query_row(
+            "SELECT count(*) FROM audit_event a JOIN audit_event b ON b.seq = a.seq + 1 WHERE b.recorded_us < a.recorded_us",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(times_ok, 0, "audit time never decreases (rows of one transaction share its time)");
 }
 
 #[tokio::test]
