@@ -255,19 +255,25 @@ pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which review view the operator asked for (exactly one of the options).
+pub struct ReviewView {
+    pub account: Option<String>,
+    pub patient: Option<String>,
+    pub counts: bool,
+    pub max_patients_per_hour: Option<u64>,
+    pub outside_hours: Option<String>,
+    pub utc_offset: String,
+}
+
 /// `mamori audit review`: the review views, run through the store so the review is audited.
-#[allow(clippy::too_many_arguments)]
 pub async fn review(
     data_dir: &Path,
-    account: Option<String>,
-    patient: Option<String>,
-    counts: bool,
-    max_patients_per_hour: Option<u64>,
+    view: ReviewView,
     from: Option<String>,
     to: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use mamori_store::Store;
-    use mamori_store::audit_log::{Period, ReviewQuery};
+    use mamori_store::audit_log::{Period, ReviewQuery, WorkingHours};
     use mamori_store::query::parse_instant;
     let mut period = Period::ALL;
     if let Some(f) = &from {
@@ -276,12 +282,16 @@ pub async fn review(
     if let Some(t) = &to {
         period.to_us = parse_instant(t)? + if t.len() == 10 { 86_400_000_000 - 1 } else { 0 };
     }
-    let query = match (account, patient, counts, max_patients_per_hour) {
-        (Some(account), None, false, None) => ReviewQuery::Account { account, period },
-        (None, Some(patient), false, None) => ReviewQuery::Patient { patient, period },
-        (None, None, true, None) => ReviewQuery::PatientCounts { period },
-        (None, None, false, Some(limit)) => ReviewQuery::ManyPatients { period, limit },
-        _ => bail!("give exactly one of --account, --patient, --counts, --max-patients-per-hour"),
+    let ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset } = view;
+    let query = match (account, patient, counts, max_patients_per_hour, outside_hours) {
+        (Some(account), None, false, None, None) => ReviewQuery::Account { account, period },
+        (None, Some(patient), false, None, None) => ReviewQuery::Patient { patient, period },
+        (None, None, true, None, None) => ReviewQuery::PatientCounts { period },
+        (None, None, false, Some(limit), None) => ReviewQuery::ManyPatients { period, limit },
+        (None, None, false, None, Some(hours)) => {
+            ReviewQuery::OutsideHours { period, hours: WorkingHours::parse(&hours, &utc_offset)? }
+        }
+        _ => bail!("give exactly one of --account, --patient, --counts, --max-patients-per-hour, --outside-hours"),
     };
     let cfg = Config::load(data_dir)?;
     let store = crate::commands::open_store(data_dir, &cfg)?;

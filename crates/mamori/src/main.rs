@@ -112,6 +112,12 @@ enum AuditCommand {
         /// Flag accounts that touched more than this many distinct patients in one hour.
         #[arg(long, group = "view")]
         max_patients_per_hour: Option<u64>,
+        /// Accesses to patients' data outside these working hours (local time), e.g. 07:00-20:00.
+        #[arg(long, group = "view")]
+        outside_hours: Option<String>,
+        /// UTC offset of the working hours.
+        #[arg(long, default_value = "+09:00")]
+        utc_offset: String,
         /// Start of the period (FHIR instant or date).
         #[arg(long)]
         from: Option<String>,
@@ -179,8 +185,23 @@ fn main() -> ExitCode {
             }
             Command::Audit { command: AuditCommand::Export { data_dir, out } } => audit::export(&data_dir, &out),
             Command::Audit {
-                command: AuditCommand::Review { data_dir, account, patient, counts, max_patients_per_hour, from, to },
-            } => audit::review(&data_dir, account, patient, counts, max_patients_per_hour, from, to).await,
+                command:
+                    AuditCommand::Review {
+                        data_dir,
+                        account,
+                        patient,
+                        counts,
+                        max_patients_per_hour,
+                        outside_hours,
+                        utc_offset,
+                        from,
+                        to,
+                    },
+            } => {
+                let view =
+                    audit::ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset };
+                audit::review(&data_dir, view, from, to).await
+            }
         }
     });
     match result {

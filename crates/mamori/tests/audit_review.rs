@@ -88,6 +88,25 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     let (_, none) = get_as(&s, &auditor, "admin/audit/anomalies?max_patients_per_hour=2").await;
     assert_eq!(none["flags"], json!([]));
 
+    // Outside working hours: pick the UTC offset that makes "now" local noon, then a window
+    // around noon flags nothing and an afternoon window flags every access to a patient (9).
+    let now_min = (who["entries"][0]["recorded_us"].as_i64().unwrap() / 60_000_000).rem_euclid(1440);
+    let mut offset = 720 - now_min;
+    if offset > 720 {
+        offset -= 1440;
+    }
+    if offset <= -720 {
+        offset += 1440;
+    }
+    let sign = if offset < 0 { "-" } else { "%2B" };
+    let off = format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60);
+    let (_, inside) =
+        get_as(&s, &auditor, &format!("admin/audit/outside-hours?hours=09:00-15:00&utc_offset={off}")).await;
+    assert_eq!(inside["entries"], json!([]), "{off}");
+    let (_, outside) =
+        get_as(&s, &auditor, &format!("admin/audit/outside-hours?hours=15:00-18:00&utc_offset={off}")).await;
+    assert_eq!(outside["entries"].as_array().map(Vec::len), Some(9), "{outside}");
+
     // ACL-5: physicians and administrators may not review; every review is audited.
     let (status, _) = get_as(&s, &s.token, "admin/audit/patient-counts").await;
     assert_eq!(status, 403);
@@ -96,7 +115,7 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     assert_eq!(status, 403);
     let reviews =
         s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE action = 'audit-review' AND actor = 'audit.a'");
-    assert_eq!(reviews, 6);
+    assert_eq!(reviews, 8);
     let (status, _) = get_as(&s, &auditor, "admin/audit/patient-counts?colour=blue").await;
     assert_eq!(status, 400);
 

@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mamori_access::Operation;
 use mamori_store::Action;
-use mamori_store::audit_log::{Period, ReviewQuery};
+use mamori_store::audit_log::{Period, ReviewQuery, WorkingHours};
 use mamori_store::query::{parse_instant, parse_query_string};
 
 use crate::Shared;
@@ -28,7 +28,7 @@ fn period(query: &Option<String>) -> Result<(Period, Vec<(String, String)>)> {
             "from" => p.from_us = parse_instant(v)?,
             "to" if v.len() == 10 => p.to_us = parse_instant(v)? + 86_400_000_000 - 1,
             "to" => p.to_us = parse_instant(v)?,
-            "max_patients_per_hour" => {}
+            "max_patients_per_hour" | "hours" | "utc_offset" => {}
             other => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -98,6 +98,23 @@ pub async fn anomalies(
             None => 50,
         };
         Ok(ReviewQuery::ManyPatients { period, limit })
+    });
+    review(&s, &auth, parsed).await
+}
+
+/// Accesses to patients' data outside working hours: `hours=07:00-20:00&utc_offset=+09:00`
+/// (those are the defaults).
+pub async fn outside_hours(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).and_then(|(period, pairs)| {
+        let get = |k: &str, default: &'static str| {
+            pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| default.to_string())
+        };
+        let hours = WorkingHours::parse(&get("hours", "07:00-20:00"), &get("utc_offset", "+09:00"))?;
+        Ok(ReviewQuery::OutsideHours { period, hours })
     });
     review(&s, &auth, parsed).await
 }

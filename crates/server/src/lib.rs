@@ -113,6 +113,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/audit/patients/{id}", get(admin_api::patient))
         .route("/audit/patient-counts", get(admin_api::patient_counts))
         .route("/audit/anomalies", get(admin_api::anomalies))
+        .route("/audit/outside-hours", get(admin_api::outside_hours))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()

@@ -103,6 +103,40 @@ pub enum ReviewQuery {
     PatientCounts { period: Period },
     /// Accounts that touched more than `limit` distinct patients within one clock hour.
     ManyPatients { period: Period, limit: u64 },
+    /// Accesses to patients' data outside working hours, in local time.
+    OutsideHours { period: Period, hours: WorkingHours },
+}
+
+/// Working hours in local time: `[start, end)` minutes after midnight, and the UTC offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkingHours {
+    pub start_min: u32,
+    pub end_min: u32,
+    pub utc_offset_min: i32,
+}
+
+impl WorkingHours {
+    /// Parses `"07:00-20:00"` and `"+09:00"`.
+    pub fn parse(hours: &str, utc_offset: &str) -> Result<WorkingHours, StoreError> {
+        let bad = || StoreError::invalid("invalid", "working hours look like 07:00-20:00 and offsets like +09:00");
+        let hm = |t: &str| -> Result<u32, StoreError> {
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 24 || m > 59 || h * 60 + m > 1440 { Err(bad()) } else { Ok(h * 60 + m) }
+        };
+        let (a, b) = hours.split_once('-').ok_or_else(bad)?;
+        let (start_min, end_min) = (hm(a)?, hm(b)?);
+        if start_min >= end_min {
+            return Err(bad());
+        }
+        let (sign, rest) = match utc_offset.trim().split_at_checked(1) {
+            Some(("+", r)) | Some((" ", r)) => (1, r),
+            Some(("-", r)) => (-1, r),
+            _ => return Err(bad()),
+        };
+        let utc_offset_min = sign * hm(rest)? as i32;
+        Ok(WorkingHours { start_min, end_min, utc_offset_min })
+    }
 }
 
 impl ReviewQuery {
@@ -112,6 +146,7 @@ impl ReviewQuery {
             ReviewQuery::Patient { .. } => "patient",
             ReviewQuery::PatientCounts { .. } => "patient-counts",
             ReviewQuery::ManyPatients { .. } => "many-patients-per-hour",
+            ReviewQuery::OutsideHours { .. } => "outside-hours",
         }
     }
 
@@ -129,6 +164,9 @@ impl ReviewQuery {
             ReviewQuery::PatientCounts { period } => json!({"patients": reader.patient_counts(*period)?}),
             ReviewQuery::ManyPatients { period, limit } => {
                 json!({"flags": reader.many_patients_per_hour(*period, *limit)?})
+            }
+            ReviewQuery::OutsideHours { period, hours } => {
+                json!({"entries": entries(reader.outside_hours(*period, *hours)?)})
             }
         })
     }
@@ -193,6 +231,19 @@ impl AuditLogReader {
             .collect();
         out.sort_by(|a, b| b.accesses.cmp(&a.accesses).then_with(|| a.patient.cmp(&b.patient)));
         Ok(out)
+    }
+
+    /// Entries that touched patients' data outside working hours (local time).
+    pub fn outside_hours(&self, period: Period, hours: WorkingHours) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE patients != '' AND recorded_us BETWEEN ?1 AND ?2 \
+             AND (((recorded_us / 60000000 + ?3) % 1440 + 1440) % 1440 NOT BETWEEN ?4 AND ?5 - 1) ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![period.from_us, period.to_us, hours.utc_offset_min, hours.start_min, hours.end_min],
+            entry_from_row,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Accounts that touched more than `limit` distinct patients within one clock hour.
