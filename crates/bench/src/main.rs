@@ -74,6 +74,9 @@ struct Opts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ConfigArg {
     Mamori,
+    /// Encryption and audit on, but the audit trail not sealed (no Merkle tree or checkpoints):
+    /// measures what the sealer costs.
+    MamoriUnsealed,
     Baseline,
 }
 
@@ -81,6 +84,7 @@ impl From<ConfigArg> for Mode {
     fn from(c: ConfigArg) -> Mode {
         match c {
             ConfigArg::Mamori => Mode::Mamori,
+            ConfigArg::MamoriUnsealed => Mode::MamoriUnsealed,
             ConfigArg::Baseline => Mode::Baseline,
         }
     }

@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 pub enum Mode {
     /// The shipped configuration: encryption and audit on, `synchronous=FULL`.
     Mamori,
+    /// As shipped but without sealing the audit trail (to measure the sealer's cost).
+    MamoriUnsealed,
     /// Encryption and audit off (bench-only constructor); everything else identical.
     Baseline,
 }
@@ -29,6 +31,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Mamori => "mamori",
+            Mode::MamoriUnsealed => "mamori-unsealed",
             Mode::Baseline => "baseline",
         }
     }
@@ -61,14 +64,16 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
         .with_context(|| format!("cannot create a temporary directory in {}", tmp_parent.display()))?;
     let mut cfg = StoreConfig::new(dir.path().join("mamori.db"));
     // As shipped: the audit trail is sealed (Merkle tree, signed checkpoints, witness file).
-    cfg.sealing = Some(mamori_store::SealingConfig {
-        key: mamori_audit::SigningKey::generate("mamori-audit-bench")?,
-        witness: Some(dir.path().join("checkpoints.log")),
-        every_entries: 1000,
-        interval: time::Duration::seconds(10),
-    });
+    if mode == Mode::Mamori {
+        cfg.sealing = Some(mamori_store::SealingConfig {
+            key: mamori_audit::SigningKey::generate("mamori-audit-bench")?,
+            witness: Some(dir.path().join("checkpoints.log")),
+            every_entries: 1000,
+            interval: time::Duration::seconds(10),
+        });
+    }
     let store = match mode {
-        Mode::Mamori => SqliteStore::open(cfg, &MasterKey::ephemeral()),
+        Mode::Mamori | Mode::MamoriUnsealed => SqliteStore::open(cfg, &MasterKey::ephemeral()),
         Mode::Baseline => SqliteStore::open_unprotected_baseline(cfg),
     }
     .with_context(|| format!("cannot open the {} store", mode.name()))?;
