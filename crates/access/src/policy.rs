@@ -17,6 +17,8 @@ pub enum Operation {
     Capabilities,
     /// Reading the audit trail's review views (AUD-4).
     AuditReview,
+    /// Reading the server's operational status (clock, audit coverage): no record content.
+    ViewStatus,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub fn decide(who: &Principal, op: Operation) -> Decision {
         // ACL-5: auditors read audit trails, and only they do.
         (Role::Auditor, Operation::AuditReview) => Decision::Permit,
         (_, Operation::AuditReview) => Decision::Deny,
+        (Role::Administrator | Role::Auditor, Operation::ViewStatus) => Decision::Permit,
+        (Role::Physician, Operation::ViewStatus) => Decision::Deny,
         (Role::Physician, Operation::View | Operation::Create | Operation::Update | Operation::Delete) => {
             Decision::Permit
         }

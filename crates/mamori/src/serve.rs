@@ -45,14 +45,15 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
             mamori_store::AuditEvent::new(mamori_store::Action::ClockStatus, 200).with_detail(format!("ntp={ntp}")),
         )
         .await?;
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         Arc::new(store.clone()) as Arc<dyn Store>,
         HttpLimits { max_body_bytes: cfg.server.max_body_bytes, max_bundle_entries: cfg.server.max_bundle_entries },
         PageLimits { default_count: cfg.server.default_page_size, max_count: cfg.server.max_page_size },
         cfg.server.base_url.clone(),
         Arc::new(SystemClock),
-    ));
-    let router = app(shared);
+    );
+    shared.clock_status = ntp.to_string();
+    let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for addr in addrs {

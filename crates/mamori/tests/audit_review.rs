@@ -119,6 +119,15 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     let (status, _) = get_as(&s, &auditor, "admin/audit/patient-counts?colour=blue").await;
     assert_eq!(status, 400);
 
+    // AUD-3: the status endpoint reports the clock's synchronisation and the trail's coverage.
+    let (status, st) = get_as(&s, &auditor, "admin/status").await;
+    assert_eq!(status, 200, "{st}");
+    assert!(st["clock"]["ntp"].as_str().is_some_and(|n| !n.is_empty() && n != "not checked"), "{st}");
+    assert!(st["audit"]["entries"].as_i64().unwrap() > 20, "{st}");
+    assert!(st["audit"]["covered_by_checkpoints"].as_i64().is_some(), "{st}");
+    let (status, _) = get_as(&s, &s.token, "admin/status").await;
+    assert_eq!(status, 403, "physicians get no operational data by default");
+
     // The same view from the operator CLI, offline from the HTTP API.
     let dir = s.stop();
     let out = ok(&["audit", "review", "--data-dir", dir.arg(), "--counts"]);

@@ -118,3 +118,18 @@ pub async fn outside_hours(
     });
     review(&s, &auth, parsed).await
 }
+
+/// Operational status for administrators and auditors: software version, the clock's
+/// synchronisation status (AUD-3) and how much of the audit trail checkpoints cover.
+pub async fn status(State(s): State<Arc<Shared>>, Extension(auth): Extension<Authenticated>) -> Result<Response> {
+    let ctx = auth.permit(&s, Operation::ViewStatus, Action::Status, None).await?;
+    let audit = s.store.audit_status(ctx).await?;
+    let body = serde_json::json!({
+        "software": {"name": "mamori", "version": env!("CARGO_PKG_VERSION")},
+        "clock": {"ntp": s.clock_status, "now": mamori_store::clock::fhir_instant(s.now_us())},
+        "audit": audit,
+    });
+    let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}

@@ -48,6 +48,8 @@ pub struct Shared {
     /// is derived from the request's Host header and scheme.
     pub base_url: Option<String>,
     pub clock: Arc<dyn Clock>,
+    /// The OS clock-synchronisation status as read at start-up (AUD-3), for /admin/status.
+    pub clock_status: String,
     capability: Vec<u8>,
 }
 
@@ -68,6 +70,7 @@ impl Shared {
             page_limits,
             base_url: base_url.map(|b| b.trim_end_matches('/').to_string()),
             clock,
+            clock_status: "not checked".into(),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
@@ -114,6 +117,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/audit/patient-counts", get(admin_api::patient_counts))
         .route("/audit/anomalies", get(admin_api::anomalies))
         .route("/audit/outside-hours", get(admin_api::outside_hours))
+        .route("/status", get(admin_api::status))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()

@@ -56,6 +56,20 @@ impl AuditLogReader {
         Ok(n)
     }
 
+    /// How far the trail reaches and how much of it signed checkpoints cover (for /admin/status).
+    pub fn coverage(&self) -> Result<serde_json::Value, StoreError> {
+        let entries: i64 = self.conn.query_row("SELECT COALESCE(max(seq), 0) FROM audit_event", [], |r| r.get(0))?;
+        let (covered, at): (i64, Option<i64>) =
+            self.conn.query_row("SELECT COALESCE(max(size), 0), max(recorded_us) FROM audit_checkpoint", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(serde_json::json!({
+            "entries": entries,
+            "covered_by_checkpoints": covered,
+            "last_checkpoint": at.map(crate::clock::fhir_instant),
+        }))
+    }
+
     /// The signed checkpoints stored in the database, smallest first.
     pub fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT note FROM audit_checkpoint ORDER BY size")?;

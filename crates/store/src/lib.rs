@@ -80,6 +80,8 @@ pub trait Store: Send + Sync + 'static {
         kind: BundleKind,
         entries: Vec<RequestEntry>,
     ) -> StoreFuture<'_, Result<Vec<EntryResult>, TransactionError>>;
+    /// Operational status of the audit trail (entries, checkpoint coverage); audited.
+    fn audit_status(&self, ctx: AccessContext) -> StoreFuture<'_, serde_json::Value>;
     /// A review view of the audit trail (AUD-4); the review itself is audited.
     fn review(&self, ctx: AccessContext, query: audit_log::ReviewQuery) -> StoreFuture<'_, serde_json::Value>;
 }

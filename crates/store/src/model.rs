@@ -88,6 +88,8 @@ pub enum Action {
     ClockStep,
     /// The operating system's clock-synchronisation status, recorded at start-up (AUD-3).
     ClockStatus,
+    /// Someone read the server status.
+    Status,
 }
 
 impl Action {
@@ -114,6 +116,7 @@ impl Action {
             Action::AuditReview => "audit-review",
             Action::ClockStep => "clock-step",
             Action::ClockStatus => "clock-status",
+            Action::Status => "status",
         }
     }
 }

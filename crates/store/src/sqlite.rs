@@ -299,6 +299,19 @@ fn union_patients(records: &[VersionRecord]) -> Vec<String> {
 }
 
 impl Store for SqliteStore {
+    fn audit_status(&self, ctx: AccessContext) -> StoreFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let path = self.inner.audit_path.clone();
+            let result = tokio::task::spawn_blocking(move || crate::audit_log::AuditLogReader::open(&path)?.coverage())
+                .await
+                .map_err(StoreError::internal)
+                .and_then(|r| r);
+            let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
+            self.audit(ctx, AuditEvent::new(Action::Status, status)).await?;
+            result
+        })
+    }
+
     fn review(&self, ctx: AccessContext, query: crate::audit_log::ReviewQuery) -> StoreFuture<'_, serde_json::Value> {
         self.review_now(ctx, query)
     }
