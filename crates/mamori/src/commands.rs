@@ -126,7 +126,7 @@ pub async fn user_add(data_dir: &Path, name: &str, role: &str) -> anyhow::Result
 pub async fn user_list(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let store = open_store(data_dir, &cfg)?;
-    for a in store.list_accounts().await? {
+    for a in store.list_accounts(operator_ctx()).await? {
         println!("{}\t{}\t{}", a.name, a.role, if a.disabled { "disabled" } else { "enabled" });
     }
     store.shutdown();

@@ -194,3 +194,23 @@ async fn enc3_serve_speaks_tls13_with_the_generated_certificate_and_stops_on_sig
     assert!(kill.success());
     assert!(child.wait().unwrap().success(), "graceful exit on SIGTERM");
 }
+
+#[test]
+fn aud1_every_operator_command_is_audited() {
+    let dir = DataDir::init();
+    dir.user_with_token("dr.ops", "physician");
+    ok(&["user", "list", "--data-dir", dir.arg()]);
+    ok(&["check", "--data-dir", dir.arg()]);
+    let c = rusqlite::Connection::open(dir.audit_db()).unwrap();
+    let actions: Vec<String> = c
+        .prepare("SELECT action FROM audit_event WHERE actor LIKE 'operator:%' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        actions,
+        ["initialise", "account-create", "account-create", "token-create", "account-list", "integrity-check"]
+    );
+}

@@ -129,8 +129,10 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn list_accounts(&self) -> Result<Vec<AccountInfo>, StoreError> {
-        self.inner
+    /// Every account (name, role, state); the listing itself is audited.
+    pub async fn list_accounts(&self, ctx: AccessContext) -> Result<Vec<AccountInfo>, StoreError> {
+        let result = self
+            .inner
             .engine
             .read(|c| {
                 let mut stmt =
@@ -142,7 +144,10 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
-            .await
+            .await;
+        let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
+        self.audit(ctx, AuditEvent::new(Action::AccountList, status)).await?;
+        result
     }
 
     /// Records an operator action that has no data of its own (e.g. initialisation).

@@ -80,6 +80,7 @@ pub enum Action {
     /// A request refused before it reached storage (authentication, authorisation, bad input).
     Refused,
     AccountCreate,
+    AccountList,
     TokenCreate,
     Initialise,
     IntegrityCheck,
@@ -110,6 +111,7 @@ impl Action {
             Action::Capabilities => "capabilities",
             Action::Refused => "refused",
             Action::AccountCreate => "account-create",
+            Action::AccountList => "account-list",
             Action::TokenCreate => "token-create",
             Action::Initialise => "initialise",
             Action::IntegrityCheck => "integrity-check",
