@@ -209,7 +209,7 @@ fn entry_from_json(v: &Value) -> anyhow::Result<AuditEntry> {
 
 /// `mamori audit export --data-dir DIR --out FILE`: entries, checkpoints (stored and witnessed)
 /// and consistency proofs between successive stored checkpoints, as JSON lines.
-pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+pub async fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let vkey = load_verifier_key(&data_dir.join(&cfg.audit.verifier_key))?;
     let reader = AuditLogReader::open(&data_dir.join(&cfg.storage.audit_database))?;
@@ -251,6 +251,13 @@ pub fn export(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     w.flush()?;
+    // The export discloses who accessed which patient: it is itself recorded in the trail.
+    let store = crate::commands::open_store(data_dir, &cfg)?;
+    let ev = mamori_store::AuditEvent::new(mamori_store::Action::AuditExport, 200)
+        .with_detail(format!("{n} entries to {}", out.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
+    let recorded = store.record_operator_action(crate::commands::operator_ctx(), ev).await;
+    store.shutdown();
+    recorded?;
     println!("exported {n} entries and {} checkpoints to {}", stored.len(), out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                     _ => Err(anyhow::anyhow!("give an export FILE or --data-dir DIR")),
                 }
             }
-            Command::Audit { command: AuditCommand::Export { data_dir, out } } => audit::export(&data_dir, &out),
+            Command::Audit { command: AuditCommand::Export { data_dir, out } } => audit::export(&data_dir, &out).await,
             Command::Audit {
                 command:
                     AuditCommand::Review {

@@ -201,6 +201,8 @@ fn aud1_every_operator_command_is_audited() {
     dir.user_with_token("dr.ops", "physician");
     ok(&["user", "list", "--data-dir", dir.arg()]);
     ok(&["check", "--data-dir", dir.arg()]);
+    let out = dir.path.join("export.jsonl");
+    ok(&["audit", "export", "--data-dir", dir.arg(), "--out", out.to_str().unwrap()]);
     let c = rusqlite::Connection::open(dir.audit_db()).unwrap();
     let actions: Vec<String> = c
         .prepare("SELECT action FROM audit_event WHERE actor LIKE 'operator:%' ORDER BY seq")
@@ -211,6 +213,14 @@ fn aud1_every_operator_command_is_audited() {
         .unwrap();
     assert_eq!(
         actions,
-        ["initialise", "account-create", "account-create", "token-create", "account-list", "integrity-check"]
+        [
+            "initialise",
+            "account-create",
+            "account-create",
+            "token-create",
+            "account-list",
+            "integrity-check",
+            "audit-export"
+        ]
     );
 }

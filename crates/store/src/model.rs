@@ -85,6 +85,8 @@ pub enum Action {
     Initialise,
     IntegrityCheck,
     AuditReview,
+    /// The audit trail was exported for an auditor (it names accounts and patient ids).
+    AuditExport,
     /// The system clock stepped back (AUD-3).
     ClockStep,
     /// The operating system's clock-synchronisation status, recorded at start-up (AUD-3).
@@ -116,6 +118,7 @@ impl Action {
             Action::Initialise => "initialise",
             Action::IntegrityCheck => "integrity-check",
             Action::AuditReview => "audit-review",
+            Action::AuditExport => "audit-export",
             Action::ClockStep => "clock-step",
             Action::ClockStatus => "clock-status",
             Action::Status => "status",
