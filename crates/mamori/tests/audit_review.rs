@@ -115,7 +115,7 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     assert_eq!(status, 403);
     let reviews =
         s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE action = 'audit-review' AND actor = 'audit.a'");
-    assert_eq!(reviews, 8);
+    assert_eq!(reviews, 8, "reviews before the FHIR view");
     let (status, _) = get_as(&s, &auditor, "admin/audit/patient-counts?colour=blue").await;
     assert_eq!(status, 400);
 
@@ -127,6 +127,38 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     assert!(st["audit"]["covered_by_checkpoints"].as_i64().is_some(), "{st}");
     let (status, _) = get_as(&s, &s.token, "admin/status").await;
     assert_eq!(status, 403, "physicians get no operational data by default");
+
+    // AUD-5: the trail as FHIR AuditEvent (IHE BALP shape), for auditors.
+    let (status, events) = get_as(&s, &auditor, &format!("fhir/AuditEvent?patient=Patient/{p2}")).await;
+    assert_eq!(status, 200, "{events}");
+    let entries = events["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "create, dr.b's read, the search: {events}");
+    let read_by_b = &entries[1]["resource"];
+    assert_eq!(read_by_b["resourceType"], "AuditEvent");
+    assert_eq!(read_by_b["action"], "R");
+    assert_eq!(read_by_b["outcome"], "0");
+    assert_eq!(read_by_b["subtype"][0]["code"], "read");
+    assert_eq!(read_by_b["agent"][0]["who"]["identifier"]["value"], "dr.b");
+    let refs: Vec<&str> =
+        read_by_b["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
+    assert!(refs.contains(&format!("Patient/{p2}").as_str()), "{refs:?}");
+    let id = read_by_b["id"].as_str().unwrap();
+    let (status, one) = get_as(&s, &auditor, &format!("fhir/AuditEvent/{id}")).await;
+    assert_eq!((status, &one), (200, read_by_b));
+    let (_, creates) = get_as(&s, &auditor, "fhir/AuditEvent?action=C&agent=dr.test").await;
+    assert_eq!(creates["entry"].as_array().unwrap().len(), 3, "P1, P2, O1");
+    let (_, none) = get_as(&s, &auditor, "fhir/AuditEvent?date=lt2000-01-01").await;
+    assert!(none.get("entry").is_none());
+    let (status, _) = get_as(&s, &auditor, "fhir/AuditEvent?colour=blue").await;
+    assert_eq!(status, 400);
+    let (status, _) = get_as(&s, &s.token, "fhir/AuditEvent").await;
+    assert_eq!(status, 403, "physicians do not read the trail");
+    let forged = s
+        .post_json("AuditEvent", &json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z", "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}}}))
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(forged, 405, "read-only").await;
 
     // The same view from the operator CLI, offline from the HTTP API.
     let dir = s.stop();

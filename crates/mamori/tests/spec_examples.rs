@@ -1,6 +1,7 @@
 //! INT-1: every example resource of the FHIR R4 specification (npm package
 //! `hl7.fhir.r4.examples`, fetched by scripts/fetch-fhir-packages.sh) is created through the
-//! server and reads back as sent.
+//! server and reads back as sent — except AuditEvent, which is the read-only view of the audit
+//! trail (AUD-5), and one example whose id breaks the spec's own length limit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -59,6 +60,11 @@ async fn int1_every_spec_example_creates_and_reads_back_equal() {
                 expect_outcome(resp, 400, "id").await;
                 return 0;
             }
+            if rtype == "AuditEvent" {
+                // AuditEvent is the read-only view of mamori's own audit trail (AUD-5).
+                expect_outcome(resp, 405, "read-only").await;
+                return 0;
+            }
             let (status, created) = json(resp).await;
             assert_eq!(status, 201, "{name}: {created}");
             let id = created["id"].as_str().unwrap();
@@ -72,5 +78,5 @@ async fn int1_every_spec_example_creates_and_reads_back_equal() {
     while let Some(r) = tasks.join_next().await {
         created += r.unwrap();
     }
-    assert_eq!(created, 5305, "every example but the one with an over-long id");
+    assert_eq!(created, 5296, "every example but the one with an over-long id and the 9 AuditEvents");
 }

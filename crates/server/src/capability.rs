@@ -15,6 +15,19 @@ pub fn statement(software_version: &str, date: &str) -> Value {
     ]);
     let resources: Vec<Value> = ResourceType::all()
         .map(|t| {
+            if t.as_str() == "AuditEvent" {
+                // The audit trail, read-only, for auditors (AUD-5).
+                return json!({
+                    "type": "AuditEvent",
+                    "documentation": "The audit trail in the IHE BALP shape; read-only; auditors only.",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "date", "type": "date"}, {"name": "agent", "type": "token"},
+                        {"name": "patient", "type": "reference"}, {"name": "entity", "type": "reference"},
+                        {"name": "action", "type": "token"}, {"name": "outcome", "type": "token"}
+                    ]
+                });
+            }
             json!({
                 "type": t.as_str(),
                 "interaction": interactions,

@@ -25,6 +25,7 @@ use mamori_store::{
 use serde_json::Value;
 
 use crate::Shared;
+use crate::audit_event_api;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::listener::ConnInfo;
@@ -131,6 +132,9 @@ pub async fn read(
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return audit_event_api::read(&s, &auth, &id).await;
+    }
     let pairs = parse_query_string(q.as_deref().unwrap_or(""));
     let (rtype, id) =
         checked(&s, &auth, Some(&rtype), accept(&h, &pairs).and_then(|()| Ok((parse_type(&rtype)?, parse_id(&id)?))))
@@ -162,6 +166,9 @@ pub async fn create(
     h: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
         let (_, value) = resource_body_of(&h, body, url_type)?;
@@ -190,6 +197,9 @@ pub async fn update(
     h: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
         let id = parse_id(&id)?;
@@ -228,6 +238,9 @@ pub async fn conditional_update(
     h: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
         let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
@@ -255,6 +268,9 @@ pub async fn patch(
     h: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| {
         let rtype = parse_type(&rtype)?;
         let id = parse_id(&id)?;
@@ -287,6 +303,9 @@ pub async fn delete(
     Path((rtype, id)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| Ok((parse_type(&rtype)?, parse_id(&id)?, if_match(&h)?)))();
     let (rtype, id, if_match) = checked(&s, &auth, Some(&rtype), parsed).await?;
     let ctx = auth.permit(&s, Operation::Delete, Action::Delete, Some(rtype.as_str())).await?;
@@ -300,6 +319,9 @@ pub async fn conditional_delete(
     Path(rtype): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return Err(auth.refuse(&s, audit_event_api::refuse_write(), Some(audit_event_api::TYPE)).await);
+    }
     let parsed = (|| {
         let rtype = parse_type(&rtype)?;
         let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
@@ -389,6 +411,9 @@ async fn search(
     pairs: Vec<(String, String)>,
     h: HeaderMap,
 ) -> Result<Response> {
+    if rtype == audit_event_api::TYPE {
+        return audit_event_api::search(&s, &auth, &conn, &h, pairs).await;
+    }
     let parsed = (|| {
         accept(&h, &pairs)?;
         Ok((parse_type(&rtype)?, SearchQuery::parse(&pairs, s.page_limits, lenient(&h))?))
@@ -425,7 +450,7 @@ async fn search(
     Ok(bundle.into_response(StatusCode::OK))
 }
 
-fn encode_query(pairs: &[(String, String)]) -> String {
+pub(crate) fn encode_query(pairs: &[(String, String)]) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     if pairs.is_empty() {
         return String::new();

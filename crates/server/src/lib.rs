@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_api;
+mod audit_event_api;
 pub mod auth;
 mod capability;
 pub mod error;

@@ -119,6 +119,8 @@ pub enum ReviewQuery {
     ManyPatients { period: Period, limit: u64 },
     /// Accesses to patients' data outside working hours, in local time.
     OutsideHours { period: Period, hours: WorkingHours },
+    /// The read-only FHIR `AuditEvent` view (AUD-5).
+    FhirAuditEvents(AuditEventFilter),
 }
 
 /// Working hours in local time: `[start, end)` minutes after midnight, and the UTC offset.
@@ -161,6 +163,7 @@ impl ReviewQuery {
             ReviewQuery::PatientCounts { .. } => "patient-counts",
             ReviewQuery::ManyPatients { .. } => "many-patients-per-hour",
             ReviewQuery::OutsideHours { .. } => "outside-hours",
+            ReviewQuery::FhirAuditEvents(_) => "fhir-auditevent",
         }
     }
 
@@ -181,6 +184,13 @@ impl ReviewQuery {
             }
             ReviewQuery::OutsideHours { period, hours } => {
                 json!({"entries": entries(reader.outside_hours(*period, *hours)?)})
+            }
+            ReviewQuery::FhirAuditEvents(filter) => {
+                let found = reader.search(filter)?;
+                json!({
+                    "resources": found.iter().map(audit_event_resource).collect::<Vec<_>>(),
+                    "next_after": if found.len() >= filter.limit { found.last().map(|e| e.seq) } else { None },
+                })
             }
         })
     }
@@ -277,4 +287,189 @@ impl AuditLogReader {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+/// Filters of the read-only FHIR `AuditEvent` view (AUD-5): `date`, `agent`, `patient`, `entity`,
+/// `action`, `outcome`, with seq-based paging.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditEventFilter {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub agent: Option<String>,
+    pub patient: Option<String>,
+    /// `(type, id)` of the record concerned.
+    pub entity: Option<(String, String)>,
+    /// FHIR action codes C, R, U, D, E.
+    pub action: Option<char>,
+    /// FHIR outcome codes 0, 4, 8.
+    pub outcome: Option<u8>,
+    /// Only entries with a larger seq (paging cursor).
+    pub after_seq: Option<u64>,
+    pub seq: Option<u64>,
+    pub limit: usize,
+}
+
+/// The FHIR `action` code of a trail action.
+fn fhir_action(action: &str) -> char {
+    match action {
+        "create" | "account-create" | "token-create" | "initialise" => 'C',
+        "read" | "vread" | "search-type" | "history-instance" | "history-type" | "history-system" | "capabilities"
+        | "audit-review" | "account-list" | "status" | "integrity-check" => 'R',
+        "update" | "patch" => 'U',
+        "delete" => 'D',
+        _ => 'E',
+    }
+}
+
+fn fhir_outcome(status: u16) -> u8 {
+    match status {
+        0..=399 => 0,
+        400..=499 => 4,
+        _ => 8,
+    }
+}
+
+impl AuditLogReader {
+    /// Entries matching `f`, in seq order, at most `f.limit` of them.
+    pub fn search(&self, f: &AuditEventFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        use rusqlite::types::Value as V;
+        let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_event WHERE 1 = 1");
+        let mut args: Vec<V> = Vec::new();
+        let mut push = |clause: &str, vals: Vec<V>| {
+            sql.push_str(clause);
+            args.extend(vals);
+        };
+        if let Some(seq) = f.seq {
+            push(" AND seq = ?", vec![V::Integer(seq as i64)]);
+        }
+        if let Some(after) = f.after_seq {
+            push(" AND seq > ?", vec![V::Integer(after as i64)]);
+        }
+        if let Some(t) = f.from_us {
+            push(" AND recorded_us >= ?", vec![V::Integer(t)]);
+        }
+        if let Some(t) = f.to_us {
+            push(" AND recorded_us <= ?", vec![V::Integer(t)]);
+        }
+        if let Some(a) = &f.agent {
+            push(" AND actor = ?", vec![V::Text(a.clone())]);
+        }
+        if let Some(p) = &f.patient {
+            push(" AND seq IN (SELECT seq FROM audit_patient WHERE patient = ?)", vec![V::Text(p.clone())]);
+        }
+        if let Some((t, id)) = &f.entity {
+            push(" AND rtype = ? AND rid = ?", vec![V::Text(t.clone()), V::Text(id.clone())]);
+        }
+        if let Some(o) = f.outcome {
+            let (lo, hi) = match o {
+                0 => (0, 399),
+                4 => (400, 499),
+                _ => (500, 999),
+            };
+            push(" AND outcome BETWEEN ? AND ?", vec![V::Integer(lo), V::Integer(hi)]);
+        }
+        // The action filter is applied after the query (it maps many trail actions to one code),
+        // so fetch generously and cut to the limit below.
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        let fetch = if f.action.is_some() { f.limit.saturating_mul(20).max(1000) } else { f.limit };
+        args.push(V::Integer(fetch as i64));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), entry_from_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let e = r?;
+            if f.action.is_none_or(|a| fhir_action(&e.action) == a) {
+                out.push(e);
+                if out.len() >= f.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An audit entry as a FHIR R4 `AuditEvent` in the IHE Basic Audit Log Patterns (BALP) shape.
+pub fn audit_event_resource(e: &AuditEntry) -> serde_json::Value {
+    use serde_json::json;
+    // RESTful interactions get the "rest" type; operator, security and refused-login events
+    // get their DICOM event types.
+    let rest = match e.action.as_str() {
+        "initialise" | "account-create" | "account-list" | "token-create" | "audit-review" | "audit-export"
+        | "integrity-check" | "clock-step" | "clock-status" | "status" => false,
+        "refused" => e.outcome != 401,
+        _ => true,
+    };
+    let (type_system, type_code, type_display) = match e.action.as_str() {
+        _ if rest => ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
+        "refused" => ("http://dicom.nema.org/resources/ontology/DCM", "110114", "User Authentication"),
+        "audit-review" | "audit-export" => ("http://dicom.nema.org/resources/ontology/DCM", "110101", "Audit Log Used"),
+        "account-create" | "token-create" => {
+            ("http://dicom.nema.org/resources/ontology/DCM", "110136", "Security Roles Changed")
+        }
+        _ => ("http://dicom.nema.org/resources/ontology/DCM", "110100", "Application Activity"),
+    };
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": e.seq.to_string(),
+        "type": {"system": type_system, "code": type_code, "display": type_display},
+        "action": fhir_action(&e.action).to_string(),
+        "recorded": crate::clock::fhir_instant(e.recorded_us),
+        "outcome": fhir_outcome(e.outcome).to_string(),
+        "agent": [{
+            "who": match &e.actor {
+                Some(a) => json!({"identifier": {"system": "urn:mamori:account", "value": a}}),
+                None => json!({"display": "unauthenticated"}),
+            },
+            "requestor": true,
+            "network": {"address": e.source, "type": "2"}
+        }],
+        "source": {
+            "observer": {"display": "mamori"},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
+        }
+    });
+    if rest && let Some(o) = event.as_object_mut() {
+        o.insert(
+            "subtype".into(),
+            json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": e.action.replace("refused", "operation")}]),
+        );
+    }
+    if let Some(o) = event.as_object_mut() {
+        if let Some(d) = &e.detail {
+            o.insert("outcomeDesc".into(), json!(d));
+        }
+        if let Some(role) = &e.role
+            && let Some(agent) = o.get_mut("agent").and_then(|a| a.get_mut(0)).and_then(|a| a.as_object_mut())
+        {
+            agent.insert("role".into(), json!([{"text": role}]));
+        }
+        let mut entities: Vec<serde_json::Value> = e
+            .patients
+            .iter()
+            .map(|p| {
+                json!({
+                    "what": {"reference": format!("Patient/{p}")},
+                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
+                })
+            })
+            .collect();
+        if let (Some(t), Some(id)) = (&e.rtype, &e.rid)
+            && t != "account"
+            && t != "audit"
+        {
+            let reference = match e.version {
+                Some(v) => format!("{t}/{id}/_history/{v}"),
+                None => format!("{t}/{id}"),
+            };
+            entities.push(json!({
+                "what": {"reference": reference},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}
+            }));
+        }
+        entities.push(json!({"what": {"identifier": {"system": "urn:mamori:request-id", "value": e.request_id}}}));
+        o.insert("entity".into(), serde_json::Value::Array(entities));
+    }
+    event
 }

@@ -241,6 +241,14 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
     let method = e.request.method;
     let target = parse_target(&e.request.url)?;
     let mut plan = Planned { index: e.index, method, op: None, target, existing: None };
+    let target_type = match &plan.target {
+        Target::Type(t) | Target::Instance(t, _) | Target::Version(t, _, _) | Target::Conditional(t, _) => *t,
+    };
+    if target_type.as_str() == "AuditEvent" && !matches!(method, Method::Get | Method::Head) {
+        return Err(StoreError::Unsupported(
+            "AuditEvent is the read-only view of the audit trail; it cannot be created, changed or deleted".into(),
+        ));
+    }
     match (method, &plan.target) {
         (Method::Post, Target::Type(rtype)) => {
             let rtype = *rtype;
