@@ -281,13 +281,13 @@ pub async fn review(
 ) -> anyhow::Result<ExitCode> {
     use mamori_store::Store;
     use mamori_store::audit_log::{Period, ReviewQuery, WorkingHours};
-    use mamori_store::query::parse_instant;
+    use mamori_store::query::{parse_instant, parse_instant_end};
     let mut period = Period::ALL;
     if let Some(f) = &from {
         period.from_us = parse_instant(f)?;
     }
     if let Some(t) = &to {
-        period.to_us = parse_instant(t)? + if t.len() == 10 { 86_400_000_000 - 1 } else { 0 };
+        period.to_us = parse_instant_end(t)?;
     }
     let ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset } = view;
     let query = match (account, patient, counts, max_patients_per_hour, outside_hours) {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use mamori_access::Operation;
 use mamori_store::Action;
 use mamori_store::audit_log::{Period, ReviewQuery, WorkingHours};
-use mamori_store::query::{parse_instant, parse_query_string};
+use mamori_store::query::{parse_instant, parse_instant_end, parse_query_string};
 
 use crate::Shared;
 use crate::auth::Authenticated;
@@ -26,8 +26,7 @@ fn period(query: &Option<String>) -> Result<(Period, Vec<(String, String)>)> {
     for (k, v) in &pairs {
         match k.as_str() {
             "from" => p.from_us = parse_instant(v)?,
-            "to" if v.len() == 10 => p.to_us = parse_instant(v)? + 86_400_000_000 - 1,
-            "to" => p.to_us = parse_instant(v)?,
+            "to" => p.to_us = parse_instant_end(v)?,
             "max_patients_per_hour" | "hours" | "utc_offset" => {}
             other => {
                 return Err(ApiError::new(

@@ -7,7 +7,7 @@ use axum::response::Response;
 use mamori_access::Operation;
 use mamori_store::Action;
 use mamori_store::audit_log::{AuditEventFilter, ReviewQuery};
-use mamori_store::query::parse_instant;
+use mamori_store::query::{parse_instant, parse_instant_end};
 use serde_json::value::RawValue;
 
 use crate::Shared;
@@ -38,8 +38,7 @@ fn apply_date(f: &mut AuditEventFilter, raw: &str) -> Result<()> {
         Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &raw[2..]),
         _ => ("eq", raw),
     };
-    let start = parse_instant(value)?;
-    let end = if value.len() == 10 { start + 86_400_000_000 - 1 } else { start };
+    let (start, end) = (parse_instant(value)?, parse_instant_end(value)?);
     let narrow_from = |f: &mut AuditEventFilter, t: i64| f.from_us = Some(f.from_us.map_or(t, |x| x.max(t)));
     let narrow_to = |f: &mut AuditEventFilter, t: i64| f.to_us = Some(f.to_us.map_or(t, |x| x.min(t)));
     match prefix {

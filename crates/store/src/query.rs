@@ -199,6 +199,13 @@ pub fn parse_instant(raw: &str) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::invalid("invalid", format!("'{}' is not a valid FHIR instant", clip(raw))))
 }
 
+/// The last microsecond a FHIR date or instant covers: the end of the day for a date, the
+/// instant itself otherwise (for inclusive upper bounds such as `to=2026-11-21`).
+pub fn parse_instant_end(raw: &str) -> Result<i64, StoreError> {
+    let start = parse_instant(raw)?;
+    Ok(if raw.trim().len() == 10 { start + 86_400_000_000 - 1 } else { start })
+}
+
 /// Decodes an `application/x-www-form-urlencoded` query (as in `If-None-Exist` and Bundle URLs).
 pub fn parse_query_string(raw: &str) -> Vec<(String, String)> {
     raw.split('&')
@@ -247,6 +254,8 @@ mod tests {
         assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
         assert_eq!(parse_instant("1970-01-01T09:00:01 09:00").unwrap(), 1_000_000);
         assert_eq!(parse_instant("1970-01-02").unwrap(), 86_400_000_000);
+        assert_eq!(parse_instant_end("1970-01-01").unwrap(), 86_400_000_000 - 1);
+        assert_eq!(parse_instant_end("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
         assert!(parse_instant("yesterday").is_err());
     }
 }
