@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates crates/fhir/src/generated.rs from the FHIR R4 npm packages.
+"""Generates crates/fhir/src/generated.rs and generated_search.rs from the FHIR R4 npm packages.
 
 Usage (from anywhere):
     scripts/fetch-fhir-packages.sh
@@ -13,7 +13,7 @@ examples package contains every resource of the R4 specification, including the
 StructureDefinitions, SearchParameters and CompartmentDefinitions read here.
 
 To add a table: write a function `gen_<name>(pkg) -> str` returning Rust source and append it
-to TABLES.
+to the list of its output file in OUTPUTS.
 """
 
 import glob
@@ -24,7 +24,7 @@ import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PACKAGES_DIR = os.path.join(REPO, ".cache", "fhir-packages")
-OUTPUT = os.path.join(REPO, "crates", "fhir", "src", "generated.rs")
+SRC = os.path.join(REPO, "crates", "fhir", "src")
 CANDIDATES = ["hl7.fhir.r4.core", "hl7.fhir.r4.examples"]
 
 
@@ -220,7 +220,263 @@ def gen_patient_compartment(pkg):
     return "".join(out)
 
 
-TABLES = [gen_resource_types, gen_patient_compartment]
+# ---------------------------------------------------------------------------------------------
+# DATA_TYPES and CHOICE_ELEMENTS (used by the FHIRPath evaluator to type choice elements)
+
+
+def is_core(sd):
+    return sd.get("url", "").startswith("http://hl7.org/fhir/StructureDefinition/")
+
+
+def data_types(pkg):
+    types = set()
+    for sd in pkg.resources("StructureDefinition"):
+        if (
+            sd.get("kind") in ("primitive-type", "complex-type")
+            and sd.get("derivation") == "specialization"
+            and is_core(sd)
+        ):
+            types.add(sd["type"])
+    return sorted(types)
+
+
+def gen_data_types(pkg):
+    types = data_types(pkg)
+    warn("%d data types" % len(types))
+    out = [
+        "/// Every FHIR R4 data type (primitive types start lower-case), sorted (binary-searchable).\n",
+        "/// A choice element `value[x]` is serialised as `value` + the type name with its first\n",
+        "/// letter upper-cased (`valueQuantity`, `valueDateTime`).\n",
+        "pub const DATA_TYPES: &[&str] = &[\n",
+    ]
+    for t in types:
+        out.append("    %s,\n" % rust_str(t))
+    out.append("];\n")
+    return "".join(out)
+
+
+def gen_data_type_parents(pkg):
+    known = set(data_types(pkg))
+    pairs = []
+    for sd in pkg.resources("StructureDefinition"):
+        if sd.get("type") in known and sd.get("derivation") == "specialization" and is_core(sd):
+            parent = sd.get("baseDefinition", "").rsplit("/", 1)[-1]
+            if parent in known and parent not in ("Element", "BackboneElement"):
+                pairs.append((sd["type"], parent))
+    pairs.sort()
+    out = [
+        "/// Data types that specialise another data type (type, parent), sorted by type:\n",
+        "/// `Age` is a `Quantity`, `code` is a `string`, `canonical` is a `uri`.\n",
+        "pub const DATA_TYPE_PARENTS: &[(&str, &str)] = &[\n",
+    ]
+    for t, parent in pairs:
+        out.append("    (%s, %s),\n" % (rust_str(t), rust_str(parent)))
+    out.append("];\n")
+    return "".join(out)
+
+
+def choice_elements(pkg):
+    names = set()
+    for sd in pkg.resources("StructureDefinition"):
+        if not is_core(sd) or sd.get("derivation") != "specialization":
+            continue
+        for el in sd.get("snapshot", {}).get("element", []):
+            path = el.get("path", "")
+            if path.endswith("[x]"):
+                names.add(path.rsplit(".", 1)[-1][: -len("[x]")])
+    return sorted(names)
+
+
+def gen_choice_elements(pkg):
+    names = choice_elements(pkg)
+    warn("%d choice element names" % len(names))
+    out = [
+        "/// Names of the choice elements (`name[x]`) of any R4 resource or data type, sorted\n",
+        "/// (binary-searchable): only these are looked up as `name` + type suffix.\n",
+        "pub const CHOICE_ELEMENTS: &[&str] = &[\n",
+    ]
+    for n in names:
+        out.append("    %s,\n" % rust_str(n))
+    out.append("];\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# SEARCH_PARAMS (generated_search.rs)
+
+LEADING_IDENT_RE = re.compile(r"^[\s(]*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def domain_resource_types(pkg):
+    out = set()
+    for sd in pkg.resources("StructureDefinition"):
+        if (
+            sd.get("kind") == "resource"
+            and sd.get("derivation") == "specialization"
+            and is_core(sd)
+            and sd.get("baseDefinition") == "http://hl7.org/fhir/StructureDefinition/DomainResource"
+        ):
+            out.add(sd["type"])
+    return out
+
+
+def spec_search_params(pkg):
+    bundles = [b for b in pkg.resources("Bundle") if b.get("id") == "searchParams"]
+    if len(bundles) != 1:
+        sys.exit("gen-fhir-tables: expected one Bundle/searchParams, found %d" % len(bundles))
+    return [e["resource"] for e in bundles[0]["entry"]]
+
+
+def restrict_expression(sp, base):
+    """The alternatives of the top-level union of sp's expression that apply to `base`."""
+    expr = sp.get("expression") or ""
+    if not expr:
+        return ""
+    keep = []
+    for alt in split_top_level(expr):
+        m = LEADING_IDENT_RE.match(alt)
+        lead = m.group(1) if m else ""
+        if lead == base or lead == "Resource":
+            keep.append(alt)
+        elif lead[:1].islower() and len(sp["base"]) == 1:
+            # "name | alias" (InsurancePlan-name): relative to the resource; anchored to the
+            # base so the expression never matches another type.
+            warn("anchored %s: %s -> %s.%s" % (sp["id"], alt, base, alt))
+            keep.append("%s.%s" % (base, alt))
+    if not keep:
+        warn("NO EXPRESSION for %s on %s: %s" % (sp["id"], base, expr))
+    return " | ".join(keep)
+
+
+RESOLVE_IS_RE = re.compile(r"\.where\(resolve\(\) is ([A-Za-z]+)\)\)?$")
+
+
+def restrict_targets(sp, expression):
+    """The spec's targets, narrowed to X when every alternative for this base ends with
+    `.where(resolve() is X)` (clinical-patient lists Group and Patient for all its bases, but on
+    Encounter its expression only admits Patient)."""
+    targets = sorted(sp.get("target", []))
+    if sp["type"] != "reference" or not expression:
+        return targets
+    kinds = set()
+    for alt in split_top_level(expression):
+        m = RESOLVE_IS_RE.search(alt)
+        if not m:
+            return targets
+        kinds.add(m.group(1))
+    narrowed = [t for t in targets if t in kinds]
+    if narrowed != targets:
+        warn("narrowed targets of %s on %s to %s" % (sp["id"], expression.split(".")[0], narrowed))
+    return narrowed
+
+
+def search_rows(pkg):
+    sps = spec_search_params(pkg)
+    by_url = {sp["url"]: sp for sp in sps}
+    rows = {}
+    for sp in sps:
+        components = []
+        for c in sp.get("component", []):
+            target = by_url.get(c["definition"])
+            if target is None:
+                sys.exit("gen-fhir-tables: %s: unknown component %s" % (sp["id"], c["definition"]))
+            components.append((target["code"], target["type"], c["expression"]))
+        for base in sp["base"]:
+            key = (base, sp["code"])
+            if key in rows:
+                sys.exit("gen-fhir-tables: duplicate search parameter %s %s" % key)
+            expression = restrict_expression(sp, base)
+            rows[key] = {
+                "code": sp["code"],
+                "base": base,
+                "type": sp["type"],
+                "expression": expression,
+                "targets": restrict_targets(sp, expression),
+                "components": components,
+                "url": sp["url"],
+            }
+    return rows
+
+
+PTYPE = {
+    "number": "Number",
+    "date": "Date",
+    "string": "String",
+    "token": "Token",
+    "reference": "Reference",
+    "composite": "Composite",
+    "quantity": "Quantity",
+    "uri": "Uri",
+    "special": "Special",
+}
+
+
+def gen_search_params(pkg):
+    rows = search_rows(pkg)
+    keys = sorted(rows)
+    index = {k: i for i, k in enumerate(keys)}
+    warn("%d search parameter rows (base, code)" % len(keys))
+    out = [
+        "use crate::search_params::{Component, ParamType, SearchParamDef};\n\n",
+        "/// Every (base, code) row of the R4 SearchParameters (Bundle/searchParams), sorted by\n",
+        "/// (base, code). A multi-base parameter has one row per base whose expression keeps only\n",
+        "/// the union alternatives for that base.\n",
+        "#[rustfmt::skip]\n",
+        "pub(crate) static PARAMS: &[SearchParamDef] = &[\n",
+    ]
+    for k in keys:
+        r = rows[k]
+        comps = "".join(
+            "Component { code: %s, ptype: ParamType::%s, expression: %s }, "
+            % (rust_str(code), PTYPE[t], rust_str(e))
+            for code, t, e in r["components"]
+        )
+        out.append(
+            "    SearchParamDef { code: %s, base: %s, ptype: ParamType::%s, expression: %s, "
+            "targets: &[%s], components: &[%s], url: %s },\n"
+            % (
+                rust_str(r["code"]),
+                rust_str(r["base"]),
+                PTYPE[r["type"]],
+                rust_str(r["expression"]),
+                ", ".join(rust_str(t) for t in r["targets"]),
+                comps.rstrip(", "),
+                rust_str(r["url"]),
+            )
+        )
+    out.append("];\n\n")
+
+    domain = domain_resource_types(pkg)
+    per_type = {}
+    for rtype in resource_types(pkg) + ["DomainResource", "Resource"]:
+        bases = [rtype, "Resource"]
+        if rtype in domain or rtype == "DomainResource":
+            bases.append("DomainResource")
+        codes = {}
+        for (base, code) in keys:
+            if base in bases:
+                if code in codes:
+                    sys.exit("gen-fhir-tables: %s has two parameters %s" % (rtype, code))
+                codes[code] = index[(base, code)]
+        per_type[rtype] = [codes[c] for c in sorted(codes)]
+    out.append(
+        "/// For every resource type (and `DomainResource`, `Resource`), sorted by type: the indexes\n"
+        "/// into [`PARAMS`] of every parameter applicable to it (its own and the inherited\n"
+        "/// Resource/DomainResource ones), sorted by code.\n"
+        "#[rustfmt::skip]\n"
+        "pub(crate) static BY_TYPE: &[(&str, &[&SearchParamDef])] = &[\n"
+    )
+    for rtype in sorted(per_type):
+        refs = ", ".join("&PARAMS[%d]" % i for i in per_type[rtype])
+        out.append("    (%s, &[%s]),\n" % (rust_str(rtype), refs))
+    out.append("];\n")
+    return "".join(out)
+
+
+OUTPUTS = [
+    ("generated.rs", [gen_resource_types, gen_patient_compartment, gen_data_types, gen_data_type_parents, gen_choice_elements]),
+    ("generated_search.rs", [gen_search_params]),
+]
 
 
 def main():
@@ -234,10 +490,12 @@ def main():
         % (pkg.name, pkg.version)
     )
     # Inner doc comments must precede items, so the header is plain comments then `//!`.
-    body = "\n".join(gen(pkg) for gen in TABLES)
-    with open(OUTPUT, "w", encoding="utf-8") as f:
-        f.write(header + "\n" + body)
-    warn("wrote %s" % os.path.relpath(OUTPUT, REPO))
+    for name, gens in OUTPUTS:
+        body = "\n".join(gen(pkg) for gen in gens)
+        path = os.path.join(SRC, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(header + "\n" + body)
+        warn("wrote %s" % os.path.relpath(path, REPO))
 
 
 if __name__ == "__main__":

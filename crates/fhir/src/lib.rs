@@ -1,5 +1,6 @@
 //! FHIR R4 wire format for mamori: parsing and checking JSON resources, references,
-//! transaction/batch Bundles, media types and OperationOutcome.
+//! transaction/batch Bundles, media types and OperationOutcome, the R4 search parameters
+//! ([`search_params`]) and the FHIRPath subset their expressions need ([`fhirpath`]).
 //!
 //! Pure functions only: no I/O, no clock. Resources stay `serde_json::Value` (with
 //! `arbitrary_precision` so decimals keep their lexical form and `preserve_order` so clients
@@ -9,12 +10,15 @@
 pub mod bundle;
 pub mod compartment;
 pub mod error;
+pub mod fhirpath;
 pub mod generated;
+mod generated_search;
 pub mod id;
 pub mod media;
 pub mod outcome;
 pub mod reference;
 pub mod resource_type;
+pub mod search_params;
 pub mod validate;
 pub mod walk;
 
