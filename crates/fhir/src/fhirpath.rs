@@ -744,6 +744,10 @@ fn call<'a>(func: &Func, input: Vec<Item<'a>>, ctx: &Ctx<'a>) -> Vec<Item<'a>> {
 /// `name[x]` is found under `name` + type suffix and typed from the suffix.
 fn children<'a>(input: &[Item<'a>], name: &str) -> Vec<Item<'a>> {
     let mut out = Vec::new();
+    if name.starts_with('_') {
+        // `_birthDate` holds the id/extensions of a primitive, not an element.
+        return out;
+    }
     for item in input {
         let obj = match item {
             Item::Node(n) => n.value.as_object(),
@@ -993,5 +997,238 @@ fn same_item(a: &Item<'_>, b: &Item<'_>) -> bool {
                 }
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn eval_str(expr: &str, resource: &Value) -> Vec<Value> {
+        let e = parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        e.evaluate(resource).into_iter().map(|n| n.value.clone()).collect()
+    }
+
+    fn types(expr: &str, resource: &Value) -> Vec<Option<&'static str>> {
+        let e = parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        e.evaluate(resource).into_iter().map(|n| n.type_name).collect()
+    }
+
+    fn patient() -> Value {
+        json!({
+            "resourceType": "Patient",
+            "id": "p1",
+            "birthDate": "1970-01-01",
+            "_birthDate": {"extension": [{"url": "http://x/time", "valueDateTime": "1970-01-01T10:00:00Z"}]},
+            "name": [{"family": "Chalmers", "given": ["Peter", "James"]}, {"given": ["Jim"]}],
+            "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "a@b"}],
+            "deceasedBoolean": false,
+            "extension": [{"url": "http://x/a", "valueString": "A"}, {"url": "http://x/b", "valueCode": "B"}],
+            "managingOrganization": {"reference": "Organization/1"},
+            "generalPractitioner": [
+                {"reference": "#pr"},
+                {"reference": "https://other.example/fhir/Practitioner/9/_history/2"},
+                {"reference": "urn:uuid:0b5c5a2e-4b8b-4b3e-9d16-1c3f5e2d6a77"}
+            ],
+            "contained": [{"resourceType": "PractitionerRole", "id": "pr"}]
+        })
+    }
+
+    #[test]
+    fn paths_flatten_arrays_and_skip_primitive_extensions() {
+        let p = patient();
+        assert_eq!(eval_str("Patient.name.given", &p), [json!("Peter"), json!("James"), json!("Jim")]);
+        assert_eq!(eval_str("Patient.birthDate", &p), [json!("1970-01-01")]);
+        assert!(eval_str("Patient.nothing.here", &p).is_empty());
+        assert_eq!(eval_str("Patient.`name`.family", &p), [json!("Chalmers")]);
+        // `_birthDate` is not an element of its own.
+        assert!(eval_str("Patient._birthDate", &p).is_empty());
+    }
+
+    #[test]
+    fn leading_type_must_match_the_resource() {
+        let p = patient();
+        assert!(eval_str("Observation.id", &p).is_empty());
+        assert_eq!(eval_str("Resource.id", &p), [json!("p1")]);
+        assert_eq!(eval_str("DomainResource.id", &p), [json!("p1")]);
+        assert_eq!(eval_str("id", &p), [json!("p1")]);
+        assert_eq!(types("Patient", &p), [Some("Patient")]);
+        let bundle = json!({"resourceType": "Bundle", "id": "b"});
+        assert!(eval_str("DomainResource.id", &bundle).is_empty());
+    }
+
+    #[test]
+    fn choice_elements_are_found_and_typed_by_suffix() {
+        let obs: Value = serde_json::from_str(
+            r#"{"resourceType": "Observation", "valueQuantity": {"value": 1.50, "unit": "mg"},
+            "effectiveDateTime": "2020-01-01", "component": [{"valueString": "x"}, {"valueCodeableConcept": {"text": "c"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(types("Observation.value", &obs), [Some("Quantity")]);
+        assert_eq!(types("Observation.effective", &obs), [Some("dateTime")]);
+        assert_eq!(types("Observation.component.value", &obs), [Some("string"), Some("CodeableConcept")]);
+        // arbitrary_precision keeps the decimal's lexical form.
+        assert_eq!(eval_str("Observation.value.value", &obs)[0].to_string(), "1.50");
+        // Not a choice element: no suffix search.
+        let odd = json!({"resourceType": "Observation", "statusQuantity": {}});
+        assert!(eval_str("Observation.status", &odd).is_empty());
+    }
+
+    #[test]
+    fn as_is_and_of_type_test_types() {
+        let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 1}, "component": [
+            {"valueQuantity": {"value": 2}}, {"valueString": "s"}, {"valueAge": {"value": 3}}]});
+        assert_eq!(eval_str("Observation.value as Quantity", &obs), [json!({"value": 1})]);
+        assert_eq!(eval_str("Observation.value.as(Quantity)", &obs), [json!({"value": 1})]);
+        assert!(eval_str("Observation.value as CodeableConcept", &obs).is_empty());
+        assert_eq!(eval_str("(Observation.component.value as Quantity).value", &obs), [json!(2), json!(3)]);
+        assert_eq!(eval_str("Observation.component.value.ofType(string)", &obs), [json!("s")]);
+        assert_eq!(eval_str("Observation.component.value.ofType(System.String)", &obs), [json!("s")]);
+        assert_eq!(types("Observation.component.value.ofType(Quantity)", &obs), [Some("Quantity"), Some("Age")]);
+        assert_eq!(eval_str("Observation.value is Quantity", &obs), [json!(true)]);
+        assert_eq!(eval_str("Observation.value.is(FHIR.Range)", &obs), [json!(false)]);
+        // DateTime (System type) matches dateTime.
+        let dt = json!({"resourceType": "Observation", "valueDateTime": "2020"});
+        assert_eq!(types("Observation.value.as(DateTime)", &dt), [Some("dateTime")]);
+        // code is a string; canonical is a uri.
+        let cm = json!({"resourceType": "ConceptMap", "sourceCanonical": "http://vs", "status": "draft"});
+        assert_eq!(eval_str("ConceptMap.source as uri", &cm), [json!("http://vs")]);
+        assert!(eval_str("ConceptMap.source as canonical", &cm).len() == 1);
+    }
+
+    #[test]
+    fn type_by_shape_when_unknown() {
+        let p = patient();
+        assert_eq!(types("Patient.birthDate as date", &p), [Some("date")]);
+        assert!(eval_str("Patient.birthDate as Quantity", &p).is_empty());
+        assert_eq!(types("Patient.managingOrganization as Reference", &p), [Some("Reference")]);
+        assert!(eval_str("Patient.managingOrganization as string", &p).is_empty());
+        assert!(eval_str("Patient.name.given as boolean", &p).is_empty());
+        assert_eq!(types("Patient.contained as PractitionerRole", &p), [Some("PractitionerRole")]);
+        assert!(eval_str("Patient.contained as Patient", &p).is_empty());
+    }
+
+    #[test]
+    fn resolve_is_reads_the_reference_type() {
+        let p = patient();
+        let gp = |t: &str| eval_str(&format!("Patient.generalPractitioner.where(resolve() is {t})"), &p);
+        assert_eq!(gp("PractitionerRole"), [json!({"reference": "#pr"})]);
+        assert_eq!(gp("Practitioner").len(), 1);
+        assert!(gp("Patient").is_empty());
+        assert_eq!(eval_str("Patient.managingOrganization.where(resolve() is Organization)", &p).len(), 1);
+        assert_eq!(
+            eval_str("Patient.generalPractitioner.resolve()", &p),
+            [json!({"resourceType": "PractitionerRole", "id": "pr"})]
+        );
+        assert_eq!(reference_target_type("Patient/1"), Some("Patient"));
+        assert_eq!(reference_target_type("Patient/1/_history/3"), Some("Patient"));
+        assert_eq!(reference_target_type("http://h/fhir/Patient/1"), Some("Patient"));
+        assert_eq!(reference_target_type("urn:uuid:1"), None);
+        assert_eq!(reference_target_type("Patient?identifier=x"), None);
+        assert_eq!(reference_target_type("Nope/1"), None);
+        assert_eq!(reference_target_type("Patient/"), None);
+        assert_eq!(reference_target_type("1"), None);
+    }
+
+    #[test]
+    fn where_with_equality_on_a_child() {
+        let p = patient();
+        assert_eq!(eval_str("Patient.telecom.where(system='email')", &p), [json!({"system": "email", "value": "a@b"})]);
+        assert_eq!(eval_str("Patient.telecom.where(system='email' or system='phone')", &p).len(), 2);
+        assert!(eval_str("Patient.telecom.where(system='fax')", &p).is_empty());
+        assert_eq!(eval_str("Patient.telecom.where($this.system != 'email').value", &p), [json!("1")]);
+        let ad = json!({"resourceType": "Library", "relatedArtifact": [
+            {"type": "composed-of", "resource": "http://a"}, {"type": "depends-on", "resource": "http://b"}]});
+        assert_eq!(eval_str("Library.relatedArtifact.where(type='composed-of').resource", &ad), [json!("http://a")]);
+    }
+
+    #[test]
+    fn exists_and_boolean_logic() {
+        let expr = "Patient.deceased.exists() and Patient.deceased != false";
+        assert_eq!(eval_str(expr, &patient()), [json!(false)]);
+        let dead = json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"});
+        assert_eq!(eval_str(expr, &dead), [json!(true)]);
+        let dead = json!({"resourceType": "Patient", "deceasedBoolean": true});
+        assert_eq!(eval_str(expr, &dead), [json!(true)]);
+        let alive = json!({"resourceType": "Patient"});
+        assert_eq!(eval_str(expr, &alive), [json!(false)]);
+        assert_eq!(eval_str("Patient.name.exists(family = 'Chalmers')", &patient()), [json!(true)]);
+        assert_eq!(eval_str("Patient.photo.empty()", &patient()), [json!(true)]);
+        assert_eq!(eval_str("Patient.photo.exists().not()", &patient()), [json!(true)]);
+        assert_eq!(eval_str("true xor false", &patient()), [json!(true)]);
+        // Empty operand of = gives empty.
+        assert!(eval_str("Patient.photo = 1", &patient()).is_empty());
+        assert_eq!(eval_str("1.0 = 1", &patient()), [json!(true)]);
+        assert_eq!(eval_str("'A  b' ~ 'a b'", &patient()), [json!(true)]);
+    }
+
+    #[test]
+    fn union_indexer_first_and_extension() {
+        let p = patient();
+        assert_eq!(eval_str("Patient.name.family | Patient.birthDate", &p), [json!("Chalmers"), json!("1970-01-01")]);
+        // Union removes duplicates (the same node).
+        assert_eq!(eval_str("Patient.birthDate | Patient.birthDate", &p).len(), 1);
+        assert_eq!(eval_str("Patient.name[1].given", &p), [json!("Jim")]);
+        assert!(eval_str("Patient.name[5]", &p).is_empty());
+        assert_eq!(eval_str("Patient.name.given.first()", &p), [json!("Peter")]);
+        assert_eq!(eval_str("Patient.extension('http://x/b').value", &p), [json!("B")]);
+        assert_eq!(types("Patient.extension('http://x/b').value", &p), [Some("code")]);
+        let b = json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Composition", "id": "c"}}, {"resource": {"resourceType": "Patient"}}]});
+        assert_eq!(types("Bundle.entry[0].resource", &b), [Some("Composition")]);
+    }
+
+    #[test]
+    fn evaluate_on_and_resource_variable() {
+        let seq = json!({"resourceType": "MolecularSequence", "referenceSeq": {"chromosome": {"text": "1"}},
+            "variant": [{"start": 5, "end": 6}]});
+        let variant = parse("MolecularSequence.variant").unwrap().evaluate(&seq);
+        let chrom = parse("%resource.referenceSeq.chromosome").unwrap();
+        assert!(chrom.evaluate_on(&variant[0]).is_empty());
+        assert_eq!(chrom.evaluate_on_with_resource(&variant[0], &seq)[0].value, &json!({"text": "1"}));
+        assert_eq!(parse("start").unwrap().evaluate_on(&variant[0])[0].value, &json!(5));
+        assert!(parse("").unwrap().evaluate(&seq).is_empty());
+        assert!(parse("  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parse_errors_carry_the_position() {
+        let cases = [
+            ("Patient.", 8, "expected a name"),
+            ("Patient.name.foo()", 13, "unsupported function 'foo'"),
+            ("Patient.name +", 13, "unexpected character"),
+            ("Patient.name)", 12, "unexpected ')'"),
+            ("(Patient.name", 13, "expected ')'"),
+            ("Patient.name.where(system='x'", 29, "expected ')'"),
+            ("'abc", 0, "unterminated string"),
+            ("Patient.name as", 15, "expected a type name"),
+            ("%foo.bar", 0, "unknown variable"),
+            ("Patient.extension(1)", 18, "string literal"),
+        ];
+        for (src, offset, msg) in cases {
+            let e = parse(src).expect_err(src);
+            assert_eq!(e.offset, offset, "{src}: {e}");
+            assert!(e.message.contains(msg), "{src}: {e}");
+            assert!(e.to_string().contains(&format!("byte {offset}")));
+        }
+        let deep = "(".repeat(100) + "1" + &")".repeat(100);
+        assert!(parse(&deep).is_err());
+        assert!(parse(&"a.".repeat(10_000)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(src in "\\PC{0,80}") {
+            let _ = parse(&src);
+        }
+
+        #[test]
+        fn parse_never_panics_on_fhirpath_like_input(src in "[A-Za-z()'.|=!$%\\[\\]0-9 `,~]{0,60}") {
+            if let Ok(e) = parse(&src) {
+                let _ = e.evaluate(&patient());
+            }
+        }
     }
 }
