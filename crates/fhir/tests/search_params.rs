@@ -212,6 +212,11 @@ fn spot_checks_on_spec_examples() {
     let deceased = compiled(lookup("Patient", "deceased").unwrap()).evaluate(&patient);
     assert_eq!(deceased.len(), 1);
     assert_eq!(deceased[0].value, &json!(false));
+    let document = load(&dir.join("Bundle-father.json")).unwrap();
+    let composition = compiled(lookup("Bundle", "composition").unwrap()).evaluate(&document);
+    assert_eq!(composition.len(), 1);
+    assert_eq!(composition[0].type_name, Some("Composition"));
+
     let phones = compiled(lookup("Patient", "phone").unwrap()).evaluate(&patient);
     assert!(!phones.is_empty() && phones.iter().all(|n| n.value["system"] == "phone"));
 }
