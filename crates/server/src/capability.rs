@@ -1,17 +1,13 @@
 //! The CapabilityStatement (`/fhir/metadata`): states exactly what this server implements.
 
 use mamori_fhir::resource_type::ResourceType;
+use mamori_fhir::search_params::{self, ParamType};
 use serde_json::{Value, json};
 
 pub fn statement(software_version: &str, date: &str) -> Value {
     let interactions = json!([
         {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
         {"code": "history-instance"}, {"code": "history-type"}, {"code": "create"}, {"code": "search-type"}
-    ]);
-    let search_params = json!([
-        {"name": "_id", "type": "token", "documentation": "logical id; comma-separated alternatives"},
-        {"name": "identifier", "type": "token",
-         "documentation": "the resource's top-level identifier element: [system]|[value], system|, |value or value"}
     ]);
     let resources: Vec<Value> = ResourceType::all()
         .map(|t| {
@@ -31,6 +27,9 @@ pub fn statement(software_version: &str, date: &str) -> Value {
             json!({
                 "type": t.as_str(),
                 "interaction": interactions,
+                "searchParam": search_params(t.as_str()),
+                "searchInclude": includes(t.as_str()),
+                "searchRevInclude": ["*"],
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
@@ -38,7 +37,6 @@ pub fn statement(software_version: &str, date: &str) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
-                "searchParam": search_params,
             })
         })
         .collect();
@@ -63,4 +61,35 @@ pub fn statement(software_version: &str, date: &str) -> Value {
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
         }]
     })
+}
+
+/// The search parameters of a type, from the generated R4 table (those with an expression).
+fn search_params(rtype: &str) -> Vec<Value> {
+    search_params::params_for(rtype)
+        .iter()
+        .filter(|d| (!d.expression.is_empty() || d.code == "_id") && d.ptype != ParamType::Special)
+        .map(|d| json!({"name": d.code, "definition": d.url, "type": type_code(d.ptype)}))
+        .collect()
+}
+
+fn includes(rtype: &str) -> Vec<String> {
+    search_params::params_for(rtype)
+        .iter()
+        .filter(|d| d.ptype == ParamType::Reference && !d.expression.is_empty())
+        .map(|d| format!("{rtype}:{}", d.code))
+        .collect()
+}
+
+fn type_code(t: ParamType) -> &'static str {
+    match t {
+        ParamType::Number => "number",
+        ParamType::Date => "date",
+        ParamType::String => "string",
+        ParamType::Token => "token",
+        ParamType::Reference => "reference",
+        ParamType::Composite => "composite",
+        ParamType::Quantity => "quantity",
+        ParamType::Uri => "uri",
+        ParamType::Special => "special",
+    }
 }

@@ -19,8 +19,8 @@ use mamori_fhir::resource_type::ResourceType;
 use mamori_fhir::validate::{check_resource, parse_resource};
 use mamori_store::query::parse_query_string;
 use mamori_store::{
-    Action, EntryResult, HistoryQuery, HistoryScope, Page, SearchQuery, WriteOp, WriteOutcome, parse_etag,
-    patch_from_resource,
+    Action, EntryResult, HistoryQuery, HistoryScope, Page, ParseOptions, SearchQuery, WriteOp, WriteOutcome,
+    parse_etag, patch_from_resource,
 };
 use serde_json::Value;
 
@@ -174,9 +174,11 @@ pub async fn create(
         let (_, value) = resource_body_of(&h, body, url_type)?;
         let cond = match h.get("if-none-exist").map(|v| v.to_str()) {
             None => None,
-            Some(Ok(q)) => {
-                Some(SearchQuery::parse(&parse_query_string(q.trim_start_matches('?')), s.page_limits, false)?)
-            }
+            Some(Ok(q)) => Some(SearchQuery::parse(
+                url_type,
+                &parse_query_string(q.trim_start_matches('?')),
+                ParseOptions::new(s.page_limits),
+            )?),
             Some(Err(_)) => {
                 return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "If-None-Exist is not text"));
             }
@@ -243,8 +245,12 @@ pub async fn conditional_update(
     }
     let parsed = (|| {
         let url_type = parse_type(&rtype)?;
-        let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
-        if query.clauses.is_empty() {
+        let query = SearchQuery::parse(
+            url_type,
+            &parse_query_string(q.as_deref().unwrap_or("")),
+            ParseOptions::new(s.page_limits),
+        )?;
+        if !query.has_criteria() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid",
@@ -324,8 +330,12 @@ pub async fn conditional_delete(
     }
     let parsed = (|| {
         let rtype = parse_type(&rtype)?;
-        let query = SearchQuery::parse(&parse_query_string(q.as_deref().unwrap_or("")), s.page_limits, false)?;
-        if query.clauses.is_empty() {
+        let query = SearchQuery::parse(
+            rtype,
+            &parse_query_string(q.as_deref().unwrap_or("")),
+            ParseOptions::new(s.page_limits),
+        )?;
+        if !query.has_criteria() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid",
@@ -403,6 +413,36 @@ pub async fn search_post(
     search(s, auth, conn, rtype, pairs, h).await
 }
 
+/// `/{rtype}/{id}/{compartment type}` (compartment search) and `/Patient/{id}/$everything`.
+pub async fn compartment_get(
+    State(s): St,
+    Extension(auth): Auth,
+    Extension(conn): Conn,
+    Path((ctype, id, rtype)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response> {
+    let pairs = parse_query_string(q.as_deref().unwrap_or(""));
+    if ctype != "Patient" {
+        let err = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-supported",
+            "only the Patient compartment is supported (/Patient/{id}/{type} and /Patient/{id}/$everything)",
+        );
+        return Err(auth.refuse(&s, err, Some(&ctype)).await);
+    }
+    let scope = if rtype == "$everything" { Scope::Everything(id) } else { Scope::Compartment(id) };
+    let rtype = if rtype == "$everything" { "Patient".to_string() } else { rtype };
+    run_search(s, auth, conn, rtype, pairs, h, scope).await
+}
+
+/// What a search covers besides its parameters.
+enum Scope {
+    Type,
+    Compartment(String),
+    Everything(String),
+}
+
 async fn search(
     s: Arc<Shared>,
     auth: Authenticated,
@@ -411,27 +451,62 @@ async fn search(
     pairs: Vec<(String, String)>,
     h: HeaderMap,
 ) -> Result<Response> {
-    if rtype == audit_event_api::TYPE {
+    run_search(s, auth, conn, rtype, pairs, h, Scope::Type).await
+}
+
+async fn run_search(
+    s: Arc<Shared>,
+    auth: Authenticated,
+    conn: ConnInfo,
+    rtype: String,
+    pairs: Vec<(String, String)>,
+    h: HeaderMap,
+    scope: Scope,
+) -> Result<Response> {
+    if rtype == audit_event_api::TYPE && matches!(scope, Scope::Type) {
         return audit_event_api::search(&s, &auth, &conn, &h, pairs).await;
     }
+    let base = s.base(&h, &conn);
     let parsed = (|| {
         accept(&h, &pairs)?;
-        Ok((parse_type(&rtype)?, SearchQuery::parse(&pairs, s.page_limits, lenient(&h))?))
+        let rtype = parse_type(&rtype)?;
+        let opts = ParseOptions { limits: s.page_limits, lenient: lenient(&h), base_url: Some(&base) };
+        let mut query = SearchQuery::parse(rtype, &pairs, opts)?;
+        match &scope {
+            Scope::Type => {}
+            Scope::Compartment(id) => query.compartment = Some(id.clone()),
+            Scope::Everything(id) => {
+                if !query.clauses.is_empty() || !query.sort.is_empty() {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "not-supported",
+                        "$everything takes only _count (and the paging cursor)",
+                    ));
+                }
+                query.compartment = Some(id.clone());
+                query.all_types = true;
+            }
+        }
+        Ok((rtype, query))
     })();
     let (rtype, query) = checked(&s, &auth, Some(&rtype), parsed).await?;
     let ctx = auth.permit(&s, Operation::View, Action::Search, Some(rtype.as_str())).await?;
     let ignored = query.ignored.clone();
     let page = s.store.search(ctx, rtype, query).await?;
-    let base = s.base(&h, &conn);
     // The self link shows the parameters actually used (lenient mode drops unknown ones).
     let used: Vec<(String, String)> =
         pairs.into_iter().filter(|(k, _)| k != "_cursor" && !ignored.contains(k)).collect();
+    let path = match &scope {
+        Scope::Type => format!("{base}/{rtype}"),
+        Scope::Compartment(id) => format!("{base}/Patient/{id}/{rtype}"),
+        Scope::Everything(id) => format!("{base}/Patient/{id}/$everything"),
+    };
     let page_url = |cursor: Option<&str>| {
         let mut all = used.clone();
         if let Some(c) = cursor {
             all.push(("_cursor".into(), c.into()));
         }
-        format!("{base}/{rtype}{}", encode_query(&all))
+        format!("{path}{}", encode_query(&all))
     };
     let mut bundle = Bundle::new("searchset", s.now_us());
     bundle.total = page.total;
@@ -439,11 +514,14 @@ async fn search(
     if let Some(c) = &page.next_cursor {
         bundle.link.push(Link { relation: "next", url: page_url(Some(c)) });
     }
-    for rec in &page.records {
+    if let Some(c) = &page.previous_cursor {
+        bundle.link.push(Link { relation: "previous", url: page_url(Some(c)) });
+    }
+    for (rec, mode) in page.records.iter().map(|r| (r, "match")).chain(page.included.iter().map(|r| (r, "include"))) {
         bundle.entry.push(Entry {
             full_url: Some(format!("{base}/{}/{}", rec.rtype, rec.id)),
             resource: raw(rec)?,
-            search: Some(SearchMode { mode: "match" }),
+            search: Some(SearchMode { mode }),
             ..Entry::default()
         });
     }

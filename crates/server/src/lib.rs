@@ -107,6 +107,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/{rtype}/_history", get(f::history_type))
         .route("/{rtype}/{id}", get(f::read).put(f::update).patch(f::patch).delete(f::delete))
         .route("/{rtype}/{id}/_history", get(f::history_instance))
+        .route("/{rtype}/{id}/{target}", get(f::compartment_get))
         .route("/{rtype}/{id}/_history/{vid}", get(f::vread))
         .fallback(f::not_found)
         // `layer`, not `route_layer`: unknown /fhir URLs are authenticated (and audited) too.

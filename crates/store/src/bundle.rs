@@ -16,8 +16,9 @@ use serde_json::Value;
 use crate::StoreError;
 use crate::engine::savepoint;
 use crate::model::VersionRecord;
-use crate::query::{PageLimits, SearchQuery, clip, parse_query_string};
+use crate::query::{PageLimits, clip, parse_query_string};
 use crate::rows;
+use crate::search::params::{ParseOptions, SearchQuery};
 use crate::writes::{Tx, WriteOp, WriteOutcome, new_id};
 
 /// The outcome of one entry, in request order.
@@ -226,7 +227,7 @@ fn resolve_conditional_reference(tx: &Tx<'_>, r: &str, limits: PageLimits) -> Re
     let Ok(rtype) = ResourceType::from_str(type_part) else {
         return Ok(None);
     };
-    let q = SearchQuery::parse(&parse_query_string(query), limits, false)?;
+    let q = SearchQuery::parse(rtype, &parse_query_string(query), ParseOptions::new(limits))?;
     match tx.find(rtype, &q)?.as_slice() {
         [one] => Ok(Some(format!("{rtype}/{one}"))),
         [] => Err(StoreError::invalid("not-found", format!("conditional reference to {rtype} matches no resource"))),
@@ -253,7 +254,11 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
         (Method::Post, Target::Type(rtype)) => {
             let rtype = *rtype;
             if let Some(cond) = &e.request.if_none_exist {
-                let q = SearchQuery::parse(&parse_query_string(cond.trim_start_matches('?')), limits, false)?;
+                let q = SearchQuery::parse(
+                    rtype,
+                    &parse_query_string(cond.trim_start_matches('?')),
+                    ParseOptions::new(limits),
+                )?;
                 if let Some(id) = tx.find_unique(rtype, &q)? {
                     plan.existing = rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)?;
                     return Ok(plan);
@@ -263,7 +268,7 @@ fn plan_entry(tx: &Tx<'_>, e: &RequestEntry, limits: PageLimits) -> Result<Plann
         }
         (Method::Put, Target::Conditional(rtype, pairs)) => {
             let rtype = *rtype;
-            let q = SearchQuery::parse(pairs, limits, false)?;
+            let q = SearchQuery::parse(rtype, pairs, ParseOptions::new(limits))?;
             let id = match tx.find_unique(rtype, &q)? {
                 Some(id) => id,
                 None => match e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
@@ -325,9 +330,10 @@ fn build_op(
         (Method::Delete, Target::Instance(rtype, id)) => {
             Ok(WriteOp::Delete { rtype: *rtype, id: id.clone(), if_match })
         }
-        (Method::Delete, Target::Conditional(rtype, pairs)) => {
-            Ok(WriteOp::ConditionalDelete { rtype: *rtype, query: SearchQuery::parse(pairs, limits, false)? })
-        }
+        (Method::Delete, Target::Conditional(rtype, pairs)) => Ok(WriteOp::ConditionalDelete {
+            rtype: *rtype,
+            query: SearchQuery::parse(*rtype, pairs, ParseOptions::new(limits))?,
+        }),
         _ => Err(StoreError::invalid("invalid", "unsupported entry request")),
     }
 }
@@ -378,14 +384,18 @@ fn search(
     pairs: &[(String, String)],
     limits: PageLimits,
 ) -> Result<EntryResult, StoreError> {
-    let q = SearchQuery::parse(pairs, limits, false)?;
-    let ids = q.matching_ids(tx.conn, tx.index, rtype, q.count)?;
-    let total = q.total(tx.conn, tx.index, rtype)?;
-    let mut records = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(r) = rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)? {
-            records.push(r);
-        }
-    }
+    let mut q = SearchQuery::parse(rtype, pairs, ParseOptions::new(limits))?;
+    q.count = q.count.min(limits.max_count);
+    let ctx = crate::search::sql::Ctx {
+        conn: tx.conn,
+        keys: tx.keys,
+        index: tx.index,
+        protect: tx.protect,
+        now_us: tx.now_us,
+    };
+    let result = crate::search::sql::run(&ctx, &q)?;
+    let total = result.total.unwrap_or(result.matches.len() as u64);
+    let mut records = result.matches;
+    records.extend(result.included);
     Ok(EntryResult::Search { rtype, records, total })
 }

@@ -13,7 +13,6 @@ mod bundle;
 pub mod clock;
 mod engine;
 pub mod error;
-mod index;
 pub mod integrity;
 mod keyring;
 pub mod keys;
@@ -22,17 +21,18 @@ pub mod query;
 mod rows;
 mod schema;
 mod sealer;
+pub mod search;
 mod sqlite;
 mod writes;
 
 pub use accounts::{AccountInfo, AccountName};
 pub use bundle::{EntryResult, TransactionError};
 pub use error::StoreError;
-pub use index::TokenQuery;
 pub use integrity::IntegrityReport;
 pub use model::{AccessContext, Action, Actor, AuditEvent, VersionRecord};
-pub use query::{HistoryQuery, HistoryScope, PageLimits, SearchQuery};
+pub use query::{HistoryQuery, HistoryScope, PageLimits};
 pub use sealer::SealingConfig;
+pub use search::params::{ParseOptions, SearchQuery, TokenValue};
 pub use sqlite::{SqliteStore, StoreConfig, default_audit_path};
 pub use writes::{WriteOp, WriteOutcome};
 
@@ -51,8 +51,12 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 #[derive(Debug, Default)]
 pub struct Page {
     pub records: Vec<VersionRecord>,
+    /// Resources a search's `_include`/`_revinclude` added (search mode `include`).
+    pub included: Vec<VersionRecord>,
     /// The cursor for the next page, if there is one.
     pub next_cursor: Option<String>,
+    /// The cursor for the previous page (searches only).
+    pub previous_cursor: Option<String>,
     pub total: Option<u64>,
 }
 

@@ -1,15 +1,11 @@
 //! Search and history parameters, parsed at the edge into types the engine can run.
 //!
-//! The foundation supports what conditional operations need (`_id`, `identifier`) plus paging;
-//! the search issue extends `Clause` to every R4 search parameter.
+//! Search queries live in [`crate::search::params`]; this module keeps history and the helpers
+//! both share.
 
 use mamori_fhir::resource_type::ResourceType;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, params_from_iter};
 
 use crate::StoreError;
-use crate::index::{IDENTIFIER, TokenQuery};
-use crate::keys::IndexKey;
 
 /// Page-size limits from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -26,24 +22,6 @@ impl Default for PageLimits {
 
 /// Parameters the server itself consumes; ignored by the store.
 const PRESENTATION_PARAMS: &[&str] = &["_format", "_pretty"];
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Clause {
-    /// `_id=a,b`
-    Id(Vec<String>),
-    /// `identifier=[system]|[value],…`
-    Identifier(Vec<TokenQuery>),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SearchQuery {
-    pub clauses: Vec<Clause>,
-    pub count: usize,
-    /// Opaque paging cursor: results continue after this id.
-    pub after: Option<String>,
-    /// Parameters dropped under `Prefer: handling=lenient`, reported back in the self link.
-    pub ignored: Vec<String>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HistoryScope {
@@ -71,91 +49,6 @@ fn parse_count(raw: &str, limits: PageLimits) -> Result<usize, StoreError> {
 /// Shortens user-supplied text echoed in a diagnostic.
 pub(crate) fn clip(s: &str) -> String {
     s.chars().take(64).collect()
-}
-
-impl SearchQuery {
-    pub fn parse(pairs: &[(String, String)], limits: PageLimits, lenient: bool) -> Result<SearchQuery, StoreError> {
-        let mut q = SearchQuery { clauses: Vec::new(), count: limits.default_count, after: None, ignored: Vec::new() };
-        for (name, value) in pairs {
-            match name.as_str() {
-                "_count" => q.count = parse_count(value, limits)?,
-                "_cursor" => q.after = Some(value.clone()),
-                "_id" => q.clauses.push(Clause::Id(value.split(',').map(str::to_string).collect())),
-                IDENTIFIER => {
-                    let tokens = value
-                        .split(',')
-                        .map(|v| {
-                            TokenQuery::parse(v).ok_or_else(|| {
-                                StoreError::invalid("invalid", "identifier: expected [system]|[value] (empty value)")
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    q.clauses.push(Clause::Identifier(tokens));
-                }
-                n if PRESENTATION_PARAMS.contains(&n) => {}
-                n if lenient => q.ignored.push(n.to_string()),
-                n => {
-                    return Err(StoreError::Unsupported(format!(
-                        "unknown or unsupported search parameter '{}' (supported: _id, identifier, _count)",
-                        clip(n)
-                    )));
-                }
-            }
-        }
-        Ok(q)
-    }
-
-    /// Runs the query over current, non-deleted versions and returns matching ids in id order.
-    pub(crate) fn matching_ids(
-        &self,
-        conn: &Connection,
-        index: &IndexKey,
-        rtype: ResourceType,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let (mut sql, mut args) = self.where_clause(index, rtype);
-        if let Some(after) = &self.after {
-            sql.push_str(" AND c.id > ?");
-            args.push(SqlValue::Text(after.clone()));
-        }
-        sql.push_str(" ORDER BY c.id LIMIT ?");
-        args.push(SqlValue::Integer(limit as i64));
-        let mut stmt = conn.prepare_cached(&format!("SELECT c.id FROM resource_current c WHERE {sql}"))?;
-        let ids = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok(ids)
-    }
-
-    pub(crate) fn total(&self, conn: &Connection, index: &IndexKey, rtype: ResourceType) -> Result<u64, StoreError> {
-        let (sql, args) = self.where_clause(index, rtype);
-        let mut stmt = conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {sql}"))?;
-        Ok(stmt.query_row(params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
-    }
-
-    fn where_clause(&self, index: &IndexKey, rtype: ResourceType) -> (String, Vec<SqlValue>) {
-        let mut sql = String::from("c.rtype = ? AND c.deleted = 0");
-        let mut args = vec![SqlValue::Text(rtype.as_str().to_string())];
-        for clause in &self.clauses {
-            match clause {
-                Clause::Id(ids) => {
-                    sql.push_str(&format!(" AND c.id IN ({})", placeholders(ids.len())));
-                    args.extend(ids.iter().cloned().map(SqlValue::Text));
-                }
-                Clause::Identifier(tokens) => {
-                    sql.push_str(&format!(
-                        " AND c.id IN (SELECT id FROM idx_token WHERE rtype = ? AND param = '{IDENTIFIER}' AND token IN ({}))",
-                        placeholders(tokens.len())
-                    ));
-                    args.push(SqlValue::Text(rtype.as_str().to_string()));
-                    args.extend(tokens.iter().map(|t| SqlValue::Blob(t.token(index, rtype.as_str()).to_vec())));
-                }
-            }
-        }
-        (sql, args)
-    }
-}
-
-fn placeholders(n: usize) -> String {
-    vec!["?"; n.max(1)].join(", ")
 }
 
 impl HistoryQuery {
@@ -226,29 +119,6 @@ fn decode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn pairs(s: &str) -> Vec<(String, String)> {
-        parse_query_string(s)
-    }
-
-    #[test]
-    fn search_parameters_parse_and_unknown_ones_are_named() {
-        let q = SearchQuery::parse(&pairs("identifier=s%7Cv&_count=5&_id=a,b"), PageLimits::default(), false).unwrap();
-        assert_eq!(q.count, 5);
-        assert_eq!(q.clauses.len(), 2);
-        let err = SearchQuery::parse(&pairs("name=x"), PageLimits::default(), false).unwrap_err().to_string();
-        assert!(err.contains("'name'"), "{err}");
-        let lenient = SearchQuery::parse(&pairs("name=x"), PageLimits::default(), true).unwrap();
-        assert_eq!(lenient.ignored, vec!["name".to_string()]);
-    }
-
-    #[test]
-    fn count_is_clamped_to_the_configured_maximum() {
-        let q = SearchQuery::parse(&pairs("_count=100000"), PageLimits { default_count: 10, max_count: 100 }, false)
-            .unwrap();
-        assert_eq!(q.count, 100);
-        assert!(SearchQuery::parse(&pairs("_count=-1"), PageLimits::default(), false).is_err());
-    }
-
     #[test]
     fn instants_parse_with_offsets_and_dates() {
         assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
@@ -271,7 +141,8 @@ mod proptests {
         #[test]
         fn search_parsing_never_panics(raw in ".{0,200}") {
             let pairs = parse_query_string(&raw);
-            if let Ok(q) = SearchQuery::parse(&pairs, PageLimits { default_count: 10, max_count: 100 }, false) {
+            let opts = crate::ParseOptions::new(PageLimits { default_count: 10, max_count: 100 });
+            if let Ok(q) = crate::SearchQuery::parse(ResourceType::parse("Patient").unwrap(), &pairs, opts) {
                 prop_assert!(q.count <= 100);
             }
             let _ = HistoryQuery::parse(&pairs, PageLimits::default());

@@ -152,13 +152,13 @@ pub(crate) fn current_state(
         .optional()?)
 }
 
-/// Appends a new version row and moves the current pointer to it.
+/// Appends a version and moves the current pointer; returns the resource's rid (its first seq).
 pub(crate) fn insert_version(
     conn: &Connection,
     keys: &KeyRing,
     protect: Protection,
     rec: &VersionRecord,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let patients = rec.patients.join(",");
     let plain: &[u8] = rec.body.as_deref().unwrap_or(b"");
     let (key_id, sealed) = if protect.encrypt {
@@ -191,10 +191,13 @@ pub(crate) fn insert_version(
         sealed
     ])?;
     let seq = conn.last_insert_rowid();
-    conn.prepare_cached(
-        "INSERT INTO resource_current (rtype, id, version, seq, deleted) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted",
-    )?
-    .execute(params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted])?;
-    Ok(())
+    // first_seq is set once, by the first version, and names the resource in the search index.
+    let rid = conn
+        .prepare_cached(
+            "INSERT INTO resource_current (rtype, id, version, seq, deleted, first_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?4) \
+             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted \
+             RETURNING first_seq",
+        )?
+        .query_row(params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted], |r| r.get(0))?;
+    Ok(rid)
 }

@@ -10,7 +10,8 @@ use crate::StoreError;
 
 /// The records database (`mamori.db`): resources, keys, search index, accounts.
 /// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-const RECORD_MIGRATIONS: &[&str] = &[r#"
+const RECORD_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -81,7 +82,77 @@ CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
 CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
-"#];
+"#,
+    r#"
+-- Search over encrypted storage (issue 3). Index rows name a resource by rid, the seq of its
+-- first version (stable for its life), and a parameter by pid, a 63-bit hash of (type, code).
+-- String, token and uri values are HMAC tokens (ENC-1); references, dates and numbers are clear.
+ALTER TABLE resource_current ADD COLUMN first_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE resource_current SET first_seq =
+    (SELECT min(v.seq) FROM resource_version v WHERE v.rtype = resource_current.rtype AND v.id = resource_current.id);
+CREATE UNIQUE INDEX resource_current_by_rid ON resource_current (first_seq);
+
+DROP TABLE idx_token;
+CREATE TABLE idx_token (
+    pid   INTEGER NOT NULL,
+    token BLOB    NOT NULL,
+    rid   INTEGER NOT NULL,
+    PRIMARY KEY (pid, token, rid)
+) WITHOUT ROWID;
+CREATE INDEX idx_token_by_rid ON idx_token (rid);
+
+-- References name server ids (never identifying); url keeps absolute references and canonicals.
+CREATE TABLE idx_ref (
+    pid         INTEGER NOT NULL,
+    target_type TEXT,
+    target_id   TEXT,
+    url         TEXT,
+    rid         INTEGER NOT NULL
+);
+CREATE INDEX idx_ref_by_target ON idx_ref (pid, target_type, target_id);
+CREATE INDEX idx_ref_by_target_id ON idx_ref (target_id, target_type);
+CREATE INDEX idx_ref_by_url ON idx_ref (pid, url) WHERE url IS NOT NULL;
+CREATE INDEX idx_ref_by_rid ON idx_ref (rid, pid);
+
+-- Instant ranges in microseconds, inclusive; open Period ends are the i64 extremes.
+CREATE TABLE idx_date (
+    pid INTEGER NOT NULL,
+    lo  INTEGER NOT NULL,
+    hi  INTEGER NOT NULL,
+    rid INTEGER NOT NULL
+);
+CREATE INDEX idx_date_by_lo ON idx_date (pid, lo);
+CREATE INDEX idx_date_by_hi ON idx_date (pid, hi);
+CREATE INDEX idx_date_by_rid ON idx_date (rid, pid);
+
+-- Numbers and quantities (value with its unit system and code).
+CREATE TABLE idx_number (
+    pid    INTEGER NOT NULL,
+    value  REAL    NOT NULL,
+    system TEXT,
+    code   TEXT,
+    rid    INTEGER NOT NULL
+);
+CREATE INDEX idx_number_by_value ON idx_number (pid, value);
+CREATE INDEX idx_number_by_rid ON idx_number (rid, pid);
+
+-- Which parameters have a value at all (:missing).
+CREATE TABLE idx_present (
+    pid INTEGER NOT NULL,
+    rid INTEGER NOT NULL,
+    PRIMARY KEY (pid, rid)
+) WITHOUT ROWID;
+CREATE INDEX idx_present_by_rid ON idx_present (rid);
+
+-- Patient compartment membership of current versions (compartment search, $everything).
+CREATE TABLE idx_compartment (
+    patient TEXT    NOT NULL,
+    rid     INTEGER NOT NULL,
+    PRIMARY KEY (patient, rid)
+) WITHOUT ROWID;
+CREATE INDEX idx_compartment_by_rid ON idx_compartment (rid);
+"#,
+];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits
 /// (one per read) do not invalidate the page caches of the connections reading records. The

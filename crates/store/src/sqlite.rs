@@ -15,8 +15,9 @@ use crate::engine::{Engine, savepoint_keeping};
 use crate::keyring::KeyRing;
 use crate::keys::{IndexKey, MasterKey};
 use crate::model::{AccessContext, Action, AuditEvent, VersionRecord};
-use crate::query::{HistoryQuery, HistoryScope, PageLimits, SearchQuery};
+use crate::query::{HistoryQuery, HistoryScope, PageLimits};
 use crate::rows::{self, Protection, SealedRow, VERSION_COLUMNS};
+use crate::search::{self, params::SearchQuery};
 use crate::writes::{Tx, WriteOp, WriteOutcome};
 use crate::{Page, Store, StoreError, StoreFuture, audit, schema};
 
@@ -100,6 +101,7 @@ impl SqliteStore {
     fn open_with(cfg: StoreConfig, master: &MasterKey, protect: Protection) -> Result<SqliteStore, StoreError> {
         let derived = master.derive();
         let keys = KeyRing::new(derived.kek);
+        let index = IndexKey::new(derived.index_key);
         create_private_file(&cfg.path)?;
         create_private_file(&cfg.audit_path)?;
         let records_last: i64 = {
@@ -107,6 +109,7 @@ impl SqliteStore {
             schema::configure(&conn, "main", cfg.synchronous_full)?;
             schema::migrate(&conn, schema::Db::Records)?;
             verify_master_key(&conn, &keys)?;
+            search::maintain::rebuild_if_stale(&conn, &keys, &index, protect)?;
             conn.query_row("SELECT COALESCE(max(last_updated_us), 0) FROM resource_version", [], |r| r.get(0))?
         };
         let audit_last: i64 = {
@@ -129,7 +132,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 engine,
                 keys,
-                index: IndexKey::new(derived.index_key),
+                index,
                 clock: cfg.clock,
                 protect,
                 limits: cfg.page_limits,
@@ -395,31 +398,41 @@ impl Store for SqliteStore {
         })
     }
 
-    fn search(&self, ctx: AccessContext, rtype: ResourceType, q: SearchQuery) -> StoreFuture<'_, Page> {
+    fn search(&self, ctx: AccessContext, rtype: ResourceType, mut q: SearchQuery) -> StoreFuture<'_, Page> {
         Box::pin(async move {
+            q.rtype = rtype;
             let inner = Arc::clone(&self.inner);
+            let now_us = to_micros(self.inner.clock.now());
             let result = self
                 .inner
                 .engine
                 .read(move |c| {
-                    let mut ids = q.matching_ids(c, &inner.index, rtype, q.count + 1)?;
-                    let more = ids.len() > q.count;
-                    ids.truncate(q.count);
-                    let total = q.total(c, &inner.index, rtype)?;
-                    let mut records = Vec::with_capacity(ids.len());
-                    for id in &ids {
-                        if let Some(r) = rows::load_current(c, &inner.keys, inner.protect, rtype, id)? {
-                            records.push(r);
-                        }
-                    }
-                    Ok(Page { records, next_cursor: if more { ids.last().cloned() } else { None }, total: Some(total) })
+                    let sctx = search::sql::Ctx {
+                        conn: c,
+                        keys: &inner.keys,
+                        index: &inner.index,
+                        protect: inner.protect,
+                        now_us,
+                    };
+                    let r = search::sql::run(&sctx, &q)?;
+                    Ok(Page {
+                        records: r.matches,
+                        included: r.included,
+                        next_cursor: r.next.map(|c| c.encode()),
+                        previous_cursor: r.previous.map(|c| c.encode()),
+                        total: r.total,
+                    })
                 })
                 .await;
             let ev = match &result {
                 Ok(page) => {
                     let mut ev = AuditEvent::new(Action::Search, 200).with_target(rtype.as_str(), None);
-                    // What was disclosed: every patient whose data is in the page.
-                    ev.patients = union_patients(&page.records);
+                    // What was disclosed: every patient whose data is in the page, includes too.
+                    let mut all = union_patients(&page.records);
+                    all.extend(union_patients(&page.included));
+                    all.sort();
+                    all.dedup();
+                    ev.patients = all;
                     ev
                 }
                 Err(e) => failure_event(Action::Search, rtype.as_str(), None, e),
@@ -590,5 +603,11 @@ fn history_page(c: &Connection, inner: &Inner, scope: &HistoryScope, q: &History
         last_seq = Some(row.seq);
         records.push(rows::open_row(c, &inner.keys, inner.protect, row)?);
     }
-    Ok(Page { records, next_cursor: if more { last_seq.map(|s| s.to_string()) } else { None }, total })
+    Ok(Page {
+        records,
+        included: Vec::new(),
+        next_cursor: if more { last_seq.map(|s| s.to_string()) } else { None },
+        previous_cursor: None,
+        total,
+    })
 }

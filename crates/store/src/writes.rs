@@ -7,12 +7,12 @@ use serde_json::{Map, Value};
 
 use crate::StoreError;
 use crate::clock::fhir_instant;
-use crate::index::reindex;
 use crate::keyring::KeyRing;
 use crate::keys::IndexKey;
 use crate::model::VersionRecord;
-use crate::query::SearchQuery;
 use crate::rows::{self, Protection};
+use crate::search::maintain::reindex;
+use crate::search::params::SearchQuery;
 
 /// What a write did, for the response status and the audit row.
 #[derive(Clone, Debug)]
@@ -165,13 +165,21 @@ impl Tx<'_> {
     /// Ids matching a conditional query: at most two are fetched, enough to tell 0, 1 or many.
     pub(crate) fn find(&self, rtype: ResourceType, q: &SearchQuery) -> Result<Vec<String>, StoreError> {
         let mut q = q.clone();
-        q.after = None;
-        q.matching_ids(self.conn, self.index, rtype, 2)
+        q.rtype = rtype;
+        q.cursor = None;
+        let ctx = crate::search::sql::Ctx {
+            conn: self.conn,
+            keys: self.keys,
+            index: self.index,
+            protect: self.protect,
+            now_us: self.now_us,
+        };
+        crate::search::sql::matching_ids(&ctx, &q, 2)
     }
 
     /// The single resource a condition selects; more than one is a 412 (FHIR conditional rules).
     pub(crate) fn find_unique(&self, rtype: ResourceType, q: &SearchQuery) -> Result<Option<String>, StoreError> {
-        if q.clauses.is_empty() {
+        if !q.has_criteria() {
             return Err(StoreError::invalid("invalid", "a conditional operation needs at least one search parameter"));
         }
         let ids = self.find(rtype, q)?;
@@ -272,8 +280,8 @@ impl Tx<'_> {
                         .unwrap_or_default(),
                     body: None,
                 };
-                rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
-                reindex(self.conn, self.index, rtype.as_str(), id, None)?;
+                let rid = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
+                reindex(self.conn, self.index, rtype.as_str(), rid, None, &[])?;
                 Ok(Some(tombstone))
             }
             _ => Ok(None),
@@ -303,7 +311,6 @@ impl Tx<'_> {
             meta.insert("lastUpdated".into(), Value::String(fhir_instant(self.now_us)));
         }
         let patients = patient_ids(&body, rtype);
-        reindex(self.conn, self.index, rtype.as_str(), id, Some(&body))?;
         let rec = VersionRecord {
             rtype,
             id: id.to_string(),
@@ -313,7 +320,8 @@ impl Tx<'_> {
             patients,
             body: Some(serde_json::to_vec(&body).map_err(StoreError::internal)?),
         };
-        rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
+        let rid = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
+        reindex(self.conn, self.index, rtype.as_str(), rid, Some(&body), &rec.patients)?;
         Ok(rec)
     }
 }

@@ -32,8 +32,10 @@ fn body(rec: &mamori_store::VersionRecord) -> Value {
     serde_json::from_slice(rec.body.as_ref().unwrap()).unwrap()
 }
 
-fn query(q: &str) -> SearchQuery {
-    SearchQuery::parse(&mamori_store::query::parse_query_string(q), PageLimits::default(), false).unwrap()
+fn query(rtype: &str, q: &str) -> SearchQuery {
+    let rt = ResourceType::from_str(rtype).unwrap();
+    let pairs = mamori_store::query::parse_query_string(q);
+    SearchQuery::parse(rt, &pairs, mamori_store::ParseOptions::new(PageLimits::default())).unwrap()
 }
 
 async fn create(store: &dyn Store, resource: Value) -> mamori_store::VersionRecord {
@@ -86,15 +88,15 @@ async fn identifier_search_and_conditionals(store: &dyn Store) {
         ("identifier=99999,12345", 1),
         ("_id=nope", 0),
     ] {
-        let page = store.search(ctx(), patient_t(), query(q)).await.unwrap();
+        let page = store.search(ctx(), patient_t(), query("Patient", q)).await.unwrap();
         assert_eq!(page.total, Some(hits), "{q}");
     }
-    let page = store.search(ctx(), patient_t(), query(&format!("_id={}", rec.id))).await.unwrap();
+    let page = store.search(ctx(), patient_t(), query("Patient", &format!("_id={}", rec.id))).await.unwrap();
     assert_eq!(page.records[0].id, rec.id);
     let again = WriteOp::Create {
         rtype: patient_t(),
         resource: json!({"resourceType": "Patient"}),
-        if_none_exist: Some(query("identifier=urn:mrn|12345")),
+        if_none_exist: Some(query("Patient", "identifier=urn:mrn|12345")),
     };
     match store.write(ctx(), again).await.unwrap() {
         WriteOutcome::Existing(r) => assert_eq!(r.id, rec.id),
@@ -113,13 +115,13 @@ async fn search_paging(store: &dyn Store) {
     }
     let device = ResourceType::from_str("Device").unwrap();
     let mut seen = Vec::new();
-    let mut q = query("identifier=urn:dev|&_count=2");
+    let mut q = query("Device", "identifier=urn:dev|&_count=2");
     loop {
         let page = store.search(ctx(), device, q.clone()).await.unwrap();
         assert_eq!(page.total, Some(5));
         seen.extend(page.records.iter().map(|r| r.id.clone()));
         match page.next_cursor {
-            Some(c) => q.after = Some(c),
+            Some(c) => q.cursor = Some(mamori_store::search::params::Cursor::decode(&c).unwrap()),
             None => break,
         }
     }

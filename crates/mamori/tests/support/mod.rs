@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod synthea;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
 
 pub fn repo_root() -> PathBuf {

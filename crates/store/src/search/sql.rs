@@ -1,0 +1,660 @@
+//! Running a parsed search against the index tables.
+//!
+//! Each clause becomes `c.first_seq IN (SELECT rid FROM idx_… WHERE …)`; keyed values are
+//! turned into their HMAC tokens here, so the SQL never sees a name or identifier. Two cases
+//! cannot be answered by the index alone and are finished in memory on the decrypted resources
+//! (bounded by [`MAX_IN_MEMORY`]): `:contains` and string prefixes longer than the stored prefix
+//! tokens (the index gives candidates, the value confirms), and `_sort` by a keyed parameter
+//! (names, codes), whose order the index deliberately does not keep.
+
+use std::collections::HashSet;
+
+use mamori_fhir::resource_type::ResourceType;
+use mamori_fhir::search_params::{self, ParamType};
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, params_from_iter};
+use serde_json::Value as Json;
+
+use super::extract::{Coded, coded, string_parts};
+use super::normalize::normalize;
+use super::params::{Clause, Cursor, Include, Prefix, SearchQuery, SortKey, StringMode, TokenValue, TotalMode, Value};
+use super::{PREFIX_CHARS, ParamKey, Token};
+use crate::StoreError;
+use crate::keyring::KeyRing;
+use crate::keys::IndexKey;
+use crate::model::VersionRecord;
+use crate::rows::{self, Protection};
+
+/// Candidates a search may finish in memory (contains, long prefixes, sorting by keyed values).
+pub(crate) const MAX_IN_MEMORY: usize = 10_000;
+/// Resources `_include`/`_revinclude` may add to one page.
+pub(crate) const MAX_INCLUDED: usize = 1_000;
+const DAY_US: i64 = 86_400_000_000;
+
+/// What a search returns: one page of matches, what the includes added, and paging.
+#[derive(Debug, Default)]
+pub struct SearchResult {
+    pub matches: Vec<VersionRecord>,
+    pub included: Vec<VersionRecord>,
+    pub total: Option<u64>,
+    pub next: Option<Cursor>,
+    pub previous: Option<Cursor>,
+}
+
+/// The connection and keys a search runs with.
+pub(crate) struct Ctx<'a> {
+    pub conn: &'a Connection,
+    pub keys: &'a KeyRing,
+    pub index: &'a IndexKey,
+    pub protect: Protection,
+    pub now_us: i64,
+}
+
+/// A WHERE clause under construction.
+struct Where<'a> {
+    ctx: &'a Ctx<'a>,
+    sql: String,
+    args: Vec<Sql>,
+    aliases: usize,
+}
+
+impl Where<'_> {
+    fn push(&mut self, s: &str) {
+        self.sql.push_str(s);
+    }
+
+    fn arg(&mut self, v: impl Into<Sql>) {
+        self.sql.push('?');
+        self.args.push(v.into());
+    }
+
+    fn alias(&mut self) -> String {
+        self.aliases += 1;
+        format!("c{}", self.aliases)
+    }
+
+    /// `alias.rtype = ? AND alias.deleted = 0 AND <clauses>`
+    fn resource(&mut self, alias: &str, rtype: &str, clauses: &[Clause]) {
+        self.push(&format!("{alias}.rtype = "));
+        self.arg(rtype.to_string());
+        self.push(&format!(" AND {alias}.deleted = 0"));
+        for c in clauses {
+            self.push(" AND ");
+            self.clause(alias, c);
+        }
+    }
+
+    fn clause(&mut self, a: &str, clause: &Clause) {
+        match clause {
+            Clause::Id(ids) => {
+                self.push(&format!("{a}.id IN ("));
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.arg(id.clone());
+                }
+                self.push(")");
+            }
+            Clause::Missing { rtype, code, missing } => {
+                let pk = ParamKey::new(rtype, code);
+                self.push(&format!("{a}.first_seq {}IN (SELECT rid FROM idx_present WHERE pid = ", not(*missing)));
+                self.arg(pk.pid);
+                self.push(")");
+            }
+            Clause::Match { rtype, code, ptype, negate, values } => {
+                let pk = ParamKey::new(rtype, code);
+                self.push(&format!("{a}.first_seq {}IN (", not(*negate)));
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.push(" UNION ");
+                    }
+                    self.value(&pk, *ptype, v);
+                }
+                self.push(")");
+            }
+            Clause::Chain { rtype, code, targets, inner } => {
+                let pk = ParamKey::new(rtype, code);
+                self.push(&format!("{a}.first_seq IN (SELECT r.rid FROM idx_ref r WHERE r.pid = "));
+                self.arg(pk.pid);
+                self.push(" AND (");
+                for (i, (t, clauses)) in targets.iter().zip(inner).enumerate() {
+                    if i > 0 {
+                        self.push(" OR ");
+                    }
+                    let b = self.alias();
+                    self.push("(r.target_type = ");
+                    self.arg(t.clone());
+                    self.push(&format!(" AND r.target_id IN (SELECT {b}.id FROM resource_current {b} WHERE "));
+                    self.resource(&b, t, clauses);
+                    self.push("))");
+                }
+                self.push("))");
+            }
+            Clause::Has { source, code, inner } => {
+                let pk = ParamKey::new(source, code);
+                let b = self.alias();
+                self.push(&format!(
+                    "{a}.id IN (SELECT r.target_id FROM idx_ref r JOIN resource_current {b} ON {b}.first_seq = r.rid \
+                     WHERE r.target_type = {a}.rtype AND r.pid = "
+                ));
+                self.arg(pk.pid);
+                self.push(" AND ");
+                self.resource(&b, source, inner);
+                self.push(")");
+            }
+        }
+    }
+
+    fn tokens(&mut self, pk: &ParamKey, tokens: &[[u8; 16]]) {
+        self.push("SELECT rid FROM idx_token WHERE pid = ");
+        self.arg(pk.pid);
+        self.push(" AND token IN (");
+        for (i, t) in tokens.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.arg(t.to_vec());
+        }
+        self.push(")");
+    }
+
+    /// A subquery selecting the rids whose parameter `pk` matches one value.
+    fn value(&mut self, pk: &ParamKey, ptype: ParamType, v: &Value) {
+        let key = self.ctx.index;
+        match v {
+            Value::String { text, mode } => {
+                let norm: Vec<char> = normalize(text).chars().collect();
+                match mode {
+                    StringMode::Exact => self.tokens(pk, &[pk.token(key, Token::Exact(text))]),
+                    StringMode::Prefix => {
+                        let p: String = norm.iter().take(PREFIX_CHARS).collect();
+                        self.tokens(pk, &[pk.token(key, Token::Prefix(&p))]);
+                    }
+                    StringMode::Contains => {
+                        let grams = query_grams(&norm);
+                        let tokens: Vec<[u8; 16]> = grams.iter().map(|g| pk.token(key, Token::Gram(g))).collect();
+                        self.tokens(pk, &tokens);
+                        self.push(&format!(" GROUP BY rid HAVING count(DISTINCT token) = {}", tokens.len()));
+                    }
+                }
+            }
+            Value::Token(t) => self.tokens(pk, &[pk.token(key, token_of(t))]),
+            Value::TokenText(text) => {
+                let p: String = normalize(text).chars().take(PREFIX_CHARS).collect();
+                self.tokens(pk, &[pk.token(key, Token::TextPrefix(&p))]);
+            }
+            Value::OfType(s, c, val) => self.tokens(pk, &[pk.token(key, Token::OfType(s, c, val))]),
+            Value::Uri(u) => self.tokens(pk, &[pk.token(key, Token::Exact(u))]),
+            Value::Reference { rtype, id } => {
+                self.push("SELECT rid FROM idx_ref WHERE pid = ");
+                self.arg(pk.pid);
+                self.push(" AND target_id = ");
+                self.arg(id.clone());
+                if let Some(t) = rtype {
+                    self.push(" AND target_type = ");
+                    self.arg(t.clone());
+                }
+            }
+            Value::ReferenceUrl(u) => {
+                self.push("SELECT rid FROM idx_ref WHERE pid = ");
+                self.arg(pk.pid);
+                self.push(" AND url = ");
+                self.arg(u.clone());
+            }
+            Value::Date { prefix, lo, hi } => {
+                self.push("SELECT rid FROM idx_date WHERE pid = ");
+                self.arg(pk.pid);
+                self.push(" AND ");
+                let (lo, hi) = (*lo, *hi);
+                let cond = match prefix {
+                    Prefix::Eq => format!("(lo >= {lo} AND hi <= {hi})"),
+                    Prefix::Ne => format!("NOT (lo >= {lo} AND hi <= {hi})"),
+                    Prefix::Gt => format!("hi > {hi}"),
+                    Prefix::Lt => format!("lo < {lo}"),
+                    Prefix::Ge => format!("(hi > {hi} OR (lo >= {lo} AND hi <= {hi}))"),
+                    Prefix::Le => format!("(lo < {lo} OR (lo >= {lo} AND hi <= {hi}))"),
+                    Prefix::Sa => format!("lo > {hi}"),
+                    Prefix::Eb => format!("hi < {lo}"),
+                    Prefix::Ap => {
+                        let d = approx_margin(self.ctx.now_us, lo, hi);
+                        format!("(lo <= {} AND hi >= {})", hi.saturating_add(d), lo.saturating_sub(d))
+                    }
+                };
+                self.push(&cond);
+            }
+            Value::Number { prefix, value, precision, system, code } => {
+                self.push("SELECT rid FROM idx_number WHERE pid = ");
+                self.arg(pk.pid);
+                self.push(" AND ");
+                let (x, p) = (*value, *precision);
+                let (op, a, b) = match prefix {
+                    Prefix::Eq => ("between", x - p, x + p),
+                    Prefix::Ne => ("outside", x - p, x + p),
+                    Prefix::Gt | Prefix::Sa => ("gt", x, x),
+                    Prefix::Lt | Prefix::Eb => ("lt", x, x),
+                    Prefix::Ge => ("ge", x, x),
+                    Prefix::Le => ("le", x, x),
+                    Prefix::Ap => ("between", x - (x * 0.1).abs(), x + (x * 0.1).abs()),
+                };
+                match op {
+                    "between" => {
+                        self.push("value >= ");
+                        self.arg(a);
+                        self.push(" AND value < ");
+                        self.arg(b);
+                    }
+                    "outside" => {
+                        self.push("(value < ");
+                        self.arg(a);
+                        self.push(" OR value >= ");
+                        self.arg(b);
+                        self.push(")");
+                    }
+                    op => {
+                        let sym = match op {
+                            "gt" => ">",
+                            "lt" => "<",
+                            "ge" => ">=",
+                            _ => "<=",
+                        };
+                        self.push(&format!("value {sym} "));
+                        self.arg(a);
+                    }
+                }
+                if let Some(s) = system {
+                    self.push(" AND system = ");
+                    self.arg(s.clone());
+                }
+                if let Some(c) = code {
+                    self.push(" AND code = ");
+                    self.arg(c.clone());
+                }
+            }
+            Value::Composite { head, rest } => {
+                // Each further component is looked up under the parameter id keyed by the head.
+                let head_key = token_of(head).canonical();
+                for (i, (code, ctype, cv)) in rest.iter().enumerate() {
+                    if i > 0 {
+                        self.push(" INTERSECT ");
+                    }
+                    let cpk = pk.component(key, &head_key, code);
+                    self.value(&cpk, *ctype, cv);
+                }
+            }
+        }
+        let _ = ptype;
+    }
+}
+
+fn not(negate: bool) -> &'static str {
+    if negate { "NOT " } else { "" }
+}
+
+pub(crate) fn token_of(t: &TokenValue) -> Token<'_> {
+    match t {
+        TokenValue::Code(c) => Token::Code(c),
+        TokenValue::SystemCode(s, c) => Token::SystemCode(s, c),
+        TokenValue::NoSystemCode(c) => Token::NoSystemCode(c),
+        TokenValue::System(s) => Token::System(s),
+    }
+}
+
+/// The grams a `:contains` value must all have: its 2-grams, or the character itself.
+fn query_grams(norm: &[char]) -> Vec<String> {
+    let mut g: Vec<String> =
+        if norm.len() == 1 { vec![norm[0].to_string()] } else { norm.windows(2).map(|w| w.iter().collect()).collect() };
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// `ap` on dates: 10% of the distance from now, at least a day.
+fn approx_margin(now_us: i64, lo: i64, hi: i64) -> i64 {
+    let mid = lo / 2 + hi / 2;
+    ((now_us - mid).abs() / 10).max(DAY_US)
+}
+
+/// Whether `q` must be finished in memory: which top-level clauses need confirming on the
+/// decrypted value, and whether the sort needs decrypted values.
+fn in_memory_work(q: &SearchQuery) -> (Vec<&Clause>, bool) {
+    let checks: Vec<&Clause> = q
+        .clauses
+        .iter()
+        .filter(|c| match c {
+            Clause::Match { values, .. } => values.iter().any(|v| match v {
+                Value::String { mode: StringMode::Contains, .. } => true,
+                Value::String { mode: StringMode::Prefix, text } => normalize(text).chars().count() > PREFIX_CHARS,
+                _ => false,
+            }),
+            _ => false,
+        })
+        .collect();
+    let keyed_sort = q.sort.iter().any(|k| !sortable_in_sql(k));
+    (checks, keyed_sort)
+}
+
+fn sortable_in_sql(k: &SortKey) -> bool {
+    k.code == "_id"
+        || matches!(k.ptype, ParamType::Date | ParamType::Number | ParamType::Quantity | ParamType::Reference)
+}
+
+fn filter_sql(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> (String, Vec<Sql>) {
+    let mut w = Where { ctx, sql: String::new(), args: Vec::new(), aliases: 0 };
+    if q.all_types {
+        // $everything: every type in the compartment.
+        w.push("c.deleted = 0");
+        for c in &q.clauses {
+            w.push(" AND ");
+            w.clause("c", c);
+        }
+    } else {
+        w.resource("c", q.rtype.as_str(), &q.clauses);
+    }
+    w.push(" AND c.first_seq <= ");
+    w.arg(snapshot);
+    if let Some(p) = &q.compartment {
+        w.push(" AND c.first_seq IN (SELECT rid FROM idx_compartment WHERE patient = ");
+        w.arg(p.clone());
+        w.push(")");
+    }
+    (w.sql, w.args)
+}
+
+fn order_sql(q: &SearchQuery) -> String {
+    let mut parts = Vec::new();
+    for k in &q.sort {
+        let dir = if k.descending { "DESC" } else { "ASC" };
+        let agg = if k.descending { "MAX" } else { "MIN" };
+        let expr = if k.code == "_id" {
+            "c.id".to_string()
+        } else {
+            let (col, table) = match k.ptype {
+                ParamType::Date => ("lo", "idx_date"),
+                ParamType::Reference => ("target_id", "idx_ref"),
+                _ => ("value", "idx_number"),
+            };
+            // The pid is our own hash, an integer: safe to inline (the expression appears twice).
+            let pid = ParamKey::new(q.rtype.as_str(), k.code).pid;
+            format!("(SELECT {agg}({col}) FROM {table} WHERE rid = c.first_seq AND pid = {pid})")
+        };
+        // Resources without the value sort last in either direction.
+        parts.push(format!("({expr}) IS NULL, {expr} {dir}"));
+    }
+    if q.all_types {
+        parts.push("c.rtype ASC".to_string());
+    }
+    parts.push("c.id ASC".to_string());
+    parts.join(", ")
+}
+
+/// The ids (and rids) matching `q`'s criteria, in result order, for one page window.
+fn page_ids(
+    ctx: &Ctx<'_>,
+    q: &SearchQuery,
+    snapshot: i64,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let (filter, mut args) = filter_sql(ctx, q, snapshot);
+    let order = order_sql(q);
+    let sql = format!(
+        "SELECT c.rtype, c.id, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {order} LIMIT ? OFFSET ?"
+    );
+    args.push(Sql::Integer(limit as i64));
+    args.push(Sql::Integer(offset as i64));
+    let mut stmt = ctx.conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
+    let (filter, args) = filter_sql(ctx, q, snapshot);
+    let mut stmt = ctx.conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {filter}"))?;
+    Ok(stmt.query_row(params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
+}
+
+fn current_snapshot(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(max(seq), 0) FROM resource_version", [], |r| r.get(0))?)
+}
+
+/// Ids matching the criteria of `q` (no paging, no includes), at most `limit`: conditional
+/// operations ask for two to tell none, one and many apart.
+pub(crate) fn matching_ids(ctx: &Ctx<'_>, q: &SearchQuery, limit: usize) -> Result<Vec<String>, StoreError> {
+    let snapshot = current_snapshot(ctx.conn)?;
+    let (checks, _) = in_memory_work(q);
+    if checks.is_empty() {
+        return Ok(page_ids(ctx, q, snapshot, 0, limit)?.into_iter().map(|(_, id, _)| id).collect());
+    }
+    let all = materialize(ctx, q, snapshot, &checks, false)?;
+    Ok(all.into_iter().take(limit).map(|(r, _)| r.id).collect())
+}
+
+/// Runs a search: one page of matches, its includes, the total and the paging cursors.
+pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreError> {
+    let (snapshot, offset) = match q.cursor {
+        Some(c) => (c.snapshot, c.offset),
+        None => (current_snapshot(ctx.conn)?, 0),
+    };
+    let (checks, keyed_sort) = in_memory_work(q);
+    let mut out = SearchResult::default();
+    let page: Vec<(VersionRecord, i64)>;
+    let has_more;
+    if checks.is_empty() && !keyed_sort {
+        if q.count_only {
+            out.total = Some(count(ctx, q, snapshot)?);
+            return Ok(out);
+        }
+        let ids = page_ids(ctx, q, snapshot, offset, q.count + 1)?;
+        has_more = ids.len() > q.count;
+        page = load(ctx, ids.into_iter().take(q.count))?;
+        if q.total == TotalMode::Accurate {
+            out.total = Some(count(ctx, q, snapshot)?);
+        }
+    } else {
+        let all = materialize(ctx, q, snapshot, &checks, keyed_sort)?;
+        out.total = (q.total == TotalMode::Accurate || q.count_only).then_some(all.len() as u64);
+        if q.count_only {
+            return Ok(out);
+        }
+        has_more = all.len() > offset + q.count;
+        page = all.into_iter().skip(offset).take(q.count).collect();
+    }
+    if has_more {
+        out.next = Some(Cursor { snapshot, offset: offset + q.count });
+    }
+    if offset > 0 {
+        out.previous = Some(Cursor { snapshot, offset: offset.saturating_sub(q.count) });
+    }
+    out.included = includes(ctx, q, &page)?;
+    out.matches = page.into_iter().map(|(r, _)| r).collect();
+    Ok(out)
+}
+
+fn load(
+    ctx: &Ctx<'_>,
+    ids: impl IntoIterator<Item = (String, String, i64)>,
+) -> Result<Vec<(VersionRecord, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for (rtype, id, rid) in ids {
+        let Ok(rtype) = rtype.parse::<ResourceType>() else { continue };
+        if let Some(r) = rows::load_current(ctx.conn, ctx.keys, ctx.protect, rtype, &id)?
+            && !r.deleted
+        {
+            out.push((r, rid));
+        }
+    }
+    Ok(out)
+}
+
+/// All candidates, decrypted, confirmed and sorted in memory.
+fn materialize(
+    ctx: &Ctx<'_>,
+    q: &SearchQuery,
+    snapshot: i64,
+    checks: &[&Clause],
+    keyed_sort: bool,
+) -> Result<Vec<(VersionRecord, i64)>, StoreError> {
+    let mut unsorted = q.clone();
+    if keyed_sort {
+        unsorted.sort.clear();
+    }
+    let ids = page_ids(ctx, &unsorted, snapshot, 0, MAX_IN_MEMORY + 1)?;
+    if ids.len() > MAX_IN_MEMORY {
+        return Err(StoreError::TooCostly(format!(
+            "this search (:contains, a long prefix or sorting by an encrypted value) matches more than \
+             {MAX_IN_MEMORY} resources; narrow it with more criteria"
+        )));
+    }
+    let mut rows = Vec::with_capacity(ids.len());
+    for (rec, rid) in load(ctx, ids)? {
+        let Some(bytes) = &rec.body else { continue };
+        let body: Json = serde_json::from_slice(bytes).map_err(StoreError::internal)?;
+        if checks.iter().all(|c| confirms(c, &body)) {
+            let keys: Vec<Option<String>> = if keyed_sort {
+                q.sort.iter().map(|k| sort_value(q.rtype.as_str(), k, &body, &rec)).collect()
+            } else {
+                Vec::new()
+            };
+            rows.push((rec, rid, keys));
+        }
+    }
+    if keyed_sort {
+        rows.sort_by(|a, b| {
+            for (i, k) in q.sort.iter().enumerate() {
+                let ord = match (&a.2[i], &b.2[i]) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (Some(x), Some(y)) if k.descending => y.cmp(x),
+                    (Some(x), Some(y)) => x.cmp(y),
+                };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            a.0.id.cmp(&b.0.id)
+        });
+    }
+    Ok(rows.into_iter().map(|(r, rid, _)| (r, rid)).collect())
+}
+
+/// The value a resource sorts by for one key (the smallest for ascending, largest for descending).
+fn sort_value(rtype: &str, k: &SortKey, body: &Json, rec: &VersionRecord) -> Option<String> {
+    if k.code == "_id" {
+        return Some(rec.id.clone());
+    }
+    let def = search_params::lookup(rtype, k.code)?;
+    let nodes = search_params::compiled(def).evaluate(body);
+    let mut values: Vec<String> = match k.ptype {
+        ParamType::String => nodes.iter().flat_map(|n| string_parts(n.value)).map(normalize).collect(),
+        ParamType::Token => nodes.iter().flat_map(coded).filter_map(|c: Coded<'_>| c.code).collect(),
+        _ => nodes.iter().filter_map(|n| n.value.as_str().map(str::to_string)).collect(),
+    };
+    values.sort();
+    if k.descending { values.pop() } else { values.into_iter().next() }
+}
+
+/// Confirms a string clause on the decrypted resource.
+fn confirms(clause: &Clause, body: &Json) -> bool {
+    let Clause::Match { rtype, code, values, .. } = clause else { return true };
+    let Some(def) = search_params::lookup(rtype, code) else { return false };
+    let nodes = search_params::compiled(def).evaluate(body);
+    let parts: Vec<String> = nodes.iter().flat_map(|n| string_parts(n.value)).map(normalize).collect();
+    values.iter().any(|v| match v {
+        Value::String { text, mode: StringMode::Contains } => {
+            let t = normalize(text);
+            parts.iter().any(|p| p.contains(&t))
+        }
+        Value::String { text, mode: StringMode::Prefix } => {
+            let t = normalize(text);
+            parts.iter().any(|p| p.starts_with(&t))
+        }
+        Value::String { text, mode: StringMode::Exact } => {
+            nodes.iter().flat_map(|n| string_parts(n.value)).any(|p| p == text)
+        }
+        _ => false,
+    })
+}
+
+/// `_include` and `_revinclude` (with `:iterate`) over one page.
+fn includes(ctx: &Ctx<'_>, q: &SearchQuery, page: &[(VersionRecord, i64)]) -> Result<Vec<VersionRecord>, StoreError> {
+    if q.includes.is_empty() && q.revincludes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: HashSet<(String, String)> =
+        page.iter().map(|(r, _)| (r.rtype.as_str().to_string(), r.id.clone())).collect();
+    let mut out: Vec<(VersionRecord, i64)> = Vec::new();
+    // Round 0 works on the matches; later rounds only run :iterate includes on what was added.
+    let mut frontier: Vec<(VersionRecord, i64)> = page.iter().map(|(r, rid)| (r.clone(), *rid)).collect();
+    for round in 0..4 {
+        let mut found: Vec<(String, String)> = Vec::new();
+        for (rec, rid) in &frontier {
+            let rtype = rec.rtype.as_str();
+            for inc in q.includes.iter().filter(|i| (round == 0 || i.iterate) && i.source == rtype) {
+                found.extend(forward(ctx, inc, *rid)?);
+            }
+            for inc in q.revincludes.iter().filter(|i| round == 0 || i.iterate) {
+                found.extend(reverse(ctx, inc, rtype, &rec.id)?);
+            }
+        }
+        let mut next = Vec::new();
+        for (t, id) in found {
+            if !seen.insert((t.clone(), id.clone())) {
+                continue;
+            }
+            let rid: Option<i64> = ctx
+                .conn
+                .prepare_cached("SELECT first_seq FROM resource_current WHERE rtype = ?1 AND id = ?2 AND deleted = 0")?
+                .query_row([&t, &id], |r| r.get(0))
+                .ok();
+            let Some(rid) = rid else { continue };
+            next.extend(load(ctx, [(t, id, rid)])?);
+            if out.len() + next.len() > MAX_INCLUDED {
+                return Err(StoreError::TooCostly(format!(
+                    "_include/_revinclude would add more than {MAX_INCLUDED} resources to one page; use a smaller _count"
+                )));
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        out.extend(next.iter().cloned());
+        frontier = next;
+    }
+    Ok(out.into_iter().map(|(r, _)| r).collect())
+}
+
+fn forward(ctx: &Ctx<'_>, inc: &Include, rid: i64) -> Result<Vec<(String, String)>, StoreError> {
+    let pid = ParamKey::new(&inc.source, inc.code).pid;
+    let mut stmt = ctx.conn.prepare_cached(
+        "SELECT target_type, target_id FROM idx_ref WHERE rid = ?1 AND pid = ?2 AND target_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![rid, pid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (t, id) = row?;
+        if inc.target.as_deref().is_none_or(|want| want == t) {
+            out.push((t, id));
+        }
+    }
+    Ok(out)
+}
+
+fn reverse(
+    ctx: &Ctx<'_>,
+    inc: &Include,
+    target_type: &str,
+    target_id: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    if inc.target.as_deref().is_some_and(|t| t != target_type) {
+        return Ok(Vec::new());
+    }
+    let pid = ParamKey::new(&inc.source, inc.code).pid;
+    let mut stmt = ctx.conn.prepare_cached(
+        "SELECT c.rtype, c.id FROM idx_ref r JOIN resource_current c ON c.first_seq = r.rid \
+         WHERE r.target_id = ?1 AND r.target_type = ?2 AND r.pid = ?3 AND c.deleted = 0",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![target_id, target_type, pid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
