@@ -91,6 +91,11 @@ impl PasswordHasher {
         Ok(PasswordHasher { params, dummy: OnceLock::new() })
     }
 
+    /// A hasher with the floor parameters (valid by construction).
+    pub fn floor() -> PasswordHasher {
+        PasswordHasher { params: Argon2Params::FLOOR, dummy: OnceLock::new() }
+    }
+
     pub fn params(&self) -> Argon2Params {
         self.params
     }

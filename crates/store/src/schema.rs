@@ -10,7 +10,8 @@ use crate::StoreError;
 
 /// The records database (`mamori.db`): resources, keys, search index, accounts.
 /// Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-const RECORD_MIGRATIONS: &[&str] = &[r#"
+const RECORD_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -81,7 +82,9 @@ CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
 CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
-"#];
+"#,
+    crate::identity::MIGRATION,
+];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits
 /// (one per read) do not invalidate the page caches of the connections reading records. The
