@@ -33,6 +33,12 @@ impl TotpSecret {
         (bytes.len() >= 16).then(|| TotpSecret(Zeroizing::new(bytes)))
     }
 
+    /// A secret typed or scanned in base32 (as [`Self::base32`] gives it).
+    pub fn from_base32(text: &str) -> Option<TotpSecret> {
+        let bytes = totp_rs::Secret::Encoded(text.trim().to_ascii_uppercase()).to_bytes().ok()?;
+        Self::from_bytes(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -130,6 +136,7 @@ mod tests {
     #[test]
     fn auth2_otpauth_uri_carries_the_standard_parameters() {
         let s = TotpSecret::from_bytes(b"12345678901234567890".to_vec()).unwrap();
+        assert_eq!(TotpSecret::from_base32(&s.base32()).unwrap().as_bytes(), s.as_bytes());
         let uri = s.otpauth_uri("mamori clinic", "dr.sato");
         assert_eq!(
             uri,
