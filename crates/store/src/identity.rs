@@ -236,6 +236,14 @@ fn person(ctx: &AccessContext, account: &str, role: Role) -> AccessContext {
     }
 }
 
+/// The person acting if their role is known, else the request's own context (never a guessed role).
+fn acting(ctx: &AccessContext, account: &str, role: Option<Role>) -> AccessContext {
+    match role {
+        Some(r) => person(ctx, account, r),
+        None => ctx.clone(),
+    }
+}
+
 fn account_target(ev: AuditEvent, account: &str) -> AuditEvent {
     ev.with_target("account", Some(account.to_string()))
 }
@@ -832,7 +840,6 @@ impl SqliteStore {
             let Some(acc) = Self::subject_account(tx, &subject, TICKET_PASSWORD_CHANGE, true)? else {
                 return Ok(Err(StoreError::InvalidCredentials));
             };
-            let role = state.role.unwrap_or(Role::Physician);
             set_password(tx, &acc, &phc, false, keep)?;
             // Other sessions end: whoever else held one no longer does.
             let ended = match &subject {
@@ -843,7 +850,7 @@ impl SqliteStore {
                 Subject::Ticket(_) => tx.conn.execute("DELETE FROM login_session WHERE account = ?1", [&acc])?,
             };
             ev.push(
-                &person(&ctx, &acc, role),
+                &acting(&ctx, &acc, state.role),
                 account_target(AuditEvent::new(Action::PasswordChange, 200), &acc)
                     .with_detail(format!("{ended} other session(s) ended")),
             );
@@ -865,7 +872,7 @@ impl SqliteStore {
             };
             let st = account_state(tx.conn, &account)?;
             let Some(st) = st.filter(|s| !s.disabled) else { return Ok(Err(StoreError::InvalidCredentials)) };
-            let who = person(&ctx, &account, st.role.unwrap_or(Role::Physician));
+            let who = acting(&ctx, &account, st.role);
             if st.totp_active {
                 ev.push(&who, account_target(AuditEvent::new(Action::TotpEnrol, 409), &account).with_detail("already enrolled"));
                 return Ok(Err(StoreError::invalid(
@@ -905,7 +912,7 @@ impl SqliteStore {
             };
             let st = account_state(tx.conn, &account)?;
             let Some(st) = st.filter(|s| !s.disabled) else { return Ok(Err(StoreError::InvalidCredentials)) };
-            let who = person(&ctx, &account, st.role.unwrap_or(Role::Physician));
+            let who = acting(&ctx, &account, st.role);
             let row: Option<(i64, Vec<u8>)> = tx
                 .conn
                 .query_row("SELECT key_id, sealed FROM credential_totp WHERE account = ?1 AND active = 0", [&account], |r| {
