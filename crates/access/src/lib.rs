@@ -5,10 +5,15 @@
 //! "job type" to job × information category × zone × purpose without changing its callers.
 #![forbid(unsafe_code)]
 
+pub mod login;
+pub mod password;
 pub mod policy;
 pub mod role;
+pub mod secret;
 pub mod token;
+pub mod totp;
 
+pub use login::{LoginPolicy, SharedLoginPolicy};
 pub use policy::{Decision, Operation, decide};
 pub use role::{Role, RoleError};
 pub use token::{ApiToken, TokenHash};

@@ -69,7 +69,7 @@ pub(crate) fn write_private(path: &Path, contents: &[u8], mode: u32) -> anyhow::
     Ok(())
 }
 
-pub async fn init(data_dir: &Path, admin: &str) -> anyhow::Result<ExitCode> {
+pub async fn init(data_dir: &Path, admin: &str, password_hash_ms: u64) -> anyhow::Result<ExitCode> {
     let admin = AccountName::parse(admin)?;
     if data_dir.join(config::FILE_NAME).exists() {
         bail!("{} is already initialised; refusing to touch it", data_dir.display());
@@ -82,7 +82,9 @@ pub async fn init(data_dir: &Path, admin: &str) -> anyhow::Result<ExitCode> {
     for d in [data_dir.to_path_buf(), data_dir.join("keys"), data_dir.join("tls"), data_dir.join("audit")] {
         dirs.create(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let cfg_text = config::initial_file();
+    // AUTH-3: argon2id cost calibrated to this machine, stored in the configuration.
+    let argon2 = mamori_access::password::Argon2Params::calibrate(std::time::Duration::from_millis(password_hash_ms))?;
+    let cfg_text = config::initial_file(argon2);
     let cfg: Config = toml::from_str(&cfg_text)?;
     MasterKey::create_file(&data_dir.join(&cfg.keys.master_key))?;
     let now = SystemClock.now();
@@ -106,9 +108,15 @@ pub async fn init(data_dir: &Path, admin: &str) -> anyhow::Result<ExitCode> {
     println!("Initialised {}.", data_dir.display());
     println!("Administrator account: {admin}");
     println!("One-time setup secret (shown once, not stored in clear): {secret}");
-    println!("The administrator uses it for the first login and must then set their own credentials.");
+    println!(
+        "The administrator uses it for the first login (POST /auth/login with \"temporary_credential\") and must then set a password and enrol a second factor."
+    );
     println!("Keys are in {}: keep them out of database backups.", data_dir.join("keys").display());
     println!("Audit verifier key (give it to your auditors): {vkey}");
+    println!(
+        "Password hashing: argon2id, {} KiB, {} iterations (calibrated to about {password_hash_ms} ms).",
+        argon2.memory_kib, argon2.iterations
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -168,4 +176,96 @@ pub async fn check(data_dir: &Path) -> anyhow::Result<ExitCode> {
         println!("integrity: {} problem(s) found", report.problems.len());
         Ok(ExitCode::from(2))
     }
+}
+
+/// Reads one line (a password) from standard input, without echoing it anywhere else.
+fn read_secret_line() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+    let trimmed = zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string());
+    if trimmed.is_empty() {
+        bail!("no password on standard input (give it as the first line)");
+    }
+    Ok(trimmed)
+}
+
+fn login_policy(cfg: &Config) -> anyhow::Result<mamori_access::SharedLoginPolicy> {
+    Ok(std::sync::Arc::new(cfg.login_policy()?))
+}
+
+/// `mamori user password NAME`: an administrator sets an initial password (first line of
+/// standard input); the person must change it at first login (AUTH-3).
+pub async fn user_password(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let password = read_secret_line()?;
+    let policy = login_policy(&cfg)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.set_initial_password(operator_ctx(), &name, password, policy).await;
+    store.shutdown();
+    r?;
+    println!("Initial password set for {name}; it must be changed at the first login.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user recovery-codes NAME`: new one-time recovery codes, printed once (AUTH-8).
+pub async fn user_recovery_codes(data_dir: &Path, name: &str, count: usize) -> anyhow::Result<ExitCode> {
+    if !(1..=20).contains(&count) {
+        bail!("--count must be between 1 and 20");
+    }
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.issue_recovery_codes(operator_ctx(), &name, count).await;
+    store.shutdown();
+    for code in r? {
+        println!("{}", code.as_str());
+    }
+    eprintln!("{count} recovery codes for {name}; each works once; earlier codes no longer work.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user unlock NAME` (AUTH-5).
+pub async fn user_unlock(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.unlock_account(operator_ctx(), &name).await;
+    store.shutdown();
+    if r? {
+        println!("Unlocked {name}.");
+    } else {
+        println!("{name} was not locked; its failure count is reset.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user temp-credential NAME`: a one-time credential for a person who lost their
+/// second factor or password (AUTH-8); printed once.
+pub async fn user_temp_credential(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let policy = login_policy(&cfg)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.issue_temporary_credential(operator_ctx(), &name, policy).await;
+    store.shutdown();
+    let (credential, expires_us) = r?;
+    println!("{}", credential.as_str());
+    eprintln!(
+        "temporary credential for {name}: one use, until {}; it resets the second factor and requires a new password",
+        mamori_store::clock::fhir_instant(expires_us)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user disable NAME`: immediate; sessions and API tokens stop working (AUTH-7).
+pub async fn user_disable(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.disable_account(operator_ctx(), &name).await;
+    store.shutdown();
+    r?;
+    println!("Disabled {name}; its sessions have ended.");
+    Ok(ExitCode::SUCCESS)
 }

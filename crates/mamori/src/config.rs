@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use mamori_access::login::{Lockout, SessionPolicy};
+use mamori_access::password::{Argon2Params, PasswordHasher, PasswordPolicy};
+use mamori_access::{LoginPolicy, Role};
 use serde::Deserialize;
 
 pub const FILE_NAME: &str = "mamori.toml";
@@ -20,6 +23,76 @@ pub struct Config {
     pub tokens: TokensSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub passwords: PasswordsSection,
+    #[serde(default)]
+    pub login: LoginSection,
+}
+
+/// `[passwords]`: hashing cost and the password rules (AUTH-3, AUTH-4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsSection {
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub min_length: usize,
+    pub min_length_with_second_factor: usize,
+    pub min_classes: usize,
+    pub min_strength: u8,
+    pub min_strength_with_second_factor: u8,
+    pub history: usize,
+}
+
+impl Default for PasswordsSection {
+    fn default() -> Self {
+        let p = mamori_access::password::PasswordPolicy::default();
+        let a = Argon2Params::FLOOR;
+        PasswordsSection {
+            argon2_memory_kib: a.memory_kib,
+            argon2_iterations: a.iterations,
+            argon2_parallelism: a.parallelism,
+            min_length: p.min_length,
+            min_length_with_second_factor: p.min_length_with_second_factor,
+            min_classes: p.min_classes,
+            min_strength: p.min_strength,
+            min_strength_with_second_factor: p.min_strength_with_second_factor,
+            history: p.history,
+        }
+    }
+}
+
+/// `[login]`: two factors, lockout, sessions (AUTH-2, AUTH-5, AUTH-6, AUTH-8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    pub two_factor_required: Vec<String>,
+    pub max_failures_per_account: u32,
+    pub max_failures_per_source: u32,
+    pub lockout: String,
+    pub session_idle_timeout: String,
+    pub session_lifetime: String,
+    pub max_sessions_per_account: u32,
+    pub ticket_ttl: String,
+    pub temporary_credential_ttl: String,
+    pub totp_issuer: String,
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        LoginSection {
+            two_factor_required: Role::ALL.iter().map(|r| r.as_str().to_string()).collect(),
+            max_failures_per_account: 5,
+            max_failures_per_source: 20,
+            lockout: "15m".into(),
+            session_idle_timeout: "30m".into(),
+            session_lifetime: "10h".into(),
+            max_sessions_per_account: 3,
+            ticket_ttl: "5m".into(),
+            temporary_credential_ttl: "24h".into(),
+            totp_issuer: "mamori".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,9 +232,16 @@ fn default_max_ttl() -> String {
     "30d".into()
 }
 
-/// The file `mamori init` writes: every key present and explained.
-pub fn initial_file() -> String {
-    r#"# mamori configuration. Paths are relative to this data directory.
+/// The file `mamori init` writes: every key present and explained; the argon2 cost is what
+/// init calibrated on this machine.
+pub fn initial_file(argon2: Argon2Params) -> String {
+    INITIAL
+        .replace("@MEMORY@", &argon2.memory_kib.to_string())
+        .replace("@ITERATIONS@", &argon2.iterations.to_string())
+        .replace("@PARALLELISM@", &argon2.parallelism.to_string())
+}
+
+const INITIAL: &str = r#"# mamori configuration. Paths are relative to this data directory.
 # Unknown keys are refused at start-up, so a typo cannot silently weaken a setting.
 
 [server]
@@ -219,9 +299,49 @@ checkpoint_interval = "10s"
 # Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
 default_ttl = "8h"
 max_ttl = "30d"
-"#
-    .to_string()
-}
+
+[passwords]
+# argon2id cost of password hashes (AUTH-3), calibrated by `mamori init` to take about
+# --password-hash-ms on this machine. Never below 19456 KiB / 2 iterations (refused). After a
+# change, each password is re-hashed with the new cost at its owner's next successful login.
+argon2_memory_kib = @MEMORY@
+argon2_iterations = @ITERATIONS@
+argon2_parallelism = @PARALLELISM@
+# The MHLW guideline's Q&A: at least 13 characters mixing character classes, or at least 8 when
+# the account has a second factor. Weaker values are refused.
+min_length = 13
+min_length_with_second_factor = 8
+# Classes to mix, of: upper-case, lower-case, digits, symbols (3 or 4).
+min_classes = 3
+# Strength estimate (zxcvbn score 0-4; the account name counts as a guessable word). 3 means
+# about 10^10 guesses; with a second factor 2 (10^8) suffices, as an 8-character password can
+# score no higher.
+min_strength = 3
+min_strength_with_second_factor = 2
+# A new password may not be any of this many previous ones (1-24).
+history = 5
+
+[login]
+# Roles that cannot log in with a password alone (AUTH-2). Accounts of these roles without a
+# second factor are led through enrolment at their first login.
+two_factor_required = ["physician", "administrator", "auditor"]
+# Failed login steps within `lockout` that lock the account, and the source address (AUTH-5).
+# A lock lasts `lockout` (fixed, not growing) or until `mamori user unlock NAME`.
+max_failures_per_account = 5
+max_failures_per_source = 20
+lockout = "15m"
+# Sessions (AUTH-6): end after this long unused, and this long after login whatever their use.
+session_idle_timeout = "30m"
+session_lifetime = "10h"
+# Sessions one account may hold at once; a new login ends the oldest beyond this.
+max_sessions_per_account = 3
+# How long a login step (second factor, password change, enrolment) may take.
+ticket_ttl = "5m"
+# Lifetime of a temporary credential from `mamori user temp-credential NAME` (AUTH-8).
+temporary_credential_ttl = "24h"
+# Issuer name shown in authenticator apps.
+totp_issuer = "mamori"
+"#;
 
 impl Config {
     pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
@@ -256,7 +376,76 @@ impl Config {
         if d > m {
             bail!("tokens.default_ttl is longer than tokens.max_ttl");
         }
+        self.login_policy()?;
         Ok(())
+    }
+
+    /// The login policy from `[passwords]` and `[login]`, refusing anything weaker than the
+    /// guideline.
+    pub fn login_policy(&self) -> anyhow::Result<LoginPolicy> {
+        let p = &self.passwords;
+        let argon2 = Argon2Params {
+            memory_kib: p.argon2_memory_kib,
+            iterations: p.argon2_iterations,
+            parallelism: p.argon2_parallelism,
+        };
+        if !argon2.is_at_least_floor() {
+            bail!("passwords.argon2_*: below the floor of 19456 KiB, 2 iterations, 1-16 lanes");
+        }
+        if p.min_length < 13 || p.min_length_with_second_factor < 8 || p.min_length_with_second_factor > p.min_length {
+            bail!("passwords.min_length must be at least 13 and min_length_with_second_factor 8..=min_length");
+        }
+        if !(3..=4).contains(&p.min_classes) {
+            bail!("passwords.min_classes must be 3 or 4");
+        }
+        if !(3..=4).contains(&p.min_strength) || !(2..=4).contains(&p.min_strength_with_second_factor) {
+            bail!("passwords.min_strength must be 3 or 4, min_strength_with_second_factor 2 to 4");
+        }
+        if !(1..=24).contains(&p.history) {
+            bail!("passwords.history must be between 1 and 24");
+        }
+        let l = &self.login;
+        let mut roles = Vec::new();
+        for r in &l.two_factor_required {
+            roles.push(r.parse::<Role>().with_context(|| "in login.two_factor_required")?);
+        }
+        if l.max_failures_per_account == 0 || l.max_failures_per_source == 0 || l.max_failures_per_account > 100 {
+            bail!("login.max_failures_per_account (1-100) and max_failures_per_source (1 or more) must be set");
+        }
+        let lockout = parse_duration(&l.lockout)?;
+        let idle = parse_duration(&l.session_idle_timeout)?;
+        let lifetime = parse_duration(&l.session_lifetime)?;
+        if idle > lifetime || lifetime > time::Duration::days(1) {
+            bail!("login.session_idle_timeout must not exceed session_lifetime, which is at most 1d");
+        }
+        if l.max_sessions_per_account == 0 {
+            bail!("login.max_sessions_per_account must be at least 1");
+        }
+        let ticket_ttl = parse_duration(&l.ticket_ttl)?;
+        let temp_ttl = parse_duration(&l.temporary_credential_ttl)?;
+        if ticket_ttl > time::Duration::minutes(30) || temp_ttl > time::Duration::days(7) {
+            bail!("login.ticket_ttl is at most 30m and login.temporary_credential_ttl at most 7d");
+        }
+        if l.totp_issuer.is_empty() || l.totp_issuer.contains(':') {
+            bail!("login.totp_issuer must be a non-empty name without ':'");
+        }
+        let mut policy = LoginPolicy::with_hasher(PasswordHasher::new(argon2)?);
+        policy.passwords = PasswordPolicy {
+            min_length: p.min_length,
+            min_length_with_second_factor: p.min_length_with_second_factor,
+            min_classes: p.min_classes,
+            min_strength: p.min_strength,
+            min_strength_with_second_factor: p.min_strength_with_second_factor,
+            history: p.history,
+        };
+        policy.account_lockout = Lockout { threshold: l.max_failures_per_account, period: lockout };
+        policy.source_lockout = Lockout { threshold: l.max_failures_per_source, period: lockout };
+        policy.sessions = SessionPolicy { idle_timeout: idle, lifetime, max_per_account: l.max_sessions_per_account };
+        policy.two_factor_roles = roles;
+        policy.ticket_ttl = ticket_ttl;
+        policy.temporary_credential_ttl = temp_ttl;
+        policy.totp_issuer = l.totp_issuer.clone();
+        Ok(policy)
     }
 }
 
@@ -285,8 +474,10 @@ mod tests {
 
     #[test]
     fn the_initial_file_parses_and_validates() {
-        let cfg: Config = toml::from_str(&initial_file()).unwrap();
+        let cfg: Config = toml::from_str(&initial_file(Argon2Params::FLOOR)).unwrap();
         cfg.validate().unwrap();
+        let policy = cfg.login_policy().unwrap();
+        assert_eq!(policy.two_factor_roles, Role::ALL.to_vec(), "secure default: two factors for every role");
         assert_eq!(cfg.tls.min_version, "1.3");
         assert_eq!(cfg.storage.synchronous, "full");
         assert!(cfg.server.listen.iter().all(|a| a.ip().is_loopback()), "secure default: loopback only");
@@ -294,11 +485,28 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_weak_tls_are_refused() {
-        let typo = initial_file().replace("min_version", "minversion");
+        let typo = initial_file(Argon2Params::FLOOR).replace("min_version", "minversion");
         assert!(toml::from_str::<Config>(&typo).is_err());
-        let weak: Config =
-            toml::from_str(&initial_file().replace("min_version = \"1.3\"", "min_version = \"1.0\"")).unwrap();
+        let weak: Config = toml::from_str(
+            &initial_file(Argon2Params::FLOOR).replace("min_version = \"1.3\"", "min_version = \"1.0\""),
+        )
+        .unwrap();
         assert!(weak.validate().is_err());
+        for (from, to) in [
+            ("min_length = 13", "min_length = 8"),
+            ("argon2_iterations = 2", "argon2_iterations = 1"),
+            ("history = 5", "history = 0"),
+            (
+                "two_factor_required = [\"physician\", \"administrator\", \"auditor\"]",
+                "two_factor_required = [\"root\"]",
+            ),
+            ("session_idle_timeout = \"30m\"", "session_idle_timeout = \"12h\""),
+        ] {
+            let text = initial_file(Argon2Params::FLOOR).replace(from, to);
+            assert_ne!(text, initial_file(Argon2Params::FLOOR), "{from}");
+            let weak: Config = toml::from_str(&text).unwrap();
+            assert!(weak.validate().is_err(), "{to} accepted");
+        }
     }
 
     #[test]

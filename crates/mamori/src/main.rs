@@ -29,6 +29,10 @@ enum Command {
         /// Name of the first administrator account.
         #[arg(long, default_value = "admin")]
         admin: String,
+        /// Target time of one password hash in milliseconds; argon2id's cost is calibrated to it
+        /// (never below the floor of 19 MiB, 2 iterations).
+        #[arg(long, default_value_t = 250)]
+        password_hash_ms: u64,
     },
     /// Run the server.
     Serve {
@@ -79,6 +83,39 @@ enum UserCommand {
     List {
         #[arg(long)]
         data_dir: PathBuf,
+    },
+    /// Set an initial password (read from the first line of standard input); it must be changed
+    /// at the first login.
+    Password {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Issue new one-time recovery codes (printed once; earlier codes stop working).
+    RecoveryCodes {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
+    /// Lift a lockout after repeated login failures.
+    Unlock {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Issue a one-time temporary credential for a person who lost a factor (printed once).
+    TempCredential {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Disable an account at once: its sessions end and its tokens stop working.
+    Disable {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
     },
 }
 
@@ -166,12 +203,29 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Init { data_dir, admin } => commands::init(&data_dir, &admin).await,
+            Command::Init { data_dir, admin, password_hash_ms } => {
+                commands::init(&data_dir, &admin, password_hash_ms).await
+            }
             Command::Serve { data_dir, listen, dev } => serve::run(&data_dir, listen, dev).await,
             Command::User { command: UserCommand::Add { data_dir, name, role } } => {
                 commands::user_add(&data_dir, &name, &role).await
             }
             Command::User { command: UserCommand::List { data_dir } } => commands::user_list(&data_dir).await,
+            Command::User { command: UserCommand::Password { data_dir, name } } => {
+                commands::user_password(&data_dir, &name).await
+            }
+            Command::User { command: UserCommand::RecoveryCodes { data_dir, name, count } } => {
+                commands::user_recovery_codes(&data_dir, &name, count).await
+            }
+            Command::User { command: UserCommand::Unlock { data_dir, name } } => {
+                commands::user_unlock(&data_dir, &name).await
+            }
+            Command::User { command: UserCommand::TempCredential { data_dir, name } } => {
+                commands::user_temp_credential(&data_dir, &name).await
+            }
+            Command::User { command: UserCommand::Disable { data_dir, name } } => {
+                commands::user_disable(&data_dir, &name).await
+            }
             Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
                 commands::token_create(&data_dir, &user, ttl.as_deref()).await
             }

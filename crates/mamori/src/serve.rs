@@ -53,6 +53,11 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         Arc::new(SystemClock),
     );
     shared.clock_status = ntp.to_string();
+    let login = Arc::new(cfg.login_policy()?);
+    // The dummy hash that unknown accounts are verified against, computed before the first login.
+    let warm = Arc::clone(&login);
+    tokio::task::spawn_blocking(move || warm.hasher.warm_up());
+    shared.login = login;
     let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

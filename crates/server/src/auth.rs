@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use mamori_access::secret::{SecretKind, presented};
 use mamori_access::{Decision, Operation, Principal, TokenHash, decide};
 use mamori_store::{AccessContext, Action, Actor, AuditEvent};
 
@@ -20,6 +21,8 @@ use crate::listener::ConnInfo;
 pub struct Authenticated {
     pub principal: Principal,
     pub ctx: AccessContext,
+    /// The session's token hash when the credential was a login session (not an API token).
+    pub session: Option<TokenHash>,
 }
 
 impl Authenticated {
@@ -66,18 +69,10 @@ pub(crate) fn source_of(req: &Request) -> String {
 pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id();
     let source = source_of(&req);
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .and_then(|t| TokenHash::from_presented(t.trim()));
-    let principal = match presented {
-        Some(hash) => match state.store.authenticate(hash).await {
-            Ok(p) => p,
-            Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
-        },
-        None => None,
+    let (principal, session) = match bearer_principal(&state, req.headers()).await {
+        Ok(Some((p, session))) => (Some(p), session),
+        Ok(None) => (None, None),
+        Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
     };
     let Some(principal) = principal else {
         // AUD-1: failed authentication is recorded too (no name: the token identified nobody).
@@ -90,11 +85,35 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         return with_request_id(resp, &request_id);
     };
     let ctx = AccessContext { request_id: request_id.clone(), actor: Actor::Person(principal.clone()), source };
-    req.extensions_mut().insert(Authenticated { principal, ctx });
+    req.extensions_mut().insert(Authenticated { principal, ctx, session });
     with_request_id(next.run(req).await, &request_id)
 }
 
-fn with_request_id(mut resp: Response, id: &str) -> Response {
+/// Resolves the bearer credential of a request: an API token (`mamori_…`) or a login session
+/// (`mamoris_…`); both give the same kind of principal and meet the same policy.
+pub(crate) async fn bearer_principal(
+    state: &crate::Shared,
+    headers: &HeaderMap,
+) -> Result<Option<(Principal, Option<TokenHash>)>, mamori_store::StoreError> {
+    let Some(raw) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+    else {
+        return Ok(None);
+    };
+    if let Some(hash) = TokenHash::from_presented(raw) {
+        return Ok(state.store.authenticate(hash).await?.map(|p| (p, None)));
+    }
+    if let Some(hash) = presented(SecretKind::Session, raw) {
+        let p = state.store.authenticate_session(hash, std::sync::Arc::clone(&state.login)).await?;
+        return Ok(p.map(|p| (p, Some(hash))));
+    }
+    Ok(None)
+}
+
+pub(crate) fn with_request_id(mut resp: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         resp.headers_mut().insert("x-request-id", v);
     }

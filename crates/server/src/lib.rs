@@ -9,6 +9,7 @@
 mod admin_api;
 mod audit_event_api;
 pub mod auth;
+mod auth_api;
 mod capability;
 pub mod error;
 mod fhir_api;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// The OS clock-synchronisation status as read at start-up (AUD-3), for /admin/status.
     pub clock_status: String,
+    /// Password, two-factor, lockout and session rules of person login (AUTH-2..6).
+    pub login: mamori_access::SharedLoginPolicy,
     capability: Vec<u8>,
 }
 
@@ -72,6 +75,7 @@ impl Shared {
             base_url: base_url.map(|b| b.trim_end_matches('/').to_string()),
             clock,
             clock_status: "not checked".into(),
+            login: Arc::new(mamori_access::LoginPolicy::with_hasher(mamori_access::password::PasswordHasher::floor())),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
@@ -123,6 +127,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()
+        .nest("/auth", auth_api::routes())
         .nest("/admin", admin)
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(

@@ -397,12 +397,19 @@ pub fn audit_event_resource(e: &AuditEntry) -> serde_json::Value {
     let rest = match e.action.as_str() {
         "initialise" | "account-create" | "account-list" | "token-create" | "audit-review" | "audit-export"
         | "integrity-check" | "clock-step" | "clock-status" | "status" => false,
+        a if crate::identity::is_identity_action(a) => false,
         "refused" => e.outcome != 401,
         _ => true,
     };
     let (type_system, type_code, type_display) = match e.action.as_str() {
         _ if rest => ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
         "refused" => ("http://dicom.nema.org/resources/ontology/DCM", "110114", "User Authentication"),
+        a if crate::identity::is_authentication_action(a) => {
+            ("http://dicom.nema.org/resources/ontology/DCM", "110114", "User Authentication")
+        }
+        a if crate::identity::is_identity_action(a) => {
+            ("http://dicom.nema.org/resources/ontology/DCM", "110137", "User Security Attributes Changed")
+        }
         "audit-review" | "audit-export" => ("http://dicom.nema.org/resources/ontology/DCM", "110101", "Audit Log Used"),
         "account-create" | "token-create" => {
             ("http://dicom.nema.org/resources/ontology/DCM", "110136", "Security Roles Changed")

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// The request was refused by the access policy.
     #[error("access denied")]
     Forbidden,
+    /// A login step failed. One answer for every cause — unknown account, wrong password or
+    /// code, locked, disabled, expired ticket — so the answer reveals nothing (AUTH-3).
+    #[error("invalid credentials")]
+    InvalidCredentials,
     /// The audit record could not be written, so the request was refused (AUD-1, fail closed).
     #[error("the audit trail could not be written; the request was not carried out")]
     AuditUnavailable,

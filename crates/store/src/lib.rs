@@ -13,6 +13,7 @@ mod bundle;
 pub mod clock;
 mod engine;
 pub mod error;
+pub mod identity;
 pub mod integrity;
 mod keyring;
 pub mod keys;
@@ -62,7 +63,7 @@ pub struct Page {
 
 /// The storage contract the request path is written against. The SQLite store implements it
 /// today; a PostgreSQL store implements the same trait and passes the same conformance tests.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: identity::Identity + Send + Sync + 'static {
     /// Resolves a bearer token to its (enabled, unexpired) account.
     fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>>;
     /// Records an event that touches no record: a refused request (no token, denied, bad
@@ -129,6 +130,7 @@ impl StoreError {
             StoreError::Invalid { .. } | StoreError::Unsupported(_) => 400,
             StoreError::TooCostly(_) => 413,
             StoreError::Forbidden => 403,
+            StoreError::InvalidCredentials => 401,
             StoreError::AuditUnavailable | StoreError::Internal(_) | StoreError::Tampered(_) | StoreError::Setup(_) => {
                 500
             }
@@ -146,6 +148,7 @@ impl StoreError {
             StoreError::Unsupported(_) => "not-supported",
             StoreError::TooCostly(_) => "too-costly",
             StoreError::Forbidden => "forbidden",
+            StoreError::InvalidCredentials => "login",
             StoreError::AuditUnavailable | StoreError::Internal(_) | StoreError::Setup(_) => "exception",
             StoreError::Tampered(_) => "exception",
         }

@@ -93,6 +93,33 @@ pub enum Action {
     ClockStatus,
     /// Someone read the server status.
     Status,
+    /// A person logged in (a step of it: password, second factor, temporary credential).
+    Login,
+    /// A login step failed (AUTH-5); the detail says why, the answer to the client did not.
+    LoginFailure,
+    /// An account or a source address was locked out after repeated failures (AUTH-5).
+    Lockout,
+    /// An administrator lifted a lockout.
+    Unlock,
+    Logout,
+    /// A session was ended because the account reached its session limit (AUTH-6).
+    SessionEvict,
+    /// An administrator set an initial password (must be changed at first login).
+    PasswordSet,
+    /// A person changed their own password.
+    PasswordChange,
+    /// A TOTP second factor was enrolled (pending, then active on proof of a code).
+    TotpEnrol,
+    /// Recovery codes were issued (AUTH-8).
+    RecoveryCodesIssue,
+    /// A recovery code was used instead of the second factor (AUTH-8).
+    RecoveryCodeUse,
+    /// An administrator issued a temporary credential (AUTH-8).
+    TemporaryCredentialIssue,
+    /// A temporary credential (or the setup secret) was used.
+    TemporaryCredentialUse,
+    /// An account was disabled; its sessions ended at once (AUTH-7).
+    AccountDisable,
 }
 
 impl Action {
@@ -122,6 +149,20 @@ impl Action {
             Action::ClockStep => "clock-step",
             Action::ClockStatus => "clock-status",
             Action::Status => "status",
+            Action::Login => "login",
+            Action::LoginFailure => "login-failure",
+            Action::Lockout => "lockout",
+            Action::Unlock => "unlock",
+            Action::Logout => "logout",
+            Action::SessionEvict => "session-evict",
+            Action::PasswordSet => "password-set",
+            Action::PasswordChange => "password-change",
+            Action::TotpEnrol => "totp-enrol",
+            Action::RecoveryCodesIssue => "recovery-codes-issue",
+            Action::RecoveryCodeUse => "recovery-code-use",
+            Action::TemporaryCredentialIssue => "temporary-credential-issue",
+            Action::TemporaryCredentialUse => "temporary-credential-use",
+            Action::AccountDisable => "account-disable",
         }
     }
 }

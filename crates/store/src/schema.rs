@@ -152,6 +152,7 @@ CREATE TABLE idx_compartment (
 ) WITHOUT ROWID;
 CREATE INDEX idx_compartment_by_rid ON idx_compartment (rid);
 "#,
+    crate::identity::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

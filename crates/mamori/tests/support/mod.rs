@@ -48,6 +48,11 @@ impl DataDir {
         DataDir { _tmp: tmp, path }
     }
 
+    /// A data directory initialised by the test itself (to read what `init` printed).
+    pub fn from_path(tmp: tempfile::TempDir, path: PathBuf) -> DataDir {
+        DataDir { _tmp: tmp, path }
+    }
+
     pub fn arg(&self) -> &str {
         self.path.to_str().unwrap()
     }

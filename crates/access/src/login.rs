@@ -1,0 +1,75 @@
+//! The login policy (AUTH-2, AUTH-5, AUTH-6): which roles need two factors, when accounts and
+//! sources are locked out, how long sessions live. Built from the configuration; the store
+//! applies it.
+
+use std::sync::Arc;
+
+use time::Duration;
+
+use crate::password::{PasswordHasher, PasswordPolicy};
+use crate::role::Role;
+
+/// Failure counting and lockout for one kind of key (account or source address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lockout {
+    /// Failures within `period` that lock the key.
+    pub threshold: u32,
+    /// How long a lock lasts, and the window failures are counted in (fixed, not growing).
+    pub period: Duration,
+}
+
+/// Session limits (AUTH-6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// A session unused this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login whatever its use.
+    pub lifetime: Duration,
+    /// Sessions one account may hold; a new login evicts the oldest beyond this.
+    pub max_per_account: u32,
+}
+
+/// Everything the store needs to decide a login.
+pub struct LoginPolicy {
+    pub hasher: PasswordHasher,
+    pub passwords: PasswordPolicy,
+    pub account_lockout: Lockout,
+    pub source_lockout: Lockout,
+    pub sessions: SessionPolicy,
+    /// Roles that cannot get a session with a password alone (AUTH-2).
+    pub two_factor_roles: Vec<Role>,
+    /// Lifetime of a login ticket (second-factor step, password change, enrolment).
+    pub ticket_ttl: Duration,
+    /// Lifetime of an administrator-issued temporary credential (AUTH-8).
+    pub temporary_credential_ttl: Duration,
+    /// Issuer shown in authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl LoginPolicy {
+    /// The defaults the configuration documents, with the given hasher.
+    pub fn with_hasher(hasher: PasswordHasher) -> LoginPolicy {
+        LoginPolicy {
+            hasher,
+            passwords: PasswordPolicy::default(),
+            account_lockout: Lockout { threshold: 5, period: Duration::minutes(15) },
+            source_lockout: Lockout { threshold: 20, period: Duration::minutes(15) },
+            sessions: SessionPolicy {
+                idle_timeout: Duration::minutes(30),
+                lifetime: Duration::hours(10),
+                max_per_account: 3,
+            },
+            two_factor_roles: Role::ALL.to_vec(),
+            ticket_ttl: Duration::minutes(5),
+            temporary_credential_ttl: Duration::hours(24),
+            totp_issuer: "mamori".into(),
+        }
+    }
+
+    pub fn requires_two_factors(&self, role: Role) -> bool {
+        self.two_factor_roles.contains(&role)
+    }
+}
+
+/// Shared by the server and the store's calls.
+pub type SharedLoginPolicy = Arc<LoginPolicy>;
