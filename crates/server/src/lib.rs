@@ -14,6 +14,7 @@ pub mod error;
 mod fhir_api;
 pub mod listener;
 pub mod respond;
+pub mod syslog;
 pub mod tls;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// The OS clock-synchronisation status as read at start-up (AUD-3), for /admin/status.
     pub clock_status: String,
+    /// The syslog forwarder's state (AUD-5), when `[audit.syslog]` is configured.
+    pub forwarding: Option<syslog::ForwarderStatus>,
     capability: Vec<u8>,
 }
 
@@ -72,6 +75,7 @@ impl Shared {
             base_url: base_url.map(|b| b.trim_end_matches('/').to_string()),
             clock,
             clock_status: "not checked".into(),
+            forwarding: None,
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
