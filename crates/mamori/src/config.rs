@@ -35,6 +35,103 @@ pub struct AuditSection {
     pub checkpoint_every_entries: u64,
     #[serde(default = "default_cp_interval")]
     pub checkpoint_interval: String,
+    /// Forwarding to a syslog collector (AUD-5); off unless configured.
+    pub syslog: Option<SyslogSection>,
+}
+
+/// `[audit.syslog]`: RFC 5424 messages over TLS (RFC 5425) to an audit repository.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSection {
+    /// `host:port` of the collector (6514 is the registered syslog-tls port).
+    pub address: String,
+    /// Name the collector's certificate must be valid for; default: the host of `address`.
+    pub server_name: Option<String>,
+    /// PEM trust anchor(s) for the collector's certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate chain and key (PEM, key mode 0600) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// HOSTNAME in every message; default: the machine's host name.
+    pub hostname: Option<String>,
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// IANA private enterprise number of the SD-ID `mamori@<n>`.
+    #[serde(default = "default_enterprise_number")]
+    pub enterprise_number: u32,
+    /// Highest audit seq delivered (written atomically, fsync'd).
+    #[serde(default = "default_cursor_file")]
+    pub cursor_file: PathBuf,
+    /// Unacknowledged data older than this drops the connection (TCP_USER_TIMEOUT).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: String,
+    /// Longest wait between reconnection attempts (they start at 250 ms and double).
+    #[serde(default = "default_max_retry")]
+    pub max_retry_interval: String,
+}
+
+fn default_facility() -> String {
+    "authpriv".into()
+}
+fn default_app_name() -> String {
+    "mamori".into()
+}
+fn default_enterprise_number() -> u32 {
+    32473
+}
+fn default_cursor_file() -> PathBuf {
+    "audit/syslog.cursor".into()
+}
+fn default_ack_timeout() -> String {
+    "10s".into()
+}
+fn default_max_retry() -> String {
+    "30s".into()
+}
+
+impl SyslogSection {
+    /// `(host, port)` of `address`; IPv6 literals in brackets (`[2001:db8::1]:6514`).
+    pub fn host_port(&self) -> anyhow::Result<(String, u16)> {
+        let bad = || {
+            anyhow::anyhow!("audit.syslog.address {:?} is not host:port (e.g. \"audit.example.jp:6514\")", self.address)
+        };
+        let (host, port) = self.address.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok((host.to_string(), port))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.host_port()?;
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("audit.syslog: cert_file and key_file go together (mutual TLS needs both)");
+        }
+        if mamori_server::syslog::Facility::parse(&self.facility).is_none() {
+            bail!("audit.syslog.facility must be auth, authpriv, audit or local0..local7");
+        }
+        if mamori_server::syslog::HeaderName::new(&self.app_name, 48).is_none() {
+            bail!("audit.syslog.app_name must be 1-48 printable ASCII characters without spaces");
+        }
+        if let Some(h) = &self.hostname
+            && mamori_server::syslog::HeaderName::new(h, 255).is_none()
+        {
+            bail!("audit.syslog.hostname must be 1-255 printable ASCII characters without spaces");
+        }
+        if self.enterprise_number == 0 {
+            bail!("audit.syslog.enterprise_number must be an IANA private enterprise number");
+        }
+        let ack = parse_duration(&self.ack_timeout).context("audit.syslog.ack_timeout")?;
+        if ack > time::Duration::minutes(10) {
+            bail!("audit.syslog.ack_timeout must be at most 10m");
+        }
+        parse_duration(&self.max_retry_interval).context("audit.syslog.max_retry_interval")?;
+        Ok(())
+    }
 }
 
 impl Default for AuditSection {
@@ -45,6 +142,7 @@ impl Default for AuditSection {
             witness_file: default_witness(),
             checkpoint_every_entries: default_cp_entries(),
             checkpoint_interval: default_cp_interval(),
+            syslog: None,
         }
     }
 }
@@ -215,6 +313,23 @@ witness_file = "audit/checkpoints.log"
 checkpoint_every_entries = 1000
 checkpoint_interval = "10s"
 
+# Forwarding of every audit entry to an external audit repository (AUD-5, IHE ATNA): RFC 5424
+# messages over TLS (RFC 5425). The trail itself is the spool: while the collector is down
+# entries wait in the database and are sent, in order, when it is back. See docs/audit.md.
+# [audit.syslog]
+# address = "audit.example.jp:6514"
+# server_name = "audit.example.jp"          # default: the host of address
+# ca_file = "tls/syslog-ca.pem"             # trust anchor for the collector's certificate
+# cert_file = "tls/syslog-client.pem"       # client certificate for mutual TLS (optional)
+# key_file = "tls/syslog-client.key"        #   and its key, mode 0600
+# facility = "authpriv"                     # auth, authpriv, audit, local0..local7
+# hostname = "emr1.clinic.example.jp"       # default: this machine's host name
+# app_name = "mamori"
+# enterprise_number = 32473                 # your IANA PEN, for the SD-ID mamori@<n>
+# cursor_file = "audit/syslog.cursor"       # highest seq delivered
+# ack_timeout = "10s"                       # unacknowledged data this old drops the connection
+# max_retry_interval = "30s"                # reconnection back-off cap
+
 [tokens]
 # Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
 default_ttl = "8h"
@@ -251,6 +366,9 @@ impl Config {
         }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");
+        }
+        if let Some(s) = &self.audit.syslog {
+            s.validate()?;
         }
         let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
         if d > m {
@@ -299,6 +417,37 @@ mod tests {
         let weak: Config =
             toml::from_str(&initial_file().replace("min_version = \"1.3\"", "min_version = \"1.0\"")).unwrap();
         assert!(weak.validate().is_err());
+    }
+
+    #[test]
+    fn aud5_syslog_settings_are_checked() {
+        let with = |extra: &str| {
+            let text = initial_file().replace(
+                "[tokens]",
+                &format!(
+                    "[audit.syslog]\naddress = \"audit.example.jp:6514\"\nca_file = \"ca.pem\"\n{extra}\n[tokens]"
+                ),
+            );
+            toml::from_str::<Config>(&text).map_err(anyhow::Error::from).and_then(|c| c.validate().map(|()| c))
+        };
+        let ok = with("").unwrap();
+        let s = ok.audit.syslog.unwrap();
+        assert_eq!(s.host_port().unwrap(), ("audit.example.jp".to_string(), 6514));
+        assert_eq!((s.facility.as_str(), s.enterprise_number), ("authpriv", 32473));
+        for bad in [
+            "adress = \"x:1\"",
+            "cert_file = \"c.pem\"",
+            "facility = \"kern\"",
+            "app_name = \"two words\"",
+            "ack_timeout = \"1w\"",
+            "enterprise_number = 0",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        let text =
+            initial_file().replace("[tokens]", "[audit.syslog]\naddress = \"nohost\"\nca_file = \"ca.pem\"\n[tokens]");
+        let err = toml::from_str::<Config>(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("host:port"), "{err}");
     }
 
     #[test]

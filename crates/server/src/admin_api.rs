@@ -129,7 +129,7 @@ pub async fn status(State(s): State<Arc<Shared>>, Extension(auth): Extension<Aut
         "clock": {"ntp": s.clock_status, "now": mamori_store::clock::fhir_instant(s.now_us())},
         "audit": audit,
         "forwarding": {
-            "syslog": s.forwarding.as_ref().map(|f| f.snapshot()).unwrap_or(serde_json::json!({"configured": false})),
+            "syslog": s.forwarding.as_ref().map(|f| f.snapshot(audit["entries"].as_u64())).unwrap_or(serde_json::json!({"configured": false})),
         },
     });
     let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();

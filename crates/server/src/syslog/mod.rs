@@ -119,9 +119,13 @@ impl ForwarderStatus {
         f(&mut g);
     }
 
-    /// `{"configured": true, "address", "connected", "delivered_seq", "backlog", …}`.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// `{"configured": true, "address", "connected", "delivered_seq", "backlog", …}`;
+    /// `trail_seq`, the trail's last seq if the caller knows it, makes the backlog exact.
+    pub fn snapshot(&self, trail_seq: Option<u64>) -> serde_json::Value {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = trail_seq {
+            g.trail_seq = g.trail_seq.max(t);
+        }
         serde_json::json!({
             "configured": true,
             "address": g.address,
