@@ -339,6 +339,10 @@ async fn aud5_syslog_forwarder_delivers_every_entry_exactly_once_across_a_collec
     let want: Vec<u64> = (1..=all.len() as u64).collect();
     assert_eq!(collector.seqs(), want, "still exactly once after a restart");
     assert_matches_rows(&collector.received.lock().unwrap(), &all);
+    // `mamori check` reports how far forwarding got (its own entry waits for the next start).
+    let out = ok(&["check", "--data-dir", dir.arg()]);
+    let n = all.len();
+    assert!(out.contains(&format!("delivered through seq {n} of {} (1 waiting)", n + 1)), "{out}");
     collector.stop().await;
 }
 

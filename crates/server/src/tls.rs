@@ -134,6 +134,14 @@ pub enum TlsError {
         /// The reason from the verifier.
         reason: String,
     },
+    /// A CA certificate for verifying a server we connect to could not be used as a trust anchor.
+    #[error("{}: unusable CA certificate: {reason}", path.display())]
+    TrustAnchor {
+        /// The CA file.
+        path: PathBuf,
+        /// The reason from the verifier.
+        reason: String,
+    },
     /// rustls rejected the certificate/key pair or the protocol set (e.g. the key does not
     /// match the certificate).
     #[error("TLS configuration rejected ({} / {}): {reason}", cert.display(), key.display())]
@@ -226,11 +234,11 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in load_certs(ca_pem)? {
-        roots.add(ca).map_err(|e| TlsError::ClientCa { path: ca_pem.to_owned(), reason: e.to_string() })?;
+        roots.add(ca).map_err(|e| TlsError::TrustAnchor { path: ca_pem.to_owned(), reason: e.to_string() })?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider(MinTlsVersion::Tls12)))
         .with_protocol_versions(&TLS13_AND_12)
-        .map_err(|e| TlsError::Pem { path: ca_pem.to_owned(), what: e.to_string() })?
+        .map_err(|e| TlsError::TrustAnchor { path: ca_pem.to_owned(), reason: e.to_string() })?
         .with_root_certificates(roots);
     let cfg = match client_identity {
         None => builder.with_no_client_auth(),
