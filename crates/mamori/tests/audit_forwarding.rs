@@ -396,3 +396,40 @@ async fn aud5_syslog_misconfiguration_stops_serve_with_a_clear_message() {
     assert_ne!(code, 0);
     assert!(err.contains("999999") && err.contains("trail ends at seq"), "{err}");
 }
+
+/// Measurement, not a check: how fast a backlog drains to a local collector after an outage.
+/// `cargo test --release -p mamori --test audit_forwarding -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_backlog_drain() {
+    let dir = DataDir::init();
+    let token = dir.user_with_token("dr.test", "physician");
+    let pki = pki(&dir.path);
+    let collector = Collector::start(0, Arc::clone(&pki.collector), None).await;
+    let port = collector.port;
+    collector.stop().await;
+    configure_forwarding(&dir, port, "");
+    let s = Arc::new(Server::start_in(dir, token));
+    let n: usize = std::env::var("ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 8 {
+                assert_eq!(s.get("Patient/missing").send().await.unwrap().status(), 404);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let target = last_seq(&s.dir);
+    let collector = Collector::start(port, Arc::clone(&pki.collector), Some(&collector)).await;
+    // From the first message (the reconnection back-off is not part of the drain).
+    until("the first message", || !collector.received.lock().unwrap().is_empty()).await;
+    let started = Instant::now();
+    until("the backlog", || collector.seqs().len() as u64 >= target).await;
+    let took = started.elapsed();
+    println!("drained {target} entries in {took:?}: {:.0} entries/s", target as f64 / took.as_secs_f64());
+    assert_eq!(collector.seqs(), (1..=target).collect::<Vec<_>>());
+}
