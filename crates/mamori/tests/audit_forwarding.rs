@@ -316,6 +316,16 @@ async fn aud5_syslog_forwarder_delivers_every_entry_exactly_once_across_a_collec
     some_traffic(&s, 2).await;
     let target = last_seq(&s.dir);
     until("the backlog at the collector", || collector.seqs().last() >= Some(&target)).await;
+    // The cursor follows the collector's TCP acknowledgements, not a timer (that would take
+    // 2 × ack_timeout = 4 s).
+    let arrived = Instant::now();
+    let cursor_file = s.dir.path.join("audit/syslog.cursor");
+    until("the cursor", || {
+        let text = std::fs::read_to_string(&cursor_file).unwrap_or_default();
+        text.split_whitespace().last().and_then(|n| n.parse::<u64>().ok()) >= Some(target)
+    })
+    .await;
+    assert!(arrived.elapsed() < Duration::from_millis(1500), "{:?}", arrived.elapsed());
     let st = status(&s, &auditor).await;
     assert_eq!(st["connected"], true, "{st}");
 

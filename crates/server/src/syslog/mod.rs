@@ -11,9 +11,9 @@
 //! **When the cursor advances.** RFC 5425 has no acknowledgement, and a successful `write` only
 //! means the bytes reached our own kernel. The cursor passes an entry only when
 //! 1. its frame was written and flushed to the socket, and then
-//! 2. the kernel reports the socket's send queue empty (`tx_queue` 0 in `/proc/net/tcp{,6}`
-//!    for this socket's inode, state ESTABLISHED or CLOSE_WAIT): the collector's TCP has
-//!    acknowledged every byte written so far, and
+//! 2. the collector's TCP has acknowledged every byte of it: we count the bytes handed to the
+//!    socket, and the kernel reports how many of them are still unacknowledged (`tx_queue` in
+//!    `/proc/net/tcp{,6}` for this socket's inode, state ESTABLISHED or CLOSE_WAIT), and
 //! 3. a non-blocking read afterwards shows no reset or error. (A clean close — FIN or TLS
 //!    close_notify — still lets ACKed entries count: a TCP that closes with unread data sends
 //!    a reset instead, so a clean close means the collector read everything it acknowledged.)
@@ -32,13 +32,13 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mamori_audit::AuditEntry;
 use mamori_store::audit_log::AuditLogReader;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -58,6 +58,10 @@ const ACK_POLL: Duration = Duration::from_millis(5);
 /// First reconnection delay; doubled after each failure up to `max_retry_interval`.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// While entries stream, the cursor file is rewritten at most this often (and always when the
+/// forwarder falls idle, loses its connection or stops): a crash of mamori resends at most this
+/// much, identified by seq.
+const CURSOR_EVERY: Duration = Duration::from_millis(200);
 
 /// Everything the forwarder needs, checked at start-up.
 #[derive(Clone, Debug)]
@@ -201,7 +205,14 @@ pub fn spawn(
         s.sent_seq = delivered;
         s.trail_seq = last;
     });
-    let fwd = Forwarder { cfg, reader: Arc::new(Mutex::new(reader)), status: status.clone(), delivered };
+    let fwd = Forwarder {
+        cfg,
+        reader: Arc::new(Mutex::new(reader)),
+        status: status.clone(),
+        delivered,
+        persisted: delivered,
+        persisted_at: Instant::now(),
+    };
     Ok((tokio::spawn(fwd.run(stop)), status))
 }
 
@@ -209,18 +220,77 @@ struct Forwarder {
     cfg: ForwarderConfig,
     reader: Arc<Mutex<AuditLogReader>>,
     status: ForwarderStatus,
+    /// Highest seq delivered (in memory; reconnections resend from here).
     delivered: u64,
+    /// Highest seq in the cursor file, and when it was written.
+    persisted: u64,
+    persisted_at: Instant,
 }
 
 /// One TLS connection to the collector and what was written on it.
 struct Link {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<Counted>,
     /// The socket's inode, to find it in `/proc/net/tcp` (None: use the time rule).
     inode: Option<u64>,
     /// Highest seq written on this connection.
     sent: u64,
-    /// Batches written and flushed but not yet acknowledged: (last seq, when flushed).
-    unacked: VecDeque<(u64, Instant)>,
+    /// Batches written and flushed but not yet acknowledged.
+    unacked: VecDeque<InFlight>,
+}
+
+struct InFlight {
+    /// The batch's last seq.
+    seq: u64,
+    /// Bytes handed to the socket up to and including the batch (TLS records and all).
+    end: u64,
+    flushed_at: Instant,
+}
+
+/// A TCP stream that counts the bytes handed to the kernel: with the send queue's length this
+/// tells how far the collector's TCP has acknowledged.
+struct Counted {
+    tcp: TcpStream,
+    written: u64,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -281,13 +351,19 @@ impl Forwarder {
                     match step {
                         Step::More => {}
                         Step::AwaitingAck => wait(&mut stop, ACK_POLL).await,
-                        Step::Idle if stopping => break,
-                        Step::Idle => wait(&mut stop, POLL).await,
+                        Step::Idle => {
+                            self.persist(true).await;
+                            if stopping {
+                                break;
+                            }
+                            wait(&mut stop, POLL).await
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(target: "security", address = %self.cfg.address, error = %e, resend_from_seq = self.delivered + 1, "syslog connection lost");
                     self.failed(&e.to_string());
+                    self.persist(true).await;
                     link = None;
                     if stopping {
                         break;
@@ -300,6 +376,7 @@ impl Forwarder {
         if let Some(mut l) = link {
             let _ = tokio::time::timeout(Duration::from_secs(1), l.tls.shutdown()).await;
         }
+        self.persist(true).await;
         self.status.update(|s| s.connected = false);
         tracing::info!(address = %self.cfg.address, delivered_seq = self.delivered, "syslog forwarder stopped");
     }
@@ -325,7 +402,8 @@ impl Forwarder {
         let inode = socket_inode(&tcp);
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            TlsConnector::from(Arc::clone(&self.cfg.tls)).connect(self.cfg.server_name.clone(), tcp),
+            TlsConnector::from(Arc::clone(&self.cfg.tls))
+                .connect(self.cfg.server_name.clone(), Counted { tcp, written: 0 }),
         )
         .await
         .map_err(|_| timed_out())??;
@@ -341,7 +419,7 @@ impl Forwarder {
         if let Some(seq) = acked
             && !matches!(alive, Err(LinkError::Io(_)))
         {
-            while l.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+            while l.unacked.front().is_some_and(|b| b.seq <= seq) {
                 l.unacked.pop_front();
             }
             self.confirm(seq).await;
@@ -371,21 +449,24 @@ impl Forwarder {
         };
         tokio::time::timeout(self.cfg.ack_timeout * 2, write).await.map_err(|_| LinkError::WriteTimeout)??;
         l.sent = last_row;
-        l.unacked.push_back((last_row, Instant::now()));
+        l.unacked.push_back(InFlight { seq: last_row, end: l.tls.get_ref().0.written, flushed_at: Instant::now() });
         self.status.update(|s| s.sent_seq = last_row);
         Ok(if rows.len() == BATCH_ENTRIES { Step::More } else { Step::AwaitingAck })
     }
 
     /// The highest seq whose bytes the collector's TCP has acknowledged, if any is pending.
     fn acked(&self, l: &Link) -> Option<u64> {
-        let &(newest, _) = l.unacked.back()?;
+        l.unacked.front()?;
         match l.inode.and_then(kernel_send_queue) {
-            Some(SendQueue { established: true, bytes: 0 }) => Some(newest),
+            Some(SendQueue { established: true, bytes: unacked }) => {
+                let acked_bytes = l.tls.get_ref().0.written.saturating_sub(unacked);
+                l.unacked.iter().take_while(|b| b.end <= acked_bytes).last().map(|b| b.seq)
+            }
             Some(_) => None,
             // No kernel view: the time rule (TCP_USER_TIMEOUT would have aborted by now).
             None => {
                 let horizon = Instant::now().checked_sub(self.cfg.ack_timeout * 2)?;
-                l.unacked.iter().take_while(|(_, at)| *at <= horizon).last().map(|(s, _)| *s)
+                l.unacked.iter().take_while(|b| b.flushed_at <= horizon).last().map(|b| b.seq)
             }
         }
     }
@@ -394,14 +475,24 @@ impl Forwarder {
         if seq <= self.delivered {
             return;
         }
-        let path = self.cfg.cursor_file.clone();
+        self.delivered = seq;
+        self.status.update(|s| s.delivered_seq = seq);
+        self.persist(false).await;
+    }
+
+    /// Writes the cursor file if it is behind (`force`) or was last written `CURSOR_EVERY` ago.
+    async fn persist(&mut self, force: bool) {
+        if self.persisted >= self.delivered || !(force || self.persisted_at.elapsed() >= CURSOR_EVERY) {
+            return;
+        }
+        let (path, seq) = (self.cfg.cursor_file.clone(), self.delivered);
         match tokio::task::spawn_blocking(move || write_cursor(&path, seq)).await {
             Ok(Ok(())) => {
-                self.delivered = seq;
-                self.status.update(|s| s.delivered_seq = seq);
+                self.persisted = seq;
+                self.persisted_at = Instant::now();
             }
-            // The entries were delivered but the cursor is behind: after a restart they are
-            // sent again (identified by seq). Keep going; the next confirmation retries.
+            // The entries were delivered but the file is behind: after a restart they are sent
+            // again (identified by seq). Keep going; the next write retries.
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write the syslog cursor file"),
             Err(e) => tracing::error!(error = %e, "cursor write task failed"),
         }
@@ -436,7 +527,7 @@ async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) {
 /// Reads without waiting: `Ok` if nothing is there (healthy), `Closed` on EOF or close_notify,
 /// `Io` on a reset or any other error. A syslog collector sends nothing; stray bytes are
 /// discarded.
-async fn check_alive(tls: &mut TlsStream<TcpStream>) -> Result<(), LinkError> {
+async fn check_alive(tls: &mut TlsStream<Counted>) -> Result<(), LinkError> {
     let mut buf = [0u8; 1024];
     for _ in 0..16 {
         let polled = std::future::poll_fn(|cx| {
