@@ -457,18 +457,8 @@ impl Forwarder {
     /// The highest seq whose bytes the collector's TCP has acknowledged, if any is pending.
     fn acked(&self, l: &Link) -> Option<u64> {
         l.unacked.front()?;
-        match l.inode.and_then(kernel_send_queue) {
-            Some(SendQueue { established: true, bytes: unacked }) => {
-                let acked_bytes = l.tls.get_ref().0.written.saturating_sub(unacked);
-                l.unacked.iter().take_while(|b| b.end <= acked_bytes).last().map(|b| b.seq)
-            }
-            Some(_) => None,
-            // No kernel view: the time rule (TCP_USER_TIMEOUT would have aborted by now).
-            None => {
-                let horizon = Instant::now().checked_sub(self.cfg.ack_timeout * 2)?;
-                l.unacked.iter().take_while(|b| b.flushed_at <= horizon).last().map(|b| b.seq)
-            }
-        }
+        let queue = l.inode.and_then(kernel_send_queue);
+        acked_through(&l.unacked, l.tls.get_ref().0.written, queue, Instant::now(), self.cfg.ack_timeout)
     }
 
     async fn confirm(&mut self, seq: u64) {
@@ -509,6 +499,30 @@ impl Forwarder {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+    }
+}
+
+/// The last seq of the newest batch known to be acknowledged. With the kernel's view of the
+/// send queue, a batch is acknowledged when its last byte lies below `written − unacked`;
+/// without it (not Linux), when the connection has stayed up 2 × `ack_timeout` since the batch
+/// was flushed (`TCP_USER_TIMEOUT` would have aborted it otherwise).
+fn acked_through(
+    in_flight: &VecDeque<InFlight>,
+    written: u64,
+    queue: Option<SendQueue>,
+    now: Instant,
+    ack_timeout: Duration,
+) -> Option<u64> {
+    match queue {
+        Some(SendQueue { established: true, bytes: unacked }) => {
+            let acked_bytes = written.saturating_sub(unacked);
+            in_flight.iter().take_while(|b| b.end <= acked_bytes).last().map(|b| b.seq)
+        }
+        Some(_) => None,
+        None => {
+            let horizon = now.checked_sub(ack_timeout * 2)?;
+            in_flight.iter().take_while(|b| b.flushed_at <= horizon).last().map(|b| b.seq)
+        }
     }
 }
 
@@ -602,6 +616,27 @@ mod tests {
         assert_eq!(find_socket(table, 3333), Some(SendQueue { established: true, bytes: 0 }));
         assert_eq!(find_socket(table, 1111), Some(SendQueue { established: false, bytes: 0 }));
         assert_eq!(find_socket(table, 4444), None);
+    }
+
+    #[test]
+    fn a_batch_counts_as_acknowledged_only_when_all_its_bytes_are() {
+        let t0 = Instant::now();
+        let batches: VecDeque<InFlight> = [(10, 1000), (20, 2000), (30, 3000)]
+            .into_iter()
+            .map(|(seq, end)| InFlight { seq, end, flushed_at: t0 })
+            .collect();
+        let ack = Duration::from_secs(10);
+        let q = |established, bytes| Some(SendQueue { established, bytes });
+        // 3000 bytes written, 1200 still unacknowledged: bytes up to 1800 have arrived.
+        assert_eq!(acked_through(&batches, 3000, q(true, 1200), t0, ack), Some(10));
+        assert_eq!(acked_through(&batches, 3000, q(true, 1000), t0, ack), Some(20));
+        assert_eq!(acked_through(&batches, 3000, q(true, 0), t0, ack), Some(30));
+        assert_eq!(acked_through(&batches, 3000, q(true, 2500), t0, ack), None);
+        // Any other TCP state (reset, closing): nothing is taken as acknowledged.
+        assert_eq!(acked_through(&batches, 3000, q(false, 0), t0, ack), None);
+        // No kernel view: the time rule.
+        assert_eq!(acked_through(&batches, 3000, None, t0 + Duration::from_secs(19), ack), None);
+        assert_eq!(acked_through(&batches, 3000, None, t0 + Duration::from_secs(20), ack), Some(30));
     }
 
     #[test]
