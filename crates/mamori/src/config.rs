@@ -37,6 +37,72 @@ pub struct AuditSection {
     pub checkpoint_interval: String,
     /// Forwarding to a syslog collector (AUD-5); off unless configured.
     pub syslog: Option<SyslogSection>,
+    /// Checkpoints POSTed to another party (AUD-2); off unless configured.
+    pub http_witness: Option<HttpWitnessSection>,
+}
+
+/// `[audit.http_witness]`: every signed checkpoint is POSTed to a URL of another party.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpWitnessSection {
+    /// `https://…` (plain `http://` only to a loopback address).
+    pub url: String,
+    /// PEM trust anchor(s) for the witness's certificate (required for https).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM, key mode 0600) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Size of the last checkpoint the witness accepted.
+    #[serde(default = "default_witness_cursor")]
+    pub cursor_file: PathBuf,
+    #[serde(default = "default_max_retry")]
+    pub max_retry_interval: String,
+}
+
+fn default_witness_cursor() -> PathBuf {
+    "audit/http-witness.cursor".into()
+}
+
+impl HttpWitnessSection {
+    /// The URL, checked: https (or http to loopback), no user information.
+    pub fn parsed_url(&self) -> anyhow::Result<mamori_server::witness::Url> {
+        let url: mamori_server::witness::Url =
+            self.url.parse().map_err(|e| anyhow::anyhow!("audit.http_witness.url is not a URL: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("audit.http_witness.url must not contain user information");
+        }
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback()),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => bail!("audit.http_witness.url must use https (plain http only to a loopback address)"),
+            other => bail!("audit.http_witness.url: unsupported scheme {other:?}"),
+        }
+        Ok(url)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let url = self.parsed_url()?;
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("audit.http_witness: cert_file and key_file go together (mutual TLS needs both)");
+        }
+        if url.scheme() == "https" && self.ca_file.is_none() {
+            bail!("audit.http_witness: an https URL needs ca_file (the trust anchor for the witness's certificate)");
+        }
+        if url.scheme() == "http" && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            bail!("audit.http_witness: ca_file, cert_file and key_file apply to https URLs only");
+        }
+        parse_duration(&self.max_retry_interval).context("audit.http_witness.max_retry_interval")?;
+        Ok(())
+    }
 }
 
 /// `[audit.syslog]`: RFC 5424 messages over TLS (RFC 5425) to an audit repository.
@@ -143,6 +209,7 @@ impl Default for AuditSection {
             checkpoint_every_entries: default_cp_entries(),
             checkpoint_interval: default_cp_interval(),
             syslog: None,
+            http_witness: None,
         }
     }
 }
@@ -330,6 +397,17 @@ checkpoint_interval = "10s"
 # ack_timeout = "10s"                       # unacknowledged data this old drops the connection
 # max_retry_interval = "30s"                # reconnection back-off cap
 
+# A second witness outside this machine (AUD-2): every signed checkpoint is POSTed (the signed
+# note, text/plain) to a URL run by another party, who keeps it. Failures are logged and
+# retried; serving never waits for it. See docs/audit.md.
+# [audit.http_witness]
+# url = "https://witness.example.org/mamori/checkpoints"
+# ca_file = "tls/witness-ca.pem"            # trust anchor for the witness's certificate
+# cert_file = "tls/witness-client.pem"      # client certificate for mutual TLS (optional)
+# key_file = "tls/witness-client.key"       #   and its key, mode 0600
+# cursor_file = "audit/http-witness.cursor" # size of the last checkpoint accepted
+# max_retry_interval = "30s"
+
 [tokens]
 # Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
 default_ttl = "8h"
@@ -369,6 +447,9 @@ impl Config {
         }
         if let Some(s) = &self.audit.syslog {
             s.validate()?;
+        }
+        if let Some(w) = &self.audit.http_witness {
+            w.validate()?;
         }
         let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
         if d > m {
@@ -448,6 +529,26 @@ mod tests {
             initial_file().replace("[tokens]", "[audit.syslog]\naddress = \"nohost\"\nca_file = \"ca.pem\"\n[tokens]");
         let err = toml::from_str::<Config>(&text).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn aud2_http_witness_urls_are_checked() {
+        let with = |body: &str| {
+            let text = initial_file().replace("[tokens]", &format!("[audit.http_witness]\n{body}\n[tokens]"));
+            toml::from_str::<Config>(&text).map_err(anyhow::Error::from).and_then(|c| c.validate().map(|()| c))
+        };
+        assert!(with("url = \"http://127.0.0.1:9/cp\"").is_ok());
+        assert!(with("url = \"https://w.example.org/cp\"\nca_file = \"ca.pem\"").is_ok());
+        for bad in [
+            "url = \"http://w.example.org/cp\"",
+            "url = \"https://w.example.org/cp\"",
+            "url = \"https://u:p@w.example.org/cp\"\nca_file = \"ca.pem\"",
+            "url = \"ftp://127.0.0.1/cp\"",
+            "url = \"http://127.0.0.1/cp\"\nca_file = \"ca.pem\"",
+            "url = \"http://127.0.0.1/cp\"\ncolour = \"blue\"",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -65,6 +65,17 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         }
         None => None,
     };
+    // AUD-2: offer every signed checkpoint to the HTTP witness, if one is configured.
+    let witness = match http_witness(data_dir, &cfg)? {
+        Some(wc) => {
+            let url = mamori_server::witness::display_url(&wc.url);
+            let (task, status) = mamori_server::witness::spawn(wc, fwd_stop.subscribe())
+                .with_context(|| format!("cannot start the checkpoint witness {url}"))?;
+            shared.witness = Some(status);
+            Some(task)
+        }
+        None => None,
+    };
     let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -94,15 +105,17 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         }
     }
     store.shutdown();
-    // Every entry is committed now; the forwarder sends what it can of them, then stops. What it
-    // cannot send stays in the trail and goes out after the next start (from the cursor).
+    // Every entry (and the final checkpoint) is committed now; the forwarder and the witness
+    // send what they can of them, then stop. What they cannot send stays in the database and
+    // goes out after the next start (from their cursors).
     let _ = fwd_stop.send(true);
-    if let Some(task) = forwarder
-        && tokio::time::timeout(FORWARD_FLUSH_LIMIT, task).await.is_err()
-    {
-        tracing::warn!(
-            "syslog forwarder did not finish within {FORWARD_FLUSH_LIMIT:?}; the rest is sent after restart"
-        );
+    let deadline = tokio::time::Instant::now() + FORWARD_FLUSH_LIMIT;
+    for (what, task) in [("syslog forwarder", forwarder), ("checkpoint witness", witness)] {
+        if let Some(task) = task
+            && tokio::time::timeout_at(deadline, task).await.is_err()
+        {
+            tracing::warn!("{what} did not finish within {FORWARD_FLUSH_LIMIT:?}; the rest is sent after restart");
+        }
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -156,6 +169,34 @@ fn syslog_forwarder(
         cursor_file: data_dir.join(&s.cursor_file),
         ack_timeout: secs(crate::config::parse_duration(&s.ack_timeout)?),
         max_retry_interval: secs(crate::config::parse_duration(&s.max_retry_interval)?),
+    }))
+}
+
+/// The HTTP witness's settings from `[audit.http_witness]`, certificates loaded.
+fn http_witness(data_dir: &Path, cfg: &Config) -> anyhow::Result<Option<mamori_server::witness::WitnessConfig>> {
+    let Some(w) = &cfg.audit.http_witness else { return Ok(None) };
+    let tls = match &w.ca_file {
+        Some(ca) => {
+            let identity = match (&w.cert_file, &w.key_file) {
+                (Some(c), Some(k)) => Some((data_dir.join(c), data_dir.join(k))),
+                _ => None,
+            };
+            let tls = mamori_server::tls::client_config(
+                &data_dir.join(ca),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .context("audit.http_witness: TLS settings")?;
+            Some(tls)
+        }
+        None => None,
+    };
+    let d = crate::config::parse_duration(&w.max_retry_interval)?;
+    Ok(Some(mamori_server::witness::WitnessConfig {
+        url: w.parsed_url()?,
+        tls,
+        audit_db: data_dir.join(&cfg.storage.audit_database),
+        cursor_file: data_dir.join(&w.cursor_file),
+        max_retry_interval: std::time::Duration::from_secs(d.whole_seconds().unsigned_abs()),
     }))
 }
 

@@ -131,6 +131,9 @@ pub async fn status(State(s): State<Arc<Shared>>, Extension(auth): Extension<Aut
         "forwarding": {
             "syslog": s.forwarding.as_ref().map(|f| f.snapshot(audit["entries"].as_u64())).unwrap_or(serde_json::json!({"configured": false})),
         },
+        "witness": {
+            "http": s.witness.as_ref().map(|w| w.snapshot()).unwrap_or(serde_json::json!({"configured": false})),
+        },
     });
     let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

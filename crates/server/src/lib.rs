@@ -10,12 +10,14 @@ mod admin_api;
 mod audit_event_api;
 pub mod auth;
 mod capability;
+pub mod cursor;
 pub mod error;
 mod fhir_api;
 pub mod listener;
 pub mod respond;
 pub mod syslog;
 pub mod tls;
+pub mod witness;
 
 use std::sync::Arc;
 
@@ -54,6 +56,8 @@ pub struct Shared {
     pub clock_status: String,
     /// The syslog forwarder's state (AUD-5), when `[audit.syslog]` is configured.
     pub forwarding: Option<syslog::ForwarderStatus>,
+    /// The HTTP checkpoint witness's state (AUD-2), when `[audit.http_witness]` is configured.
+    pub witness: Option<witness::WitnessStatus>,
     capability: Vec<u8>,
 }
 
@@ -76,6 +80,7 @@ impl Shared {
             clock,
             clock_status: "not checked".into(),
             forwarding: None,
+            witness: None,
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }

@@ -37,6 +37,8 @@ use std::time::Duration;
 
 use mamori_audit::AuditEntry;
 use mamori_store::audit_log::AuditLogReader;
+
+use crate::cursor::CursorFile;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -149,36 +151,14 @@ impl ForwarderStatus {
     }
 }
 
-/// Reads the cursor file: `0` when it does not exist yet (forward the whole trail).
-pub fn read_cursor(path: &Path) -> Result<u64, ForwardError> {
-    let bad = |reason: String| ForwardError::Cursor { path: path.to_owned(), reason };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    text.trim()
-        .strip_prefix(CURSOR_PREFIX)
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| bad(format!("not a cursor (expected \"{CURSOR_PREFIX} <seq>\")")))
+/// The syslog cursor file at `path`.
+pub fn cursor_file(path: &Path) -> CursorFile {
+    CursorFile { path: path.to_owned(), prefix: "mamori-syslog-cursor/1 delivered-through-seq" }
 }
 
-const CURSOR_PREFIX: &str = "mamori-syslog-cursor/1 delivered-through-seq";
-
-/// Replaces the cursor file atomically: temporary file, fsync, rename, fsync of the directory.
-fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{CURSOR_PREFIX} {seq}")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// Reads the cursor file: `0` when it does not exist yet (forward the whole trail).
+pub fn read_cursor(path: &Path) -> Result<u64, ForwardError> {
+    cursor_file(path).read().map_err(|e| ForwardError::Cursor { path: e.path, reason: e.reason })
 }
 
 /// Checks the cursor against the trail and starts the forwarder task; it runs until `stop`
@@ -188,10 +168,6 @@ pub fn spawn(
     cfg: ForwarderConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<(tokio::task::JoinHandle<()>, ForwarderStatus), ForwardError> {
-    if let Some(dir) = cfg.cursor_file.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ForwardError::Cursor { path: cfg.cursor_file.clone(), reason: e.to_string() })?;
-    }
     let delivered = read_cursor(&cfg.cursor_file)?;
     let reader = AuditLogReader::open(&cfg.audit_db)?;
     let last = reader.last_seq()?;
@@ -475,8 +451,8 @@ impl Forwarder {
         if self.persisted >= self.delivered || !(force || self.persisted_at.elapsed() >= CURSOR_EVERY) {
             return;
         }
-        let (path, seq) = (self.cfg.cursor_file.clone(), self.delivered);
-        match tokio::task::spawn_blocking(move || write_cursor(&path, seq)).await {
+        let (file, seq) = (cursor_file(&self.cfg.cursor_file), self.delivered);
+        match tokio::task::spawn_blocking(move || file.write(seq)).await {
             Ok(Ok(())) => {
                 self.persisted = seq;
                 self.persisted_at = Instant::now();
@@ -637,20 +613,6 @@ mod tests {
         // No kernel view: the time rule.
         assert_eq!(acked_through(&batches, 3000, None, t0 + Duration::from_secs(19), ack), None);
         assert_eq!(acked_through(&batches, 3000, None, t0 + Duration::from_secs(20), ack), Some(30));
-    }
-
-    #[test]
-    fn the_cursor_file_round_trips_and_rejects_garbage() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("syslog.cursor");
-        assert_eq!(read_cursor(&p).unwrap(), 0, "no file: forward from the start");
-        write_cursor(&p, 4711).unwrap();
-        assert_eq!(read_cursor(&p).unwrap(), 4711);
-        write_cursor(&p, 4712).unwrap();
-        assert_eq!(read_cursor(&p).unwrap(), 4712);
-        assert!(!p.with_extension("tmp").exists());
-        std::fs::write(&p, "12").unwrap();
-        assert!(matches!(read_cursor(&p), Err(ForwardError::Cursor { .. })));
     }
 
     #[tokio::test]
