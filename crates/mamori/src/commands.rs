@@ -166,6 +166,17 @@ pub async fn check(data_dir: &Path) -> anyhow::Result<ExitCode> {
     store.shutdown();
     let took_ms = (to_micros(SystemClock.now()) - started) / 1000;
     println!("checked {} versions of {} resources in {took_ms} ms", report.versions_checked, report.resources_checked);
+    if let Some(s) = &cfg.audit.syslog {
+        // AUD-5: how far forwarding has got (informational; the trail itself is the spool).
+        let delivered = mamori_server::syslog::read_cursor(&data_dir.join(&s.cursor_file))?;
+        let last =
+            mamori_store::audit_log::AuditLogReader::open(&data_dir.join(&cfg.storage.audit_database))?.last_seq()?;
+        println!(
+            "audit forwarding to {}: delivered through seq {delivered} of {last} ({} waiting)",
+            s.address,
+            last.saturating_sub(delivered)
+        );
+    }
     if report.is_clean() {
         println!("integrity: OK");
         Ok(ExitCode::SUCCESS)

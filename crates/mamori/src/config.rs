@@ -108,6 +108,169 @@ pub struct AuditSection {
     pub checkpoint_every_entries: u64,
     #[serde(default = "default_cp_interval")]
     pub checkpoint_interval: String,
+    /// Forwarding to a syslog collector (AUD-5); off unless configured.
+    pub syslog: Option<SyslogSection>,
+    /// Checkpoints POSTed to another party (AUD-2); off unless configured.
+    pub http_witness: Option<HttpWitnessSection>,
+}
+
+/// `[audit.http_witness]`: every signed checkpoint is POSTed to a URL of another party.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpWitnessSection {
+    /// `https://…` (plain `http://` only to a loopback address).
+    pub url: String,
+    /// PEM trust anchor(s) for the witness's certificate (required for https).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM, key mode 0600) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Size of the last checkpoint the witness accepted.
+    #[serde(default = "default_witness_cursor")]
+    pub cursor_file: PathBuf,
+    #[serde(default = "default_max_retry")]
+    pub max_retry_interval: String,
+}
+
+fn default_witness_cursor() -> PathBuf {
+    "audit/http-witness.cursor".into()
+}
+
+impl HttpWitnessSection {
+    /// The URL, checked: https (or http to loopback), no user information.
+    pub fn parsed_url(&self) -> anyhow::Result<mamori_server::witness::Url> {
+        let url: mamori_server::witness::Url =
+            self.url.parse().map_err(|e| anyhow::anyhow!("audit.http_witness.url is not a URL: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("audit.http_witness.url must not contain user information");
+        }
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback()),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => bail!("audit.http_witness.url must use https (plain http only to a loopback address)"),
+            other => bail!("audit.http_witness.url: unsupported scheme {other:?}"),
+        }
+        Ok(url)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let url = self.parsed_url()?;
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("audit.http_witness: cert_file and key_file go together (mutual TLS needs both)");
+        }
+        if url.scheme() == "https" && self.ca_file.is_none() {
+            bail!("audit.http_witness: an https URL needs ca_file (the trust anchor for the witness's certificate)");
+        }
+        if url.scheme() == "http" && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            bail!("audit.http_witness: ca_file, cert_file and key_file apply to https URLs only");
+        }
+        parse_duration(&self.max_retry_interval).context("audit.http_witness.max_retry_interval")?;
+        Ok(())
+    }
+}
+
+/// `[audit.syslog]`: RFC 5424 messages over TLS (RFC 5425) to an audit repository.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSection {
+    /// `host:port` of the collector (6514 is the registered syslog-tls port).
+    pub address: String,
+    /// Name the collector's certificate must be valid for; default: the host of `address`.
+    pub server_name: Option<String>,
+    /// PEM trust anchor(s) for the collector's certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate chain and key (PEM, key mode 0600) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// HOSTNAME in every message; default: the machine's host name.
+    pub hostname: Option<String>,
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// IANA private enterprise number of the SD-ID `mamori@<n>`.
+    #[serde(default = "default_enterprise_number")]
+    pub enterprise_number: u32,
+    /// Highest audit seq delivered (written atomically, fsync'd).
+    #[serde(default = "default_cursor_file")]
+    pub cursor_file: PathBuf,
+    /// Unacknowledged data older than this drops the connection (TCP_USER_TIMEOUT).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: String,
+    /// Longest wait between reconnection attempts (they start at 250 ms and double).
+    #[serde(default = "default_max_retry")]
+    pub max_retry_interval: String,
+}
+
+fn default_facility() -> String {
+    "authpriv".into()
+}
+fn default_app_name() -> String {
+    "mamori".into()
+}
+fn default_enterprise_number() -> u32 {
+    32473
+}
+fn default_cursor_file() -> PathBuf {
+    "audit/syslog.cursor".into()
+}
+fn default_ack_timeout() -> String {
+    "10s".into()
+}
+fn default_max_retry() -> String {
+    "30s".into()
+}
+
+impl SyslogSection {
+    /// `(host, port)` of `address`; IPv6 literals in brackets (`[2001:db8::1]:6514`).
+    pub fn host_port(&self) -> anyhow::Result<(String, u16)> {
+        let bad = || {
+            anyhow::anyhow!("audit.syslog.address {:?} is not host:port (e.g. \"audit.example.jp:6514\")", self.address)
+        };
+        let (host, port) = self.address.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok((host.to_string(), port))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.host_port()?;
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("audit.syslog: cert_file and key_file go together (mutual TLS needs both)");
+        }
+        if mamori_server::syslog::Facility::parse(&self.facility).is_none() {
+            bail!("audit.syslog.facility must be auth, authpriv, audit or local0..local7");
+        }
+        if mamori_server::syslog::HeaderName::new(&self.app_name, 48).is_none() {
+            bail!("audit.syslog.app_name must be 1-48 printable ASCII characters without spaces");
+        }
+        if let Some(h) = &self.hostname
+            && mamori_server::syslog::HeaderName::new(h, 255).is_none()
+        {
+            bail!("audit.syslog.hostname must be 1-255 printable ASCII characters without spaces");
+        }
+        if self.enterprise_number == 0 {
+            bail!("audit.syslog.enterprise_number must be an IANA private enterprise number");
+        }
+        let ack = parse_duration(&self.ack_timeout).context("audit.syslog.ack_timeout")?;
+        if ack > time::Duration::minutes(10) {
+            bail!("audit.syslog.ack_timeout must be at most 10m");
+        }
+        parse_duration(&self.max_retry_interval).context("audit.syslog.max_retry_interval")?;
+        Ok(())
+    }
 }
 
 impl Default for AuditSection {
@@ -118,6 +281,8 @@ impl Default for AuditSection {
             witness_file: default_witness(),
             checkpoint_every_entries: default_cp_entries(),
             checkpoint_interval: default_cp_interval(),
+            syslog: None,
+            http_witness: None,
         }
     }
 }
@@ -295,6 +460,34 @@ witness_file = "audit/checkpoints.log"
 checkpoint_every_entries = 1000
 checkpoint_interval = "10s"
 
+# Forwarding of every audit entry to an external audit repository (AUD-5, IHE ATNA): RFC 5424
+# messages over TLS (RFC 5425). The trail itself is the spool: while the collector is down
+# entries wait in the database and are sent, in order, when it is back. See docs/audit.md.
+# [audit.syslog]
+# address = "audit.example.jp:6514"
+# server_name = "audit.example.jp"          # default: the host of address
+# ca_file = "tls/syslog-ca.pem"             # trust anchor for the collector's certificate
+# cert_file = "tls/syslog-client.pem"       # client certificate for mutual TLS (optional)
+# key_file = "tls/syslog-client.key"        #   and its key, mode 0600
+# facility = "authpriv"                     # auth, authpriv, audit, local0..local7
+# hostname = "emr1.clinic.example.jp"       # default: this machine's host name
+# app_name = "mamori"
+# enterprise_number = 32473                 # your IANA PEN, for the SD-ID mamori@<n>
+# cursor_file = "audit/syslog.cursor"       # highest seq delivered
+# ack_timeout = "10s"                       # unacknowledged data this old drops the connection
+# max_retry_interval = "30s"                # reconnection back-off cap
+
+# A second witness outside this machine (AUD-2): every signed checkpoint is POSTed (the signed
+# note, text/plain) to a URL run by another party, who keeps it. Failures are logged and
+# retried; serving never waits for it. See docs/audit.md.
+# [audit.http_witness]
+# url = "https://witness.example.org/mamori/checkpoints"
+# ca_file = "tls/witness-ca.pem"            # trust anchor for the witness's certificate
+# cert_file = "tls/witness-client.pem"      # client certificate for mutual TLS (optional)
+# key_file = "tls/witness-client.key"       #   and its key, mode 0600
+# cursor_file = "audit/http-witness.cursor" # size of the last checkpoint accepted
+# max_retry_interval = "30s"
+
 [tokens]
 # Lifetime of API tokens from `mamori token create` when --ttl is not given, and the longest allowed.
 default_ttl = "8h"
@@ -371,6 +564,12 @@ impl Config {
         }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");
+        }
+        if let Some(s) = &self.audit.syslog {
+            s.validate()?;
+        }
+        if let Some(w) = &self.audit.http_witness {
+            w.validate()?;
         }
         let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
         if d > m {
@@ -506,6 +705,58 @@ mod tests {
             assert_ne!(text, initial_file(Argon2Params::FLOOR), "{from}");
             let weak: Config = toml::from_str(&text).unwrap();
             assert!(weak.validate().is_err(), "{to} accepted");
+        }
+    }
+
+    #[test]
+    fn aud5_syslog_settings_are_checked() {
+        let with = |extra: &str| {
+            let text = initial_file(Argon2Params::FLOOR).replace(
+                "[tokens]",
+                &format!(
+                    "[audit.syslog]\naddress = \"audit.example.jp:6514\"\nca_file = \"ca.pem\"\n{extra}\n[tokens]"
+                ),
+            );
+            toml::from_str::<Config>(&text).map_err(anyhow::Error::from).and_then(|c| c.validate().map(|()| c))
+        };
+        let ok = with("").unwrap();
+        let s = ok.audit.syslog.unwrap();
+        assert_eq!(s.host_port().unwrap(), ("audit.example.jp".to_string(), 6514));
+        assert_eq!((s.facility.as_str(), s.enterprise_number), ("authpriv", 32473));
+        for bad in [
+            "adress = \"x:1\"",
+            "cert_file = \"c.pem\"",
+            "facility = \"kern\"",
+            "app_name = \"two words\"",
+            "ack_timeout = \"1w\"",
+            "enterprise_number = 0",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        let text = initial_file(Argon2Params::FLOOR)
+            .replace("[tokens]", "[audit.syslog]\naddress = \"nohost\"\nca_file = \"ca.pem\"\n[tokens]");
+        let err = toml::from_str::<Config>(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn aud2_http_witness_urls_are_checked() {
+        let with = |body: &str| {
+            let text = initial_file(Argon2Params::FLOOR)
+                .replace("[tokens]", &format!("[audit.http_witness]\n{body}\n[tokens]"));
+            toml::from_str::<Config>(&text).map_err(anyhow::Error::from).and_then(|c| c.validate().map(|()| c))
+        };
+        assert!(with("url = \"http://127.0.0.1:9/cp\"").is_ok());
+        assert!(with("url = \"https://w.example.org/cp\"\nca_file = \"ca.pem\"").is_ok());
+        for bad in [
+            "url = \"http://w.example.org/cp\"",
+            "url = \"https://w.example.org/cp\"",
+            "url = \"https://u:p@w.example.org/cp\"\nca_file = \"ca.pem\"",
+            "url = \"ftp://127.0.0.1/cp\"",
+            "url = \"http://127.0.0.1/cp\"\nca_file = \"ca.pem\"",
+            "url = \"http://127.0.0.1/cp\"\ncolour = \"blue\"",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
         }
     }
 

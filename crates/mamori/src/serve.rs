@@ -58,6 +58,29 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     let warm = Arc::clone(&login);
     tokio::task::spawn_blocking(move || warm.hasher.warm_up());
     shared.login = login;
+    // AUD-5: forward the trail to the syslog collector, if one is configured.
+    let (fwd_stop, fwd_stop_rx) = tokio::sync::watch::channel(false);
+    let forwarder = match syslog_forwarder(data_dir, &cfg, &ntp)? {
+        Some(fc) => {
+            let address = fc.address.clone();
+            let (task, status) = mamori_server::syslog::spawn(fc, fwd_stop_rx)
+                .with_context(|| format!("cannot start audit forwarding to {address}"))?;
+            shared.forwarding = Some(status);
+            Some(task)
+        }
+        None => None,
+    };
+    // AUD-2: offer every signed checkpoint to the HTTP witness, if one is configured.
+    let witness = match http_witness(data_dir, &cfg)? {
+        Some(wc) => {
+            let url = mamori_server::witness::display_url(&wc.url);
+            let (task, status) = mamori_server::witness::spawn(wc, fwd_stop.subscribe())
+                .with_context(|| format!("cannot start the checkpoint witness {url}"))?;
+            shared.witness = Some(status);
+            Some(task)
+        }
+        None => None,
+    };
     let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -87,8 +110,108 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         }
     }
     store.shutdown();
+    // Every entry (and the final checkpoint) is committed now; the forwarder and the witness
+    // send what they can of them, then stop. What they cannot send stays in the database and
+    // goes out after the next start (from their cursors).
+    let _ = fwd_stop.send(true);
+    let deadline = tokio::time::Instant::now() + FORWARD_FLUSH_LIMIT;
+    for (what, task) in [("syslog forwarder", forwarder), ("checkpoint witness", witness)] {
+        if let Some(task) = task
+            && tokio::time::timeout_at(deadline, task).await.is_err()
+        {
+            tracing::warn!("{what} did not finish within {FORWARD_FLUSH_LIMIT:?}; the rest is sent after restart");
+        }
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long shutdown waits for the syslog forwarder to deliver the last entries.
+const FORWARD_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The forwarder's settings from `[audit.syslog]`, with its certificates loaded (so a bad file
+/// stops start-up with a clear message).
+fn syslog_forwarder(
+    data_dir: &Path,
+    cfg: &Config,
+    ntp: &crate::clock::NtpStatus,
+) -> anyhow::Result<Option<mamori_server::syslog::ForwarderConfig>> {
+    use mamori_server::syslog::{Facility, ForwarderConfig, HeaderName, MessageSettings};
+    let Some(s) = &cfg.audit.syslog else { return Ok(None) };
+    let (host, _) = s.host_port()?;
+    let name = s.server_name.clone().unwrap_or(host);
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| anyhow::anyhow!("audit.syslog.server_name {name:?} is not a DNS name or IP address"))?;
+    let identity = match (&s.cert_file, &s.key_file) {
+        (Some(c), Some(k)) => Some((data_dir.join(c), data_dir.join(k))),
+        _ => None,
+    };
+    let tls = mamori_server::tls::client_config(
+        &data_dir.join(&s.ca_file),
+        identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .context("audit.syslog: TLS settings")?;
+    let hostname = s.hostname.clone().unwrap_or_else(system_hostname);
+    let message = MessageSettings {
+        facility: Facility::parse(&s.facility).context("audit.syslog.facility")?,
+        hostname: HeaderName::new(&hostname, 255).or_else(|| HeaderName::new("-", 1)).context("hostname")?,
+        app_name: HeaderName::new(&s.app_name, 48).context("audit.syslog.app_name")?,
+        procid: std::process::id(),
+        enterprise_number: s.enterprise_number,
+        time_synced: match ntp {
+            crate::clock::NtpStatus::Synchronized => Some(true),
+            crate::clock::NtpStatus::Unsynchronized => Some(false),
+            crate::clock::NtpStatus::Unknown(_) => None,
+        },
+    };
+    let secs = |d: time::Duration| std::time::Duration::from_secs(d.whole_seconds().unsigned_abs());
+    Ok(Some(ForwarderConfig {
+        address: s.address.clone(),
+        server_name,
+        tls,
+        message,
+        audit_db: data_dir.join(&cfg.storage.audit_database),
+        cursor_file: data_dir.join(&s.cursor_file),
+        ack_timeout: secs(crate::config::parse_duration(&s.ack_timeout)?),
+        max_retry_interval: secs(crate::config::parse_duration(&s.max_retry_interval)?),
+    }))
+}
+
+/// The HTTP witness's settings from `[audit.http_witness]`, certificates loaded.
+fn http_witness(data_dir: &Path, cfg: &Config) -> anyhow::Result<Option<mamori_server::witness::WitnessConfig>> {
+    let Some(w) = &cfg.audit.http_witness else { return Ok(None) };
+    let tls = match &w.ca_file {
+        Some(ca) => {
+            let identity = match (&w.cert_file, &w.key_file) {
+                (Some(c), Some(k)) => Some((data_dir.join(c), data_dir.join(k))),
+                _ => None,
+            };
+            let tls = mamori_server::tls::client_config(
+                &data_dir.join(ca),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .context("audit.http_witness: TLS settings")?;
+            Some(tls)
+        }
+        None => None,
+    };
+    let d = crate::config::parse_duration(&w.max_retry_interval)?;
+    Ok(Some(mamori_server::witness::WitnessConfig {
+        url: w.parsed_url()?,
+        tls,
+        audit_db: data_dir.join(&cfg.storage.audit_database),
+        cursor_file: data_dir.join(&w.cursor_file),
+        max_retry_interval: std::time::Duration::from_secs(d.whole_seconds().unsigned_abs()),
+    }))
+}
+
+/// The kernel's host name (Linux), or the NILVALUE.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "-".to_string())
 }
 
 async fn wait_for_signal() {

@@ -119,7 +119,8 @@ pub async fn outside_hours(
 }
 
 /// Operational status for administrators and auditors: software version, the clock's
-/// synchronisation status (AUD-3) and how much of the audit trail checkpoints cover.
+/// synchronisation status (AUD-3), how much of the audit trail checkpoints cover, and the
+/// state of forwarding to the syslog collector (AUD-5).
 pub async fn status(State(s): State<Arc<Shared>>, Extension(auth): Extension<Authenticated>) -> Result<Response> {
     let ctx = auth.permit(&s, Operation::ViewStatus, Action::Status, None).await?;
     let audit = s.store.audit_status(ctx).await?;
@@ -127,6 +128,12 @@ pub async fn status(State(s): State<Arc<Shared>>, Extension(auth): Extension<Aut
         "software": {"name": "mamori", "version": env!("CARGO_PKG_VERSION")},
         "clock": {"ntp": s.clock_status, "now": mamori_store::clock::fhir_instant(s.now_us())},
         "audit": audit,
+        "forwarding": {
+            "syslog": s.forwarding.as_ref().map(|f| f.snapshot(audit["entries"].as_u64())).unwrap_or(serde_json::json!({"configured": false})),
+        },
+        "witness": {
+            "http": s.witness.as_ref().map(|w| w.snapshot()).unwrap_or(serde_json::json!({"configured": false})),
+        },
     });
     let mut resp = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

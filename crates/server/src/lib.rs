@@ -11,11 +11,14 @@ mod audit_event_api;
 pub mod auth;
 mod auth_api;
 mod capability;
+pub mod cursor;
 pub mod error;
 mod fhir_api;
 pub mod listener;
 pub mod respond;
+pub mod syslog;
 pub mod tls;
+pub mod witness;
 
 use std::sync::Arc;
 
@@ -54,6 +57,10 @@ pub struct Shared {
     pub clock_status: String,
     /// Password, two-factor, lockout and session rules of person login (AUTH-2..6).
     pub login: mamori_access::SharedLoginPolicy,
+    /// The syslog forwarder's state (AUD-5), when `[audit.syslog]` is configured.
+    pub forwarding: Option<syslog::ForwarderStatus>,
+    /// The HTTP checkpoint witness's state (AUD-2), when `[audit.http_witness]` is configured.
+    pub witness: Option<witness::WitnessStatus>,
     capability: Vec<u8>,
 }
 
@@ -76,6 +83,8 @@ impl Shared {
             clock,
             clock_status: "not checked".into(),
             login: Arc::new(mamori_access::LoginPolicy::with_hasher(mamori_access::password::PasswordHasher::floor())),
+            forwarding: None,
+            witness: None,
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }

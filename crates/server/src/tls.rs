@@ -134,6 +134,14 @@ pub enum TlsError {
         /// The reason from the verifier.
         reason: String,
     },
+    /// A CA certificate for verifying a server we connect to could not be used as a trust anchor.
+    #[error("{}: unusable CA certificate: {reason}", path.display())]
+    TrustAnchor {
+        /// The CA file.
+        path: PathBuf,
+        /// The reason from the verifier.
+        reason: String,
+    },
     /// rustls rejected the certificate/key pair or the protocol set (e.g. the key does not
     /// match the certificate).
     #[error("TLS configuration rejected ({} / {}): {reason}", cert.display(), key.display())]
@@ -212,6 +220,37 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Our suite order (AES-256 first) rather than the client's.
     cfg.ignore_client_order = true;
+    Ok(Arc::new(cfg))
+}
+
+/// The client side of an outgoing TLS connection (the syslog forwarder, RFC 5425): the peer
+/// must present a certificate chaining to `ca_pem` and valid for the server name dialled; TLS
+/// 1.2 (ECDHE + AES-GCM only) or 1.3 with the same suites and groups as the listener. With
+/// `client_identity` (certificate chain, key) the connection is mutually authenticated (IHE
+/// ATNA node authentication); the key file must be mode 0600 or stricter.
+pub fn client_config(
+    ca_pem: &Path,
+    client_identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(ca_pem)? {
+        roots.add(ca).map_err(|e| TlsError::TrustAnchor { path: ca_pem.to_owned(), reason: e.to_string() })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider(MinTlsVersion::Tls12)))
+        .with_protocol_versions(&TLS13_AND_12)
+        .map_err(|e| TlsError::TrustAnchor { path: ca_pem.to_owned(), reason: e.to_string() })?
+        .with_root_certificates(roots);
+    let cfg = match client_identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key_der) = (load_certs(cert)?, load_key(key)?);
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| TlsError::Config {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?
+        }
+    };
     Ok(Arc::new(cfg))
 }
 

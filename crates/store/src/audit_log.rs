@@ -56,6 +56,43 @@ impl AuditLogReader {
         Ok(n)
     }
 
+    /// Up to `limit` committed entries with `seq > after`, in seq order (the syslog forwarder's
+    /// read of the trail, which is its own durable spool).
+    pub fn entries_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM audit_event WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(rusqlite::params![after, limit], entry_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Up to `limit` signed checkpoints (size, note) covering more than `after` entries,
+    /// smallest first (for the HTTP witness).
+    pub fn checkpoints_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT size, note FROM audit_checkpoint WHERE size > ?1 ORDER BY size LIMIT ?2")?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows =
+            stmt.query_map(rusqlite::params![after, limit], |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The size of the largest stored checkpoint (0 if none).
+    pub fn last_checkpoint_size(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row("SELECT COALESCE(max(size), 0) FROM audit_checkpoint", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The highest committed `seq` (0 for an empty trail).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row("SELECT COALESCE(max(seq), 0) FROM audit_event", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
     /// How far the trail reaches and how much of it signed checkpoints cover (for /admin/status).
     pub fn coverage(&self) -> Result<serde_json::Value, StoreError> {
         let entries: i64 = self.conn.query_row("SELECT COALESCE(max(seq), 0) FROM audit_event", [], |r| r.get(0))?;
