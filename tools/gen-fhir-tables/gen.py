@@ -301,6 +301,38 @@ def gen_choice_elements(pkg):
     return "".join(out)
 
 
+def summary_elements(pkg):
+    """Top-level elements marked isSummary, per concrete resource type (choice names without [x])."""
+    concrete = set(resource_types(pkg))
+    out = {}
+    for sd in pkg.resources("StructureDefinition"):
+        if not is_core(sd) or sd.get("derivation") != "specialization" or sd.get("type") not in concrete:
+            continue
+        names = set()
+        for el in sd.get("snapshot", {}).get("element", []):
+            path = el.get("path", "")
+            parts = path.split(".")
+            if len(parts) == 2 and el.get("isSummary"):
+                name = parts[1]
+                names.add(name[: -len("[x]")] if name.endswith("[x]") else name)
+        out[sd["type"]] = sorted(names)
+    return out
+
+
+def gen_summary_elements(pkg):
+    table = summary_elements(pkg)
+    warn("%d types with summary elements" % len(table))
+    out = [
+        "/// Top-level elements of each resource type that are in its summary (`isSummary`), for\n",
+        "/// `_summary=true`; sorted by type, names sorted. Choice elements appear without `[x]`.\n",
+        "pub const SUMMARY_ELEMENTS: &[(&str, &[&str])] = &[\n",
+    ]
+    for t in sorted(table):
+        out.append("    (%s, &[%s]),\n" % (rust_str(t), ", ".join(rust_str(n) for n in table[t])))
+    out.append("];\n")
+    return "".join(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # SEARCH_PARAMS (generated_search.rs)
 
@@ -474,7 +506,10 @@ def gen_search_params(pkg):
 
 
 OUTPUTS = [
-    ("generated.rs", [gen_resource_types, gen_patient_compartment, gen_data_types, gen_data_type_parents, gen_choice_elements]),
+    (
+        "generated.rs",
+        [gen_resource_types, gen_patient_compartment, gen_data_types, gen_data_type_parents, gen_choice_elements, gen_summary_elements],
+    ),
     ("generated_search.rs", [gen_search_params]),
 ]
 

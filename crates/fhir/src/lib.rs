@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod reference;
 pub mod resource_type;
 pub mod search_params;
+pub mod subset;
 pub mod validate;
 pub mod walk;
 

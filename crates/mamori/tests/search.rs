@@ -436,6 +436,22 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
         .collect();
     assert!(others.is_empty(), "$everything holds no other patient: {others:?}");
 
+    // --- _lastUpdated (server-assigned: everything was written after 2000) -------------------------
+    check(&s, "_lastUpdated gt", "Patient?_lastUpdated=gt2000-01-01", data.select("Patient", |_| true)).await;
+    check(&s, "_lastUpdated lt", "Patient?_lastUpdated=lt2000-01-01", BTreeSet::new()).await;
+
+    // --- _summary=true and _elements ---------------------------------------------------------------
+    let (_, body) = json(s.get(&format!("Patient?_id={p0id}&_summary=true")).send().await.unwrap()).await;
+    let r = &body["entry"][0]["resource"];
+    assert_eq!(r["name"], p0["name"], "summary keeps the name");
+    assert!(r.get("extension").is_none() && r.get("text").is_none(), "summary drops non-summary elements: {r}");
+    assert!(arr(&r["meta"]["tag"]).iter().any(|t| t["code"] == "SUBSETTED"), "subsetted results are tagged");
+    let (_, body) = json(s.get("Observation?code=8302-2&_elements=status&_count=3").send().await.unwrap()).await;
+    for e in body["entry"].as_array().unwrap() {
+        assert_eq!(e["resource"]["status"], "final");
+        assert!(e["resource"].get("valueQuantity").is_none() && e["resource"].get("code").is_none());
+    }
+
     // --- _summary=count and _total=none ------------------------------------------------------------
     let (status, body) = json(s.get("Observation?code=8302-2&_summary=count").send().await.unwrap()).await;
     assert_eq!(status, 200);
@@ -537,6 +553,8 @@ async fn bad_search_parameters_are_named_unless_lenient() {
         ("Patient?_include=Encounter:nonsense", "'nonsense'"),
         ("Observation?code-value-quantity=1", "component"),
         ("Patient?_has:Observation:nonsense:code=1", "nonsense"),
+        ("Patient?_summary=maybe", "_summary"),
+        ("Patient?_elements=a;b", "_elements"),
     ] {
         expect_outcome(s.get(q).send().await.unwrap(), 400, needle).await;
     }

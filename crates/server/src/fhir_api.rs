@@ -16,6 +16,7 @@ use mamori_fhir::bundle::{BundleKind, parse_request_bundle};
 use mamori_fhir::id::Id;
 use mamori_fhir::media;
 use mamori_fhir::resource_type::ResourceType;
+use mamori_fhir::subset::Subset;
 use mamori_fhir::validate::{check_resource, parse_resource};
 use mamori_store::query::parse_query_string;
 use mamori_store::{
@@ -472,6 +473,7 @@ async fn run_search(
         let rtype = parse_type(&rtype)?;
         let opts = ParseOptions { limits: s.page_limits, lenient: lenient(&h), base_url: Some(&base) };
         let mut query = SearchQuery::parse(rtype, &pairs, opts)?;
+        let subset = Subset::from_query(&pairs).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))?;
         match &scope {
             Scope::Type => {}
             Scope::Compartment(id) => query.compartment = Some(id.clone()),
@@ -487,9 +489,9 @@ async fn run_search(
                 query.all_types = true;
             }
         }
-        Ok((rtype, query))
+        Ok((rtype, query, subset))
     })();
-    let (rtype, query) = checked(&s, &auth, Some(&rtype), parsed).await?;
+    let (rtype, query, subset) = checked(&s, &auth, Some(&rtype), parsed).await?;
     let ctx = auth.permit(&s, Operation::View, Action::Search, Some(rtype.as_str())).await?;
     let ignored = query.ignored.clone();
     let page = s.store.search(ctx, rtype, query).await?;
@@ -518,14 +520,30 @@ async fn run_search(
         bundle.link.push(Link { relation: "previous", url: page_url(Some(c)) });
     }
     for (rec, mode) in page.records.iter().map(|r| (r, "match")).chain(page.included.iter().map(|r| (r, "include"))) {
+        // _summary/_elements reduce the matches; included resources come whole.
+        let resource = match (&subset, mode) {
+            (Some(sub), "match") => subset_raw(rec, sub)?,
+            _ => raw(rec)?,
+        };
         bundle.entry.push(Entry {
             full_url: Some(format!("{base}/{}/{}", rec.rtype, rec.id)),
-            resource: raw(rec)?,
+            resource,
             search: Some(SearchMode { mode }),
             ..Entry::default()
         });
     }
     Ok(bundle.into_response(StatusCode::OK))
+}
+
+/// A stored resource reduced to the subset a client asked for.
+fn subset_raw(rec: &mamori_store::VersionRecord, subset: &Subset) -> Result<Option<Box<serde_json::value::RawValue>>> {
+    let Some(bytes) = &rec.body else { return Ok(None) };
+    let encoding =
+        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "a stored resource could not be encoded");
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| encoding())?;
+    subset.apply(&mut v);
+    let text = serde_json::to_string(&v).map_err(|_| encoding())?;
+    serde_json::value::RawValue::from_string(text).map(Some).map_err(|_| encoding())
 }
 
 pub(crate) fn encode_query(pairs: &[(String, String)]) -> String {
