@@ -564,3 +564,103 @@ async fn bad_search_parameters_are_named_unless_lenient() {
     let self_link = body["link"][0]["url"].as_str().unwrap();
     assert!(self_link.contains("gender=male") && !self_link.contains("nonsense"), "{self_link}");
 }
+
+/// Creates `resource` and returns "Type/id".
+async fn create(s: &Server, resource: Value) -> String {
+    let t = resource["resourceType"].as_str().unwrap().to_string();
+    let (status, body) = json(s.post_json(&t, &resource).send().await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    format!("{t}/{}", body["id"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_uri_profile_security_and_post_search() {
+    let s = Server::start();
+    let mut risks = Vec::new();
+    for p in ["0.2", "0.5", "0.55", "0.9"] {
+        let r = json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/x"},
+            "prediction": [{"probabilityDecimal": p.parse::<f64>().unwrap()}]});
+        risks.push((p.parse::<f64>().unwrap(), create(&s, r).await));
+    }
+    let pick =
+        |f: &dyn Fn(f64) -> bool| risks.iter().filter(|(v, _)| f(*v)).map(|(_, k)| k.clone()).collect::<BTreeSet<_>>();
+    check(&s, "number gt", "RiskAssessment?probability=gt0.5", pick(&|v| v > 0.5)).await;
+    check(&s, "number le", "RiskAssessment?probability=le0.5", pick(&|v| v <= 0.5)).await;
+    check(&s, "number eq uses precision", "RiskAssessment?probability=0.5", pick(&|v| (0.45..0.55).contains(&v))).await;
+    check(&s, "number eq finer precision", "RiskAssessment?probability=0.50", pick(&|v| (0.495..0.505).contains(&v)))
+        .await;
+    check(&s, "number ne", "RiskAssessment?probability=ne0.5", pick(&|v| !(0.45..0.55).contains(&v))).await;
+
+    let vs = create(
+        &s,
+        json!({"resourceType": "ValueSet", "status": "active", "url": "http://example.org/vs/a",
+        "meta": {"profile": ["http://example.org/StructureDefinition/p1"],
+                 "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+    )
+    .await;
+    let _other =
+        create(&s, json!({"resourceType": "ValueSet", "status": "active", "url": "http://example.org/vs/b"})).await;
+    check(&s, "uri", "ValueSet?url=http://example.org/vs/a", BTreeSet::from([vs.clone()])).await;
+    check(&s, "uri is not a prefix match", "ValueSet?url=http://example.org/vs", BTreeSet::new()).await;
+    check(&s, "_profile", "ValueSet?_profile=http://example.org/StructureDefinition/p1", BTreeSet::from([vs.clone()]))
+        .await;
+    check(
+        &s,
+        "_security",
+        "ValueSet?_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",
+        BTreeSet::from([vs.clone()]),
+    )
+    .await;
+
+    let resp = s
+        .http
+        .post(s.url("ValueSet/_search"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("url=http%3A%2F%2Fexample.org%2Fvs%2Fa")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(resp).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total"], 1, "POST _search takes form parameters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_audit_names_every_patient_disclosed_including_via_revinclude() {
+    let s = Server::start();
+    let prac = create(&s, json!({"resourceType": "Practitioner", "name": [{"family": "Doc"}]})).await;
+    let mut patients = Vec::new();
+    for i in 0..3 {
+        let p = create(&s, json!({"resourceType": "Patient", "name": [{"family": format!("P{i}")}]})).await;
+        create(
+            &s,
+            json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": p}, "participant": [{"individual": {"reference": prac}}]}),
+        )
+        .await;
+        patients.push(p);
+    }
+    let prac_id = prac.split('/').nth(1).unwrap();
+    let (matches, included) =
+        search_all(&s, &format!("Practitioner?_id={prac_id}&_revinclude=Encounter:practitioner")).await;
+    assert_eq!(matches, vec![prac.clone()]);
+    assert_eq!(included.len(), 3);
+    // The Practitioner is in no patient's compartment; the Encounters are: the row names all three.
+    let named = s.dir.audit_i64(
+        "SELECT count(*) FROM audit_event WHERE action = 'search-type' AND rtype = 'Practitioner' AND outcome = 200",
+    );
+    assert_eq!(named, 1);
+    let c =
+        rusqlite::Connection::open_with_flags(s.dir.audit_db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let row: String = c
+        .query_row(
+            "SELECT patients FROM audit_event WHERE action = 'search-type' AND rtype = 'Practitioner'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for p in &patients {
+        assert!(row.contains(p.split('/').nth(1).unwrap()), "audit row {row:?} must name {p}");
+    }
+}
