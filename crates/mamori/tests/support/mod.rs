@@ -122,7 +122,14 @@ impl Server {
             .strip_prefix("mamori listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
             .to_string();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        // The server closes a keep-alive connection that sends no request head for 30 s (hyper's
+        // header-read timeout); a client must not reuse connections idle that long, or a request
+        // can race the close (seen as IncompleteMessage on a loaded machine).
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
         Server { dir, child: Some(child), base, token, http }
     }
 
