@@ -143,7 +143,7 @@ fn check(what: &'static str, value: f64, target: f64, fmt: fn(f64) -> String) ->
     }
 }
 
-fn rate(v: f64) -> String {
+pub fn rate(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::new();
