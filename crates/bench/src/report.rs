@@ -24,6 +24,11 @@ impl Latency {
         Latency { count: sorted.len(), sorted }
     }
 
+    /// The samples, in microseconds.
+    pub fn samples(&self) -> Vec<u32> {
+        self.sorted.clone()
+    }
+
     /// The q-quantile (0..=1) in milliseconds; 0 without samples.
     pub fn ms(&self, q: f64) -> f64 {
         if self.sorted.is_empty() {

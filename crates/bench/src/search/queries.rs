@@ -75,6 +75,8 @@ pub struct Workload {
     pub common_code: u16,
     /// Patients with at least one Observation of `common_code`.
     with_code: Vec<usize>,
+    /// Patients with clinical resources.
+    clinical: Vec<usize>,
     prefix_counts: HashMap<String, u32>,
     day_counts: HashMap<i64, u32>,
 }
@@ -108,7 +110,15 @@ impl Workload {
             .map(|(i, _)| i)
             .collect();
         ensure!(!with_code.is_empty(), "no Observations generated");
-        Ok(Workload { data, ids, common_code, with_code, prefix_counts, day_counts })
+        let clinical: Vec<usize> = data
+            .patients
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.encounters.is_empty() && !p.observations.is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        ensure!(!clinical.is_empty(), "no patient with Encounters and Observations");
+        Ok(Workload { data, ids, common_code, with_code, clinical, prefix_counts, day_counts })
     }
 
     pub fn code(&self) -> &str {
@@ -121,8 +131,10 @@ impl Workload {
     }
 
     pub fn draw(&self, kind: Kind, rng: &mut XorShift) -> Params {
-        let n = self.data.patients.len();
-        let p = rng.below(n);
+        let p = match kind {
+            Kind::Name | Kind::Identifier => rng.below(self.data.patients.len()),
+            _ => self.clinical[rng.below(self.clinical.len())],
+        };
         let meta = &self.data.patients[p];
         match kind {
             Kind::Name => Params::Name(prefix3(&meta.family)),

@@ -42,6 +42,8 @@ pub struct Shape {
     pub observations: usize,
     pub conditions: usize,
     pub patients_per_bundle: usize,
+    /// Every n-th patient gets the clinical resources; the others are a Patient only.
+    pub clinical_every: usize,
 }
 
 /// What the queries and checks know about one generated patient.
@@ -209,7 +211,19 @@ pub fn generate(dir: &Path, patients: usize, shape: Shape) -> Result<Generated> 
     let mut entries = Vec::new();
     let mut next_entry = 0usize;
     for i in 0..patients {
-        let t = &templates[i % templates.len()];
+        let t_full = &templates[i % templates.len()];
+        let bare;
+        let t = if i % shape.clinical_every.max(1) == 0 {
+            t_full
+        } else {
+            bare = Template {
+                patient: t_full.patient.clone(),
+                encounters: vec![],
+                observations: vec![],
+                conditions: vec![],
+            };
+            &bare
+        };
         let h = mix(i as u64);
         let pat_url = urn();
         let family = family_name(i);
@@ -296,7 +310,7 @@ pub fn generate(dir: &Path, patients: usize, shape: Shape) -> Result<Generated> 
             entries.push(entry(&urn(), r));
             obs.push((ci, at));
         }
-        for tc in &t.conditions {
+        for tc in t.conditions.iter().filter(|_| n_enc > 0) {
             let mut r = tc.clone();
             if let Some(o) = r.as_object_mut() {
                 o.remove("id");
@@ -314,7 +328,7 @@ pub fn generate(dir: &Path, patients: usize, shape: Shape) -> Result<Generated> 
             first_entry,
             encounters: enc_times,
             observations: obs,
-            conditions: t.conditions.len(),
+            conditions: if n_enc > 0 { t.conditions.len() } else { 0 },
         };
         next_entry += meta.resources();
         metas.push(meta);
