@@ -295,6 +295,16 @@ fn run_config(
     ))
 }
 
+/// The ingest stops (with an error) when less than this is left on the database's disk, which
+/// other people share.
+const MIN_FREE_BYTES: u64 = 1536 * 1024 * 1024;
+
+/// Free bytes on the file system holding `path` (`df`), if it can be told.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+}
+
 /// Bundles POSTed between two WAL drains.
 const DRAIN_EVERY: usize = 20;
 
@@ -336,6 +346,15 @@ fn ingest_drained(
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(free) = free_bytes(db)
+            && free < MIN_FREE_BYTES
+        {
+            bail!(
+                "only {} MiB free on the database's file system after {} resources; stopping before the disk fills",
+                free / 1024 / 1024,
+                all.resources
+            );
         }
         if (n + 1) % 25 == 0 {
             eprintln!(
