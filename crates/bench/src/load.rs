@@ -39,7 +39,7 @@ impl Target {
         })
     }
 
-    fn request(&self, method: Method, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+    pub(crate) fn request(&self, method: Method, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -53,9 +53,9 @@ impl Target {
     }
 }
 
-type Conn = SendRequest<Full<Bytes>>;
+pub(crate) type Conn = SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> Result<Conn> {
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Conn> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake failed")?;
@@ -66,7 +66,7 @@ async fn connect(addr: SocketAddr) -> Result<Conn> {
     Ok(sender)
 }
 
-async fn send(conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+pub(crate) async fn send(conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
     conn.ready().await.context("connection closed")?;
     let resp = conn.send_request(req).await.context("request failed")?;
     let status = resp.status();
@@ -74,7 +74,7 @@ async fn send(conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<(StatusCode,
     Ok((status, body))
 }
 
-fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned()
 }
 
@@ -106,7 +106,7 @@ pub struct Ingest {
     pub elapsed: Duration,
     /// Per-bundle round-trip latency.
     pub latency: Latency,
-    /// `/fhir/Type/id` of every created resource, for the read phase.
+    /// `/fhir/Type/id` of every created resource, in bundle and entry order.
     pub paths: Vec<String>,
 }
 
@@ -144,6 +144,8 @@ pub async fn ingest(target: &Target, bundles: Arc<Vec<Bundle>>, clients: usize) 
         lats.push(lat);
     }
     let elapsed = start.elapsed();
+    // Bundle order, so `paths` lists the created resources in the order they were sent.
+    responses.sort_unstable_by_key(|(i, _)| *i);
 
     // Parsing the answers happens after the clock stopped, to keep the client lean.
     let mut paths = Vec::new();
@@ -181,7 +183,7 @@ struct TxStatus {
 
 /// Checks a transaction-response (every entry `201` with a location) and returns the read
 /// paths of the created resources.
-fn parse_response(body: &[u8], expected: usize) -> Result<Vec<String>> {
+pub(crate) fn parse_response(body: &[u8], expected: usize) -> Result<Vec<String>> {
     let r: TxResponse = serde_json::from_slice(body).context("the answer is not a transaction-response")?;
     if r.kind != "transaction-response" {
         bail!("expected a transaction-response, got '{}'", r.kind);
@@ -275,7 +277,7 @@ pub async fn reads(
     Ok(Reads { requests: latency.count, elapsed: measure, latency, bytes })
 }
 
-fn micros(d: Duration) -> u32 {
+pub(crate) fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 

@@ -6,6 +6,7 @@ mod data;
 mod load;
 mod raw;
 mod report;
+mod search;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use mamori_store::clock::Clock as _;
 
 use crate::report::{ConfigResult, Machine, Report};
@@ -23,9 +24,12 @@ use crate::server::Mode;
 #[derive(Parser, Debug)]
 #[command(
     name = "mamori-bench",
-    about = "Ingest and read benchmark of the mamori FHIR server (mamori vs. unprotected baseline vs. raw SQLite)"
+    about = "Ingest and read benchmark of the mamori FHIR server (mamori vs. unprotected baseline vs. raw SQLite)",
+    args_conflicts_with_subcommands = true
 )]
 struct Opts {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Directory of Synthea R4 transaction Bundles [default: testdata/synthea-r4, else
     /// ../shared/data/synthea-r4].
     #[arg(long)]
@@ -71,6 +75,12 @@ struct Opts {
     bench_file: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// FHIR search latency and throughput at ≥ 100,000 generated patients (issue 3).
+    Search(search::SearchOpts),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ConfigArg {
     Mamori,
@@ -91,7 +101,10 @@ impl From<ConfigArg> for Mode {
 }
 
 fn main() -> Result<()> {
-    let opts = Opts::parse();
+    let mut opts = Opts::parse();
+    if let Some(Command::Search(s)) = opts.command.take() {
+        return search::main(s);
+    }
     if opts.ingest_clients == 0 || opts.read_clients == 0 || opts.client_threads == 0 {
         bail!("client counts must be at least 1");
     }

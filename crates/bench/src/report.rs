@@ -24,6 +24,11 @@ impl Latency {
         Latency { count: sorted.len(), sorted }
     }
 
+    /// The samples, in microseconds.
+    pub fn samples(&self) -> Vec<u32> {
+        self.sorted.clone()
+    }
+
     /// The q-quantile (0..=1) in milliseconds; 0 without samples.
     pub fn ms(&self, q: f64) -> f64 {
         if self.sorted.is_empty() {
@@ -143,7 +148,7 @@ fn check(what: &'static str, value: f64, target: f64, fmt: fn(f64) -> String) ->
     }
 }
 
-fn rate(v: f64) -> String {
+pub fn rate(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::new();

@@ -101,6 +101,11 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
 }
 
 impl Running {
+    /// The records database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mamori.db")
+    }
+
     /// Bytes on disk (database, WAL and shared memory files).
     pub fn disk_bytes(&self) -> u64 {
         std::fs::read_dir(self.dir.path())

@@ -198,6 +198,13 @@ pub(crate) fn open_writer(records: &Path, audit: &Path, synchronous_full: bool) 
     conn.execute("ATTACH DATABASE ?1 AS rec", [records])?;
     schema::configure(&conn, "main", synchronous_full)?;
     schema::configure(&conn, "rec", synchronous_full)?;
+    // Statement journals in a file, not in memory: inside the bundle savepoint every statement
+    // (e.g. the INSERT into resource_version, which has triggers) opens a statement journal and
+    // closing it truncates the savepoint's sub-journal; an in-memory journal truncates by walking
+    // its chunk list from the start, so each statement cost O(pages dirtied so far in the bundle)
+    // (76 % of the writer in a 500-entry-bundle ingest). Files spill only past 64 KiB and
+    // truncate with one syscall.
+    conn.execute_batch("PRAGMA temp_store = FILE")?;
     Ok(conn)
 }
 

@@ -73,9 +73,13 @@ impl Where<'_> {
         format!("c{}", self.aliases)
     }
 
-    /// `alias.rtype = ? AND alias.deleted = 0 AND <clauses>`
+    /// `alias.rtype = ? AND alias.deleted = 0 AND <clauses>`. When a clause selects rids by an
+    /// index seek, the type test is written `+alias.rtype`: otherwise SQLite (without statistics)
+    /// walks every resource of the type in primary-key order and probes the clause's list for
+    /// each, which makes even an identifier search linear in the number of resources.
     fn resource(&mut self, alias: &str, rtype: &str, clauses: &[Clause]) {
-        self.push(&format!("{alias}.rtype = "));
+        let plus = if clauses.iter().any(drives) { "+" } else { "" };
+        self.push(&format!("{plus}{alias}.rtype = "));
         self.arg(rtype.to_string());
         self.push(&format!(" AND {alias}.deleted = 0"));
         for c in clauses {
@@ -361,6 +365,12 @@ fn filter_sql(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> (String, Vec<Sql
     (w.sql, w.args)
 }
 
+/// A clause that selects rids through an index seek (`first_seq IN (subquery)`), so it can
+/// drive the lookup through `resource_current_by_rid`.
+fn drives(c: &Clause) -> bool {
+    matches!(c, Clause::Match { negate: false, .. } | Clause::Chain { .. })
+}
+
 fn order_sql(q: &SearchQuery) -> String {
     let mut parts = Vec::new();
     for k in &q.sort {
@@ -369,10 +379,12 @@ fn order_sql(q: &SearchQuery) -> String {
         let expr = if k.code == "_id" {
             "c.id".to_string()
         } else {
+            // INDEXED BY the (rid, pid) index: otherwise SQLite's MIN/MAX optimisation walks the
+            // parameter's whole (pid, value) range looking for this rid, once per sorted row.
             let (col, table) = match k.ptype {
-                ParamType::Date => ("lo", "idx_date"),
-                ParamType::Reference => ("target_id", "idx_ref"),
-                _ => ("value", "idx_number"),
+                ParamType::Date => ("lo", "idx_date INDEXED BY idx_date_by_rid"),
+                ParamType::Reference => ("target_id", "idx_ref INDEXED BY idx_ref_by_rid"),
+                _ => ("value", "idx_number INDEXED BY idx_number_by_rid"),
             };
             // The pid is our own hash, an integer: safe to inline (the expression appears twice).
             let pid = ParamKey::new(q.rtype.as_str(), k.code).pid;
