@@ -633,7 +633,7 @@ impl Rights {
 
     /// Nothing at all (unauthenticated requests).
     pub fn none() -> Rights {
-        Rights { allowed: [CategorySet::EMPTY; 6], policy: Some(Arc::new(Policy::empty())) }
+        Rights { allowed: [CategorySet::EMPTY; 6], policy: Some(Arc::new(Policy::deny_all())) }
     }
 
     /// Whether the operation is allowed on at least one category (the request-level gate).
@@ -666,7 +666,8 @@ impl Rights {
 }
 
 impl Policy {
-    fn empty() -> Policy {
+    /// A policy that permits nothing (no zones, no categories, no grants).
+    pub fn deny_all() -> Policy {
         Policy {
             zones: Vec::new(),
             default_zone: ZoneId(0),
