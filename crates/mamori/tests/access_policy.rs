@@ -360,6 +360,18 @@ async fn acl2_break_glass_needs_a_reason_and_is_audited() {
     let path = format!("Observation/{}", g["id"].as_str().unwrap());
     // A nurse does not see genetic data for treatment…
     assert_eq!(req(&s, &nurse, reqwest::Method::GET, &path, None).await.0, 404);
+    // …nor can probe it with a conditional update: If-Match gets the answer of a missing one.
+    let r = s
+        .http
+        .put(s.url(&path))
+        .bearer_auth(&nurse)
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"7\"")
+        .body(serde_json::to_vec(&g).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     // …break-glass needs a reason…
     let r = s.http.get(s.url(&path)).bearer_auth(&nurse).header("x-mamori-purpose", "emergency").send().await.unwrap();
     assert_eq!(r.status(), 400);

@@ -158,6 +158,10 @@ impl Tx<'_> {
             },
             WriteOp::Patch { rtype, id, patch, if_match } => self.patch(rtype, &id, &patch, if_match),
             WriteOp::Delete { rtype, id, if_match } => {
+                // Invisible to the caller: absent, whatever If-Match says (no 412 to reveal it).
+                if category::is_hidden(self.conn, self.hidden, rtype.as_str(), &id, None)? {
+                    return Ok(WriteOutcome::Deleted(None));
+                }
                 if let Some(expected) = if_match {
                     self.check_version(rtype, &id, expected)?;
                 }
@@ -250,6 +254,10 @@ impl Tx<'_> {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
+        // Invisible to the caller: answer as for a missing resource before If-Match can tell.
+        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            return Err(StoreError::NotFound(format!("{rtype}/{id}")));
+        }
         if let Some(expected) = if_match {
             self.check_version(rtype, id, expected)?;
         }
