@@ -1,8 +1,8 @@
 //! Identities, credentials and the policy decision point.
 //!
 //! This crate has no I/O: the store persists accounts and token hashes, the server asks
-//! [`policy::decide`] before any storage call. The access-policy issue grows the decision from
-//! "job type" to job × information category × zone × purpose without changing its callers.
+//! [`policy::Policy::decide`] before any storage call: job type × information category ×
+//! operation × zone × purpose.
 #![forbid(unsafe_code)]
 
 pub mod login;
@@ -14,7 +14,7 @@ pub mod token;
 pub mod totp;
 
 pub use login::{LoginPolicy, SharedLoginPolicy};
-pub use policy::{Decision, Operation, decide};
+pub use policy::{CategorySet, Decision, Operation, Policy, PolicyConfig, PolicyError, Purpose, Rights, ZoneId};
 pub use role::{Role, RoleError};
 pub use token::{ApiToken, TokenHash};
 

@@ -1,5 +1,5 @@
-//! Job types. The foundation ships three; the access-policy issue replaces this with the
-//! configurable job-type table (physician, nurse, pharmacist, clerk, …).
+//! Job types (ACL-2). The set is fixed (every account names one); what each may do, per
+//! information category, zone and purpose, is the configurable policy (`policy.rs`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,22 +8,45 @@ use std::str::FromStr;
 pub enum Role {
     /// Clinical read and write.
     Physician,
+    Nurse,
+    Pharmacist,
+    /// Medical clerk (医療事務): registration, scheduling, billing.
+    Clerk,
     /// Accounts and settings; no clinical data by virtue of the role (ACL-5).
     Administrator,
     /// Audit data only; no clinical data (ACL-5).
     Auditor,
+    /// A maintenance vendor's engineer: no clinical data by default.
+    Maintenance,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown role '{0}': expected one of physician, administrator, auditor")]
+#[error("unknown role '{0}': expected one of physician, nurse, pharmacist, clerk, administrator, auditor, maintenance")]
 pub struct RoleError(pub String);
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Physician, Role::Administrator, Role::Auditor];
+    pub const ALL: [Role; 7] = [
+        Role::Physician,
+        Role::Nurse,
+        Role::Pharmacist,
+        Role::Clerk,
+        Role::Administrator,
+        Role::Auditor,
+        Role::Maintenance,
+    ];
+
+    /// Position in [`Role::ALL`] (the policy keeps one grant list per job type).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Physician => "physician",
+            Role::Nurse => "nurse",
+            Role::Pharmacist => "pharmacist",
+            Role::Clerk => "clerk",
+            Role::Maintenance => "maintenance",
             Role::Administrator => "administrator",
             Role::Auditor => "auditor",
         }
@@ -33,7 +56,9 @@ impl Role {
 impl FromStr for Role {
     type Err = RoleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| RoleError(s.chars().take(40).collect()))
+        // "medical-clerk" is accepted as the long name of the clerk job type.
+        let s2 = if s == "medical-clerk" { "clerk" } else { s };
+        Role::ALL.into_iter().find(|r| r.as_str() == s2).ok_or_else(|| RoleError(s.chars().take(40).collect()))
     }
 }
 
@@ -49,8 +74,9 @@ mod tests {
 
     #[test]
     fn roles_round_trip_and_unknown_is_refused() {
-        for r in Role::ALL {
+        for (i, r) in Role::ALL.into_iter().enumerate() {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(r.index(), i);
         }
         assert!("root".parse::<Role>().is_err());
         assert!("Physician".parse::<Role>().is_err(), "role names are exact");

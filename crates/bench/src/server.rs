@@ -10,7 +10,7 @@ use mamori_server::listener::ConnLimits;
 use mamori_server::{HttpLimits, Shared};
 use mamori_store::clock::SystemClock;
 use mamori_store::keys::MasterKey;
-use mamori_store::{AccessContext, AccountName, Actor, PageLimits, SqliteStore, StoreConfig};
+use mamori_store::{AccessContext, AccountName, PageLimits, SqliteStore, StoreConfig};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -48,11 +48,7 @@ pub struct Running {
 }
 
 fn operator_ctx() -> AccessContext {
-    AccessContext {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        actor: Actor::Operator("bench".into()),
-        source: "local".into(),
-    }
+    AccessContext::operator(uuid::Uuid::new_v4().to_string(), "bench")
 }
 
 /// Opens a fresh store under `tmp_parent`, issues a token and starts serving. Must run inside

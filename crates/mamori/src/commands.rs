@@ -11,7 +11,7 @@ use mamori_access::Role;
 use mamori_store::clock::{Clock, SystemClock, to_micros};
 use mamori_store::keys::MasterKey;
 use mamori_store::{
-    AccessContext, AccountName, Action, Actor, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
+    AccessContext, AccountName, Action, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
 };
 use rand::Rng;
 
@@ -26,7 +26,7 @@ pub fn operator_ctx() -> AccessContext {
             Err(_) => "unknown".into(),
         }
     });
-    AccessContext { request_id: uuid_like(), actor: Actor::Operator(format!("operator:{who}")), source: "local".into() }
+    AccessContext::operator(uuid_like(), format!("operator:{who}"))
 }
 
 fn uuid_like() -> String {
@@ -45,6 +45,7 @@ pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> 
         interval: config::parse_duration(&cfg.audit.checkpoint_interval)?,
     });
     sc.synchronous_full = cfg.storage.synchronous == "full";
+    sc.policy = std::sync::Arc::new(cfg.access_policy()?);
     sc.page_limits = PageLimits { default_count: cfg.server.default_page_size, max_count: cfg.server.max_page_size };
     Ok(SqliteStore::open(sc, &master)?)
 }

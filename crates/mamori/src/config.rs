@@ -27,6 +27,10 @@ pub struct Config {
     pub passwords: PasswordsSection,
     #[serde(default)]
     pub login: LoginSection,
+    /// `[policy]`: zones, information categories and grants over the built-in default
+    /// (`crates/access/src/default-policy.toml`; docs/access-control.md).
+    #[serde(default)]
+    pub policy: mamori_access::PolicyConfig,
 }
 
 /// `[passwords]`: hashing cost and the password rules (AUTH-3, AUTH-4).
@@ -517,7 +521,7 @@ history = 5
 [login]
 # Roles that cannot log in with a password alone (AUTH-2). Accounts of these roles without a
 # second factor are led through enrolment at their first login.
-two_factor_required = ["physician", "administrator", "auditor"]
+two_factor_required = ["physician", "nurse", "pharmacist", "clerk", "administrator", "auditor", "maintenance"]
 # Failed login steps within `lockout` that lock the account, and the source address (AUTH-5).
 # A lock lasts `lockout` (fixed, not growing) or until `mamori user unlock NAME`.
 max_failures_per_account = 5
@@ -534,6 +538,21 @@ ticket_ttl = "5m"
 temporary_credential_ttl = "24h"
 # Issuer name shown in authenticator apps.
 totp_issuer = "mamori"
+
+# The access policy (ACL-1..3, ACL-5): who may do what with which information category, from
+# which network zone, for which purpose. Without this section the built-in default applies (see
+# docs/access-control.md). Each list given here (`zone`, `category`, `grant`) replaces the
+# default's list of that name; anything not granted is denied. For example, to make a HIS subnet
+# and a VPN range known (the default knows only loopback as the HIS):
+#
+# [[policy.zone]]
+# name = "his"
+# addresses = ["127.0.0.0/8", "::1/128", "192.168.10.0/24"]
+# [[policy.zone]]
+# name = "vpn"
+# addresses = ["10.8.0.0/24"]
+# [[policy.zone]]
+# name = "internet"
 "#;
 
 impl Config {
@@ -576,7 +595,14 @@ impl Config {
             bail!("tokens.default_ttl is longer than tokens.max_ttl");
         }
         self.login_policy()?;
+        self.access_policy()?;
         Ok(())
+    }
+
+    /// The access policy: `[policy]` over the built-in default, validated (a contradictory or
+    /// unknown policy refuses start-up).
+    pub fn access_policy(&self) -> anyhow::Result<mamori_access::Policy> {
+        Ok(mamori_access::Policy::from_config(&self.policy)?)
     }
 
     /// The login policy from `[passwords]` and `[login]`, refusing anything weaker than the
@@ -696,7 +722,7 @@ mod tests {
             ("argon2_iterations = 2", "argon2_iterations = 1"),
             ("history = 5", "history = 0"),
             (
-                "two_factor_required = [\"physician\", \"administrator\", \"auditor\"]",
+                "two_factor_required = [\"physician\", \"nurse\", \"pharmacist\", \"clerk\", \"administrator\", \"auditor\", \"maintenance\"]",
                 "two_factor_required = [\"root\"]",
             ),
             ("session_idle_timeout = \"30m\"", "session_idle_timeout = \"12h\""),

@@ -75,7 +75,7 @@ enum UserCommand {
         data_dir: PathBuf,
         #[arg(long)]
         name: String,
-        /// physician, administrator or auditor.
+        /// Job type: physician, nurse, pharmacist, clerk, administrator, auditor or maintenance.
         #[arg(long)]
         role: String,
     },

@@ -53,6 +53,7 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         Arc::new(SystemClock),
     );
     shared.clock_status = ntp.to_string();
+    shared.policy = Arc::new(cfg.access_policy()?);
     let login = Arc::new(cfg.login_policy()?);
     // The dummy hash that unknown accounts are verified against, computed before the first login.
     let warm = Arc::clone(&login);

@@ -1,5 +1,7 @@
 //! Authentication: the middleware every `/fhir` request passes before any handler runs.
-//! It resolves the bearer token, builds the request's [`AccessContext`], and audits refusals.
+//! It resolves the bearer token, determines the network zone (ACL-3) and the declared purpose of
+//! use, asks the policy once for the request's [`Rights`] (carried in the [`AccessContext`] the
+//! store applies to every resource), and audits refusals.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mamori_access::secret::{SecretKind, presented};
-use mamori_access::{Decision, Operation, Principal, TokenHash, decide};
+use mamori_access::{CategorySet, Decision, Operation, Principal, Purpose, Rights, TokenHash, ZoneId};
 use mamori_store::{AccessContext, Action, Actor, AuditEvent};
 
 use crate::AppState;
@@ -23,6 +25,53 @@ pub struct Authenticated {
     pub ctx: AccessContext,
     /// The session's token hash when the credential was a login session (not an API token).
     pub session: Option<TokenHash>,
+    /// The network zone the request came from (ACL-3).
+    pub zone: ZoneId,
+    /// The declared purpose of use.
+    pub purpose: Purpose,
+}
+
+/// The header declaring the purpose of use: `treatment` (default), `payment`, `operations` or
+/// `emergency` (break-glass, which needs [`REASON_HEADER`]).
+pub const PURPOSE_HEADER: &str = "x-mamori-purpose";
+/// The stated reason of a break-glass request (recorded in the audit trail).
+pub const REASON_HEADER: &str = "x-mamori-reason";
+const MAX_REASON_CHARS: usize = 200;
+
+/// The purpose (and break-glass reason) a request declares.
+fn purpose_of(h: &HeaderMap) -> Result<(Purpose, Option<String>), ApiError> {
+    use axum::http::StatusCode;
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m.to_string());
+    let purpose = match h.get(PURPOSE_HEADER) {
+        None => Purpose::Treatment,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<Purpose>().ok())
+            .ok_or_else(|| bad("X-Mamori-Purpose must be treatment, payment, operations or emergency"))?,
+    };
+    if purpose != Purpose::Emergency {
+        return Ok((purpose, None));
+    }
+    let reason = h
+        .get(REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect::<String>())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("an emergency (break-glass) request must state its reason in X-Mamori-Reason"))?;
+    Ok((purpose, Some(reason)))
+}
+
+/// The zone of a connection: by source address, and a verified client certificate if presented.
+pub(crate) fn zone_of(policy: &mamori_access::Policy, conn: Option<&ConnInfo>) -> ZoneId {
+    match conn {
+        Some(c) => {
+            let cert = c.tls.as_ref().is_some_and(|t| t.peer_cert_der.is_some());
+            policy.zone_of(c.remote.ip(), cert)
+        }
+        // No connection information (never in the server): the most restricted, default zone.
+        None => policy.zone_of(std::net::IpAddr::from([0, 0, 0, 0]), false),
+    }
 }
 
 impl Authenticated {
@@ -34,7 +83,14 @@ impl Authenticated {
         action: Action,
         rtype: Option<&str>,
     ) -> Result<AccessContext, ApiError> {
-        match decide(&self.principal, op) {
+        // Clinical operations: the request-level gate is "allowed on some category"; the store
+        // applies the per-category rights to each resource. Other operations are decided here.
+        let decision = if Operation::CLINICAL.contains(&op) {
+            if self.ctx.rights.any(op) { Decision::Permit } else { Decision::Deny }
+        } else {
+            state.policy.decide(&self.principal, op, CategorySet::EMPTY, self.zone, self.purpose)
+        };
+        match decision {
             Decision::Permit => Ok(self.ctx.clone()),
             Decision::Deny => {
                 let mut ev =
@@ -76,7 +132,7 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     };
     let Some(principal) = principal else {
         // AUD-1: failed authentication is recorded too (no name: the token identified nobody).
-        let ctx = AccessContext { request_id: request_id.clone(), actor: Actor::Anonymous, source };
+        let ctx = AccessContext::anonymous(request_id.clone(), source);
         let ev = AuditEvent::new(Action::Refused, 401).with_detail("login");
         let resp = match state.store.record_event(ctx, ev).await {
             Ok(()) => ApiError::unauthorized().into_response(),
@@ -84,8 +140,41 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         };
         return with_request_id(resp, &request_id);
     };
-    let ctx = AccessContext { request_id: request_id.clone(), actor: Actor::Person(principal.clone()), source };
-    req.extensions_mut().insert(Authenticated { principal, ctx, session });
+    let zone = zone_of(&state.policy, req.extensions().get::<ConnInfo>());
+    let (purpose, emergency) = match purpose_of(req.headers()) {
+        Ok(p) => p,
+        Err(err) => {
+            let mut ctx = AccessContext::anonymous(request_id.clone(), source);
+            ctx.actor = Actor::Person(principal);
+            let (status, code) = err.audit_detail();
+            let ev = AuditEvent::new(Action::Refused, status).with_detail(format!("{code}: purpose"));
+            let resp = match state.store.record_event(ctx, ev).await {
+                Ok(()) => err.into_response(),
+                Err(e) => ApiError::from(e).into_response(),
+            };
+            return with_request_id(resp, &request_id);
+        }
+    };
+    // ACL-1: one decision per request, from job type, zone and purpose; the store applies it per
+    // resource (information category).
+    let rights: Rights = state.policy.rights(&principal, zone, purpose);
+    if let Some(reason) = &emergency {
+        tracing::warn!(
+            target: "security",
+            account = %principal.account,
+            zone = state.policy.zone_name(zone),
+            reason_chars = reason.chars().count(),
+            "break-glass (emergency purpose) request"
+        );
+    }
+    let ctx = AccessContext {
+        request_id: request_id.clone(),
+        actor: Actor::Person(principal.clone()),
+        source,
+        rights,
+        emergency,
+    };
+    req.extensions_mut().insert(Authenticated { principal, ctx, session, zone, purpose });
     with_request_id(next.run(req).await, &request_id)
 }
 

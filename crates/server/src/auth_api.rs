@@ -65,7 +65,7 @@ struct AuthRequest {
 }
 
 async fn take(req: Request) -> Result<AuthRequest, (AccessContext, ApiError)> {
-    let ctx = AccessContext { request_id: request_id(), actor: Actor::Anonymous, source: source_of(&req) };
+    let ctx = AccessContext::anonymous(request_id(), source_of(&req));
     let (parts, body) = req.into_parts();
     match axum::body::to_bytes(body, MAX_AUTH_BODY).await {
         Ok(body) => Ok(AuthRequest { ctx, headers: parts.headers, body }),

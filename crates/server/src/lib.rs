@@ -57,6 +57,8 @@ pub struct Shared {
     pub clock_status: String,
     /// Password, two-factor, lockout and session rules of person login (AUTH-2..6).
     pub login: mamori_access::SharedLoginPolicy,
+    /// The access policy (ACL-1..3, ACL-5): zones, information categories, grants.
+    pub policy: Arc<mamori_access::Policy>,
     /// The syslog forwarder's state (AUD-5), when `[audit.syslog]` is configured.
     pub forwarding: Option<syslog::ForwarderStatus>,
     /// The HTTP checkpoint witness's state (AUD-2), when `[audit.http_witness]` is configured.
@@ -83,6 +85,7 @@ impl Shared {
             clock,
             clock_status: "not checked".into(),
             login: Arc::new(mamori_access::LoginPolicy::with_hasher(mamori_access::password::PasswordHasher::floor())),
+            policy: Arc::new(mamori_access::Policy::builtin().unwrap_or_else(|_| mamori_access::Policy::deny_all())),
             forwarding: None,
             witness: None,
             capability: serde_json::to_vec(&cap).unwrap_or_default(),

@@ -6,6 +6,15 @@ use rusqlite::{Connection, params};
 use crate::StoreError;
 use crate::model::{AccessContext, AuditEvent};
 
+/// The row's detail; break-glass requests are flagged with their reason (AUD-4 reviews them).
+fn detail(ctx: &AccessContext, ev: &AuditEvent) -> Option<String> {
+    match (&ctx.emergency, &ev.detail) {
+        (None, d) => d.clone(),
+        (Some(reason), None) => Some(format!("emergency: {reason}")),
+        (Some(reason), Some(d)) => Some(format!("{d}; emergency: {reason}")),
+    }
+}
+
 pub(crate) fn append(conn: &Connection, now_us: i64, ctx: &AccessContext, ev: &AuditEvent) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit_event (recorded_us, request_id, actor, role, source, action, rtype, rid, version, \
@@ -23,7 +32,7 @@ pub(crate) fn append(conn: &Connection, now_us: i64, ctx: &AccessContext, ev: &A
         ev.version.map(|v| v as i64),
         ev.patients.join(","),
         i64::from(ev.outcome),
-        ev.detail,
+        detail(ctx, ev),
     ])
     .map_err(|e| {
         tracing::error!(target: "security", error = %e, "audit append failed; refusing the request");

@@ -363,6 +363,24 @@ fn execute(
             other => Ok(EntryResult::Write(other)),
         };
     }
+    // ACL-3: a GET entry for a resource the caller may not view answers as if it did not exist.
+    match &plan.target {
+        Target::Instance(rtype, id) | Target::Version(rtype, id, _)
+            if crate::category::is_hidden(
+                tx.conn,
+                tx.hidden,
+                rtype.as_str(),
+                id,
+                match &plan.target {
+                    Target::Version(_, _, v) => Some(*v),
+                    _ => None,
+                },
+            )? =>
+        {
+            return Err(StoreError::NotFound(format!("{rtype}/{id}")));
+        }
+        _ => {}
+    }
     match plan.target {
         Target::Instance(rtype, id) => match rows::load_current(tx.conn, tx.keys, tx.protect, rtype, &id)? {
             Some(r) if r.deleted => Err(StoreError::Gone { what: format!("{rtype}/{id}"), version: r.version }),
@@ -392,6 +410,7 @@ fn search(
         index: tx.index,
         protect: tx.protect,
         now_us: tx.now_us,
+        hidden: tx.hidden,
     };
     let result = crate::search::sql::run(&ctx, &q)?;
     let total = result.total.unwrap_or(result.matches.len() as u64);

@@ -233,6 +233,8 @@ fn person(ctx: &AccessContext, account: &str, role: Role) -> AccessContext {
         request_id: ctx.request_id.clone(),
         actor: Actor::Person(Principal { account: account.to_string(), role }),
         source: ctx.source.clone(),
+        rights: mamori_access::Rights::none(),
+        emergency: None,
     }
 }
 
@@ -464,7 +466,18 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
-                let tx = Tx { conn, keys: &inner.keys, index: &inner.index, protect: inner.protect, now_us: now };
+                // Identity jobs touch no records: no clinical rights.
+                let none = mamori_access::Rights::none();
+                let tx = Tx {
+                    conn,
+                    keys: &inner.keys,
+                    index: &inner.index,
+                    protect: inner.protect,
+                    now_us: now,
+                    policy: &inner.policy,
+                    rights: &none,
+                    hidden: &[],
+                };
                 let mut events = Events::default();
                 let result = savepoint_keeping(conn, |_| f(&tx, &mut events), |_| true)?;
                 if inner.protect.audit {

@@ -10,6 +10,7 @@ pub mod accounts;
 mod audit;
 pub mod audit_log;
 mod bundle;
+mod category;
 pub mod clock;
 mod engine;
 pub mod error;

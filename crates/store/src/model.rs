@@ -1,6 +1,6 @@
 //! What the store hands back and what callers tell it about themselves.
 
-use mamori_access::{Principal, Role};
+use mamori_access::{Principal, Rights, Role};
 use mamori_fhir::resource_type::ResourceType;
 
 /// One version of one resource, decrypted and authenticated.
@@ -42,9 +42,37 @@ pub struct AccessContext {
     pub actor: Actor,
     /// Remote address of the client (or "local" for operator commands).
     pub source: String,
+    /// What the request may do with clinical data, per operation and information category,
+    /// decided once by the policy (ACL-1..3); the store applies it to every resource it would
+    /// disclose or change.
+    pub rights: Rights,
+    /// Break-glass (purpose `emergency`): the stated reason, recorded with every audit row.
+    pub emergency: Option<String>,
 }
 
 impl AccessContext {
+    /// A context with no clinical rights (refusals, logins) from `source`.
+    pub fn anonymous(request_id: impl Into<String>, source: impl Into<String>) -> AccessContext {
+        AccessContext {
+            request_id: request_id.into(),
+            actor: Actor::Anonymous,
+            source: source.into(),
+            rights: Rights::none(),
+            emergency: None,
+        }
+    }
+
+    /// The local operator: unrestricted (they hold the data directory and its key anyway).
+    pub fn operator(request_id: impl Into<String>, name: impl Into<String>) -> AccessContext {
+        AccessContext {
+            request_id: request_id.into(),
+            actor: Actor::Operator(name.into()),
+            source: "local".into(),
+            rights: Rights::unrestricted(),
+            emergency: None,
+        }
+    }
+
     pub fn actor_name(&self) -> Option<&str> {
         match &self.actor {
             Actor::Person(p) => Some(&p.account),

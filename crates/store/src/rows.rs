@@ -152,13 +152,14 @@ pub(crate) fn current_state(
         .optional()?)
 }
 
-/// Appends a version and moves the current pointer; returns the resource's rid (its first seq).
+/// Appends a version and moves the current pointer; returns the resource's rid (its first seq)
+/// and the new version's seq.
 pub(crate) fn insert_version(
     conn: &Connection,
     keys: &KeyRing,
     protect: Protection,
     rec: &VersionRecord,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, i64), StoreError> {
     let patients = rec.patients.join(",");
     let plain: &[u8] = rec.body.as_deref().unwrap_or(b"");
     let (key_id, sealed) = if protect.encrypt {
@@ -199,5 +200,5 @@ pub(crate) fn insert_version(
              RETURNING first_seq",
         )?
         .query_row(params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted], |r| r.get(0))?;
-    Ok(rid)
+    Ok((rid, seq))
 }

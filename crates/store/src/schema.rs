@@ -153,6 +153,16 @@ CREATE TABLE idx_compartment (
 CREATE INDEX idx_compartment_by_rid ON idx_compartment (rid);
 "#,
     crate::identity::MIGRATION,
+    // ACL-2/3: the information categories of every version (category *names* in the clear; a
+    // copied database shows which opaque resource ids carry which category).
+    r#"
+CREATE TABLE resource_category (
+    category TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    PRIMARY KEY (category, seq)
+) WITHOUT ROWID;
+CREATE INDEX resource_category_by_seq ON resource_category (seq);
+"#,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

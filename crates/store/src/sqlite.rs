@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use mamori_access::{Principal, Role, TokenHash};
+use mamori_access::{Policy, Principal, Role, TokenHash};
 use mamori_fhir::bundle::{BundleKind, RequestEntry};
 use mamori_fhir::resource_type::ResourceType;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -34,6 +34,8 @@ pub struct StoreConfig {
     pub synchronous_full: bool,
     pub page_limits: PageLimits,
     pub clock: Arc<dyn Clock>,
+    /// The access policy whose category rules classify every version (ACL-2).
+    pub policy: Arc<Policy>,
 }
 
 impl StoreConfig {
@@ -47,6 +49,7 @@ impl StoreConfig {
             synchronous_full: true,
             page_limits: PageLimits::default(),
             clock: Arc::new(SystemClock),
+            policy: Arc::new(Policy::builtin().unwrap_or_else(|_| Policy::deny_all())),
         }
     }
 }
@@ -67,6 +70,7 @@ pub(crate) struct Inner {
     pub(crate) keys: KeyRing,
     pub(crate) index: IndexKey,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Arc<Policy>,
     pub(crate) protect: Protection,
     pub(crate) limits: PageLimits,
     pub(crate) audit_path: PathBuf,
@@ -110,6 +114,7 @@ impl SqliteStore {
             schema::migrate(&conn, schema::Db::Records)?;
             verify_master_key(&conn, &keys)?;
             search::maintain::rebuild_if_stale(&conn, &keys, &index, protect)?;
+            crate::category::rebuild_if_stale(&conn, &keys, protect, &cfg.policy)?;
             conn.query_row("SELECT COALESCE(max(last_updated_us), 0) FROM resource_version", [], |r| r.get(0))?
         };
         let audit_last: i64 = {
@@ -134,6 +139,7 @@ impl SqliteStore {
                 keys,
                 index,
                 clock: cfg.clock,
+                policy: cfg.policy,
                 protect,
                 limits: cfg.page_limits,
                 audit_path: cfg.audit_path.clone(),
@@ -191,7 +197,17 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
-                let tx = Tx { conn, keys: &inner.keys, index: &inner.index, protect: inner.protect, now_us: now };
+                let hidden = ctx.rights.hidden_names();
+                let tx = Tx {
+                    conn,
+                    keys: &inner.keys,
+                    index: &inner.index,
+                    protect: inner.protect,
+                    now_us: now,
+                    policy: &inner.policy,
+                    rights: &ctx.rights,
+                    hidden: &hidden,
+                };
                 let result = savepoint_keeping(conn, |_| f(&tx), keep)?;
                 if inner.protect.audit {
                     inner.record_clock_step(conn, now, &ctx)?;
@@ -243,11 +259,7 @@ impl Inner {
             return Ok(());
         }
         tracing::warn!(target: "security", step_ms = step / 1000, "system clock stepped back; audit time kept monotonic");
-        let system = AccessContext {
-            request_id: ctx.request_id.clone(),
-            actor: crate::model::Actor::Operator("mamori".into()),
-            source: "local".into(),
-        };
+        let system = AccessContext::operator(ctx.request_id.clone(), "mamori");
         let ev = AuditEvent::new(Action::ClockStep, 200)
             .with_detail(format!("system clock stepped back {} ms; audit time kept monotonic", step / 1000));
         audit::append(conn, now, &system, &ev)
@@ -350,9 +362,23 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let lookup_id = id.clone();
-            let found = self.inner.engine.read_now(move |c| match version {
-                None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id),
-                Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v),
+            let hidden = ctx.rights.hidden_names();
+            let found = self.inner.engine.read_now(move |c| {
+                // ACL-3: a resource in a category the caller may not view does not exist for them.
+                if crate::category::is_hidden(c, &hidden, rtype.as_str(), &lookup_id, version)? {
+                    return Ok(Err(()));
+                }
+                Ok(Ok(match version {
+                    None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id)?,
+                    Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)?,
+                }))
+            });
+            let mut hidden_by_policy = false;
+            let found = found.map(|r| {
+                r.unwrap_or_else(|()| {
+                    hidden_by_policy = true;
+                    None
+                })
             });
             let what = || match version {
                 None => format!("{rtype}/{id}"),
@@ -366,6 +392,10 @@ impl Store for SqliteStore {
             let action = if version.is_some() { Action::Vread } else { Action::Read };
             let ev = match &result {
                 Ok(r) => AuditEvent::of_record(action, 200, r),
+                // The client sees a plain 404; the trail records why.
+                Err(e) if hidden_by_policy => AuditEvent::new(action, e.status())
+                    .with_target(rtype.as_str(), Some(id.clone()))
+                    .with_detail("hidden-by-policy"),
                 Err(e) => failure_event(action, rtype.as_str(), Some(id.clone()), e),
             };
             self.audit(ctx, ev).await?;
@@ -377,7 +407,8 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let s = scope.clone();
-            let result = self.inner.engine.read(move |c| history_page(c, &inner, &s, &q)).await;
+            let hidden = ctx.rights.hidden_names();
+            let result = self.inner.engine.read(move |c| history_page(c, &inner, &s, &q, &hidden)).await;
             let (action, rtype, rid) = match &scope {
                 HistoryScope::System => (Action::HistorySystem, None, None),
                 HistoryScope::Type(t) => (Action::HistoryType, Some(t.to_string()), None),
@@ -403,6 +434,7 @@ impl Store for SqliteStore {
             q.rtype = rtype;
             let inner = Arc::clone(&self.inner);
             let now_us = to_micros(self.inner.clock.now());
+            let hidden = ctx.rights.hidden_names();
             let result = self
                 .inner
                 .engine
@@ -413,6 +445,7 @@ impl Store for SqliteStore {
                         index: &inner.index,
                         protect: inner.protect,
                         now_us,
+                        hidden: &hidden,
                     };
                     let r = search::sql::run(&sctx, &q)?;
                     Ok(Page {
@@ -554,10 +587,18 @@ fn bundle_events(
     }
 }
 
-fn history_page(c: &Connection, inner: &Inner, scope: &HistoryScope, q: &HistoryQuery) -> Result<Page, StoreError> {
+fn history_page(
+    c: &Connection,
+    inner: &Inner,
+    scope: &HistoryScope,
+    q: &HistoryQuery,
+    hidden: &[String],
+) -> Result<Page, StoreError> {
     use rusqlite::types::Value as SqlValue;
     let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
+    // ACL-3: versions of resources the caller may not view are left out (and counted out).
+    sql.push_str(&crate::category::history_filter(hidden, &mut args));
     let mut total = None;
     match scope {
         HistoryScope::System => {}
@@ -566,9 +607,13 @@ fn history_page(c: &Connection, inner: &Inner, scope: &HistoryScope, q: &History
             args.push(SqlValue::Text(t.to_string()));
         }
         HistoryScope::Instance(t, id) => {
+            let mut count_args = vec![SqlValue::Text(t.to_string()), SqlValue::Text(id.clone())];
+            let filter = crate::category::history_filter(hidden, &mut count_args);
             let count: i64 = c
-                .prepare_cached("SELECT count(*) FROM resource_version WHERE rtype = ?1 AND id = ?2")?
-                .query_row(params![t.as_str(), id], |r| r.get(0))?;
+                .prepare_cached(&format!(
+                    "SELECT count(*) FROM resource_version v WHERE v.rtype = ? AND v.id = ?{filter}"
+                ))?
+                .query_row(rusqlite::params_from_iter(count_args), |r| r.get(0))?;
             if count == 0 {
                 return Err(StoreError::NotFound(format!("{t}/{id}")));
             }

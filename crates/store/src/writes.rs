@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value};
 
 use crate::StoreError;
+use crate::category;
 use crate::clock::fhir_instant;
 use crate::keyring::KeyRing;
 use crate::keys::IndexKey;
@@ -13,6 +14,7 @@ use crate::model::VersionRecord;
 use crate::rows::{self, Protection};
 use crate::search::maintain::reindex;
 use crate::search::params::SearchQuery;
+use mamori_access::Operation;
 
 /// What a write did, for the response status and the audit row.
 #[derive(Clone, Debug)]
@@ -107,6 +109,12 @@ pub(crate) struct Tx<'a> {
     pub index: &'a IndexKey,
     pub protect: Protection,
     pub now_us: i64,
+    /// Categorises new versions (the store's policy).
+    pub policy: &'a mamori_access::Policy,
+    /// What the caller may do, per operation and category (ACL-2, ACL-3).
+    pub rights: &'a mamori_access::Rights,
+    /// Categories the caller may not view: resources in them are treated as absent.
+    pub hidden: &'a [String],
 }
 
 /// A server-assigned id: a UUIDv7 (time-ordered, 74 random bits) from the store's clock.
@@ -150,6 +158,10 @@ impl Tx<'_> {
             },
             WriteOp::Patch { rtype, id, patch, if_match } => self.patch(rtype, &id, &patch, if_match),
             WriteOp::Delete { rtype, id, if_match } => {
+                // Invisible to the caller: absent, whatever If-Match says (no 412 to reveal it).
+                if category::is_hidden(self.conn, self.hidden, rtype.as_str(), &id, None)? {
+                    return Ok(WriteOutcome::Deleted(None));
+                }
                 if let Some(expected) = if_match {
                     self.check_version(rtype, &id, expected)?;
                 }
@@ -173,6 +185,7 @@ impl Tx<'_> {
             index: self.index,
             protect: self.protect,
             now_us: self.now_us,
+            hidden: self.hidden,
         };
         crate::search::sql::matching_ids(&ctx, &q, 2)
     }
@@ -195,6 +208,20 @@ impl Tx<'_> {
             None => Ok(None),
             Some(id) => rows::load_current(self.conn, self.keys, self.protect, rtype, &id),
         }
+    }
+
+    /// An existing, current (not deleted) resource the caller wants to change: invisible to the
+    /// caller → NotFound; visible but not permitted for `op` → Forbidden. Returns its categories.
+    fn guard_existing(&self, rtype: ResourceType, id: &str, op: Operation) -> Result<Vec<String>, StoreError> {
+        let Some(seq) = category::current_seq(self.conn, rtype.as_str(), id)? else { return Ok(Vec::new()) };
+        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            return Err(StoreError::NotFound(format!("{rtype}/{id}")));
+        }
+        let names = category::of_seq(self.conn, seq)?;
+        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+            return Err(StoreError::Forbidden);
+        }
+        Ok(names)
     }
 
     fn check_version(&self, rtype: ResourceType, id: &str, expected: u64) -> Result<(), StoreError> {
@@ -227,6 +254,10 @@ impl Tx<'_> {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
+        // Invisible to the caller: answer as for a missing resource before If-Match can tell.
+        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            return Err(StoreError::NotFound(format!("{rtype}/{id}")));
+        }
         if let Some(expected) = if_match {
             self.check_version(rtype, id, expected)?;
         }
@@ -247,6 +278,9 @@ impl Tx<'_> {
         patch: &json_patch::Patch,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
+        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            return Err(StoreError::NotFound(format!("{rtype}/{id}")));
+        }
         if let Some(expected) = if_match {
             self.check_version(rtype, id, expected)?;
         }
@@ -268,6 +302,11 @@ impl Tx<'_> {
     pub(crate) fn delete(&self, rtype: ResourceType, id: &str) -> Result<Option<VersionRecord>, StoreError> {
         match rows::current_state(self.conn, rtype, id)? {
             Some((v, false)) => {
+                // A resource the caller cannot see is, to the caller, absent.
+                if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+                    return Ok(None);
+                }
+                let names = self.guard_existing(rtype, id, Operation::Delete)?;
                 let tombstone = VersionRecord {
                     rtype,
                     id: id.to_string(),
@@ -280,7 +319,8 @@ impl Tx<'_> {
                         .unwrap_or_default(),
                     body: None,
                 };
-                let rid = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
+                let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
+                category::store(self.conn, seq, &names)?;
                 reindex(self.conn, self.index, rtype.as_str(), rid, None, &[])?;
                 Ok(Some(tombstone))
             }
@@ -310,6 +350,17 @@ impl Tx<'_> {
             meta.insert("versionId".into(), Value::String(version.to_string()));
             meta.insert("lastUpdated".into(), Value::String(fhir_instant(self.now_us)));
         }
+        // ACL-2: changing an existing resource needs update rights on what it is now, and on what
+        // it becomes; a new (or revived) one needs create rights on its categories.
+        let names = category::of_body(self.policy, rtype.as_str(), &body);
+        let live = matches!(rows::current_state(self.conn, rtype, id)?, Some((_, false)));
+        let op = if live { Operation::Update } else { Operation::Create };
+        if live {
+            self.guard_existing(rtype, id, Operation::Update)?;
+        }
+        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+            return Err(StoreError::Forbidden);
+        }
         let patients = patient_ids(&body, rtype);
         let rec = VersionRecord {
             rtype,
@@ -320,7 +371,8 @@ impl Tx<'_> {
             patients,
             body: Some(serde_json::to_vec(&body).map_err(StoreError::internal)?),
         };
-        let rid = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
+        let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
+        category::store(self.conn, seq, &names)?;
         reindex(self.conn, self.index, rtype.as_str(), rid, Some(&body), &rec.patients)?;
         Ok(rec)
     }

@@ -21,6 +21,8 @@ fn ctx() -> AccessContext {
         request_id: "test".into(),
         actor: Actor::Person(Principal { account: "dr.conf".into(), role: Role::Physician }),
         source: "127.0.0.1".into(),
+        rights: mamori_access::Rights::unrestricted(),
+        emergency: None,
     }
 }
 

@@ -55,11 +55,11 @@ fn env() -> Env {
 }
 
 fn operator() -> AccessContext {
-    AccessContext { request_id: "op".into(), actor: Actor::Operator("operator:test".into()), source: "local".into() }
+    AccessContext::operator("op", "operator:test")
 }
 
 fn from(source: &str) -> AccessContext {
-    AccessContext { request_id: "req".into(), actor: Actor::Anonymous, source: source.into() }
+    AccessContext::anonymous("req", source)
 }
 
 fn z(s: &str) -> Zeroizing<String> {
@@ -403,7 +403,8 @@ async fn auth6_session_limit_evicts_the_oldest_and_logout_ends_a_session() {
     }
     assert_eq!(e.audit_count("session-evict"), 1);
     let who = e.session_of(&tokens[1]).await.unwrap();
-    let ctx = AccessContext { request_id: "r".into(), actor: Actor::Person(who), source: "x".into() };
+    let mut ctx = AccessContext::anonymous("r", "x");
+    ctx.actor = Actor::Person(who);
     e.store.logout(ctx, presented(SecretKind::Session, &tokens[1]).unwrap()).await.unwrap();
     assert!(e.session_of(&tokens[1]).await.is_none());
     assert_eq!(e.audit_count("logout"), 1);

@@ -48,6 +48,9 @@ pub(crate) struct Ctx<'a> {
     pub index: &'a IndexKey,
     pub protect: Protection,
     pub now_us: i64,
+    /// Categories the caller may not view (ACL-3): resources in them are left out of matches,
+    /// totals, chains, `_has`, includes and `$everything`.
+    pub hidden: &'a [String],
 }
 
 /// A WHERE clause under construction.
@@ -82,10 +85,17 @@ impl Where<'_> {
         self.push(&format!("{plus}{alias}.rtype = "));
         self.arg(rtype.to_string());
         self.push(&format!(" AND {alias}.deleted = 0"));
+        self.hidden(alias);
         for c in clauses {
             self.push(" AND ");
             self.clause(alias, c);
         }
+    }
+
+    /// Leaves out resources (alias `a`) whose current version carries a hidden category.
+    fn hidden(&mut self, a: &str) {
+        let filter = crate::category::seq_filter(&format!("{a}.seq"), self.ctx.hidden, &mut self.args);
+        self.sql.push_str(&filter);
     }
 
     fn clause(&mut self, a: &str, clause: &Clause) {
@@ -348,6 +358,7 @@ fn filter_sql(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> (String, Vec<Sql
     if q.all_types {
         // $everything: every type in the compartment.
         w.push("c.deleted = 0");
+        w.hidden("c");
         for c in &q.clauses {
             w.push(" AND ");
             w.clause("c", c);
@@ -615,10 +626,15 @@ fn includes(ctx: &Ctx<'_>, q: &SearchQuery, page: &[(VersionRecord, i64)]) -> Re
             if !seen.insert((t.clone(), id.clone())) {
                 continue;
             }
+            let mut args = vec![Sql::Text(t.clone()), Sql::Text(id.clone())];
+            // ACL-3: an include never brings in what the caller may not view.
+            let filter = crate::category::seq_filter("seq", ctx.hidden, &mut args);
             let rid: Option<i64> = ctx
                 .conn
-                .prepare_cached("SELECT first_seq FROM resource_current WHERE rtype = ?1 AND id = ?2 AND deleted = 0")?
-                .query_row([&t, &id], |r| r.get(0))
+                .prepare_cached(&format!(
+                    "SELECT first_seq FROM resource_current WHERE rtype = ? AND id = ? AND deleted = 0{filter}"
+                ))?
+                .query_row(params_from_iter(args), |r| r.get(0))
                 .ok();
             let Some(rid) = rid else { continue };
             next.extend(load(ctx, [(t, id, rid)])?);

@@ -1,0 +1,173 @@
+//! Information categories of stored versions (ACL-2, ACL-3) and the one filter every read path
+//! applies: a version is invisible when it, or the current version of its resource, carries a
+//! category the request may not view.
+//!
+//! Categories are computed at write time from the policy's rules and kept per version in
+//! `resource_category(category, seq)`. A deletion keeps the categories of the version it ends, so
+//! a deleted psychiatric record stays hidden in history. When the rules change (their fingerprint
+//! in `meta`), every version's categories are recomputed at open.
+
+use std::collections::HashMap;
+
+use mamori_access::Policy;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use crate::StoreError;
+use crate::keyring::KeyRing;
+use crate::rows::{self, Protection, SealedRow, VERSION_COLUMNS};
+
+/// The category names of one resource body.
+pub(crate) fn of_body(policy: &Policy, rtype: &str, body: &Value) -> Vec<String> {
+    policy.categorise(rtype, body).iter().map(|i| policy.category_name(i).to_string()).collect()
+}
+
+pub(crate) fn of_seq(conn: &Connection, seq: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT category FROM resource_category WHERE seq = ?1 ORDER BY category")?;
+    let rows = stmt.query_map([seq], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn store(conn: &Connection, seq: i64, names: &[String]) -> Result<(), StoreError> {
+    for n in names {
+        conn.prepare_cached("INSERT OR IGNORE INTO resource_category (category, seq) VALUES (?1, ?2)")?
+            .execute(params![n, seq])?;
+    }
+    Ok(())
+}
+
+/// The seq of the current version of a resource.
+pub(crate) fn current_seq(conn: &Connection, rtype: &str, id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM resource_current WHERE rtype = ?1 AND id = ?2")?
+        .query_row(params![rtype, id], |r| r.get(0))
+        .optional()?)
+}
+
+/// `(?, ?, …)` with the hidden names as arguments.
+fn list(hidden: &[String], args: &mut Vec<Sql>) -> String {
+    let mut s = String::from("(");
+    for (i, h) in hidden.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+        args.push(Sql::Text(h.clone()));
+    }
+    s.push(')');
+    s
+}
+
+/// SQL excluding versions (by the seq column `col`) that carry a hidden category: empty when
+/// nothing is hidden (the common case costs nothing).
+pub(crate) fn seq_filter(col: &str, hidden: &[String], args: &mut Vec<Sql>) -> String {
+    if hidden.is_empty() {
+        return String::new();
+    }
+    format!(" AND {col} NOT IN (SELECT seq FROM resource_category WHERE category IN {})", list(hidden, args))
+}
+
+/// SQL excluding history rows (alias `v`) whose version or whose resource's current version
+/// carries a hidden category.
+pub(crate) fn history_filter(hidden: &[String], args: &mut Vec<Sql>) -> String {
+    if hidden.is_empty() {
+        return String::new();
+    }
+    let mut s = seq_filter("v.seq", hidden, args);
+    s.push_str(&format!(
+        " AND NOT EXISTS (SELECT 1 FROM resource_current hc JOIN resource_category hk ON hk.seq = hc.seq \
+         WHERE hc.rtype = v.rtype AND hc.id = v.id AND hk.category IN {})",
+        list(hidden, args)
+    ));
+    s
+}
+
+/// Whether a resource (its current version), or one version of it, is hidden from the request.
+pub(crate) fn is_hidden(
+    conn: &Connection,
+    hidden: &[String],
+    rtype: &str,
+    id: &str,
+    version: Option<u64>,
+) -> Result<bool, StoreError> {
+    if hidden.is_empty() {
+        return Ok(false);
+    }
+    let mut args: Vec<Sql> =
+        vec![Sql::Text(rtype.into()), Sql::Text(id.into()), Sql::Integer(version.map(|v| v as i64).unwrap_or(-1))];
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM resource_category WHERE category IN {} AND seq IN \
+         (SELECT seq FROM resource_current WHERE rtype = ?1 AND id = ?2 \
+          UNION ALL SELECT seq FROM resource_version WHERE rtype = ?1 AND id = ?2 AND version = ?3))",
+        {
+            // Numbered placeholders follow the three above.
+            let mut s = String::from("(");
+            for (i, h) in hidden.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(&format!("?{}", i + 4));
+                args.push(Sql::Text(h.clone()));
+            }
+            s.push(')');
+            s
+        }
+    );
+    Ok(conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?)
+}
+
+/// Recomputes every version's categories when the rules changed since they were stored. Runs at
+/// open, before the store serves requests, in one transaction.
+pub(crate) fn rebuild_if_stale(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    policy: &Policy,
+) -> Result<(), StoreError> {
+    let want = policy.category_fingerprint();
+    let built: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'category_rules'", [], |r| r.get(0)).optional()?;
+    if built.as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        conn.execute("DELETE FROM resource_category", [])?;
+        let mut last: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut stmt = conn.prepare(&format!("SELECT {VERSION_COLUMNS} FROM resource_version v ORDER BY v.seq"))?;
+        let sealed = stmt.query_map([], SealedRow::from_row)?;
+        let mut count = 0usize;
+        for row in sealed {
+            let row = row?;
+            let seq = row.seq;
+            let rec = rows::open_row(conn, keys, protect, row)?;
+            let key = (rec.rtype.as_str().to_string(), rec.id.clone());
+            let names = match &rec.body {
+                Some(bytes) => {
+                    let body: Value = serde_json::from_slice(bytes).map_err(StoreError::internal)?;
+                    of_body(policy, rec.rtype.as_str(), &body)
+                }
+                None => last.get(&key).cloned().unwrap_or_default(),
+            };
+            store(conn, seq, &names)?;
+            last.insert(key, names);
+            count += 1;
+        }
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('category_rules', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [&want],
+        )?;
+        tracing::info!(versions = count, "information categories recomputed");
+        Ok::<(), StoreError>(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
