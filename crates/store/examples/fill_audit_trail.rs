@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mamori_audit::SigningKey;
 use mamori_store::keys::MasterKey;
-use mamori_store::{AccessContext, Action, Actor, AuditEvent, SealingConfig, SqliteStore, Store, StoreConfig};
+use mamori_store::{AccessContext, Action, AuditEvent, SealingConfig, SqliteStore, Store, StoreConfig};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -37,11 +37,7 @@ fn main() {
             let store = Arc::clone(&store);
             tasks.spawn(async move {
                 for i in (w..n).step_by(64) {
-                    let ctx = AccessContext {
-                        request_id: format!("fill-{i}"),
-                        actor: Actor::Operator(format!("user{}", i % 50)),
-                        source: "127.0.0.1".into(),
-                    };
+                    let ctx = AccessContext::operator(format!("fill-{i}"), format!("user{}", i % 50));
                     let mut ev = AuditEvent::new(Action::Read, 200).with_target("Observation", Some(format!("o{i}")));
                     ev.patients = vec![format!("p{}", i % 5000)];
                     store.record_event(ctx, ev).await.expect("audit append");
