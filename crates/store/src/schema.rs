@@ -153,6 +153,7 @@ CREATE TABLE idx_compartment (
 CREATE INDEX idx_compartment_by_rid ON idx_compartment (rid);
 "#,
     crate::identity::MIGRATION,
+    crate::lifecycle::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits
