@@ -48,6 +48,9 @@ CREATE TABLE role_request (
 );
 CREATE INDEX role_request_by_status ON role_request (status, requested_us);
 CREATE INDEX role_request_by_account ON role_request (account, id);
+-- Accounts that existed before use was tracked count as (re-)enabled at the upgrade, so the
+-- first sweep after upgrading does not disable them all at once.
+UPDATE account SET enabled_us = CAST(strftime('%s', 'now') AS INTEGER) * 1000000;
 "#;
 
 /// Lifecycle rules from `[lifecycle]`.

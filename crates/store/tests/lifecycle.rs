@@ -12,6 +12,9 @@ use mamori_store::lifecycle::{Lifecycle, LifecyclePolicy, report_csv};
 use mamori_store::{AccessContext, AccountName, Actor, SqliteStore, Store, StoreConfig, StoreError};
 use time::Duration;
 
+/// (action, outcome, target id, detail, actor) of one audit row.
+type AuditRow = (String, i64, Option<String>, Option<String>, Option<String>);
+
 struct Env {
     _dir: tempfile::TempDir,
     audit: std::path::PathBuf,
@@ -71,8 +74,8 @@ impl Env {
         all.into_iter().find(|a| a.name == n).unwrap().disabled
     }
 
-    /// (action, outcome, detail) of every audit row about `target`, in order.
-    fn audit_rows(&self, action_prefix: &str) -> Vec<(String, i64, Option<String>, Option<String>, Option<String>)> {
+    /// Audit rows whose action starts with `action_prefix`, in order.
+    fn audit_rows(&self, action_prefix: &str) -> Vec<AuditRow> {
         let c = rusqlite::Connection::open_with_flags(&self.audit, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let mut stmt = c
             .prepare(
