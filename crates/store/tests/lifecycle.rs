@@ -397,3 +397,42 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     assert_eq!(audited.len(), 1);
     assert_eq!(audited[0].3.as_deref(), Some("3 account(s)"));
 }
+
+#[tokio::test]
+async fn auth7_a_login_counts_as_use_of_the_account() {
+    use mamori_access::LoginPolicy;
+    use mamori_access::password::PasswordHasher;
+    use mamori_store::identity::{Identity, LoginOutcome, Subject};
+    use zeroize::Zeroizing;
+
+    let e = env();
+    let mut lp = LoginPolicy::with_hasher(PasswordHasher::floor());
+    lp.two_factor_roles = Vec::new();
+    let lp = Arc::new(lp);
+    let z = |s: &str| Zeroizing::new(s.to_string());
+    let from = AccessContext { request_id: "r".into(), actor: Actor::Anonymous, source: "10.0.0.1".into() };
+    e.account("dr.a", Role::Physician).await;
+    e.store.set_initial_password(operator(), &name("dr.a"), z("Initial-Pass-9876!"), lp.clone()).await.unwrap();
+    let LoginOutcome::PasswordChangeRequired { ticket, .. } =
+        e.store.login_password(from.clone(), "dr.a".into(), z("Initial-Pass-9876!"), lp.clone()).await.unwrap()
+    else {
+        panic!("initial password must be changed")
+    };
+    e.store
+        .change_password(from.clone(), Subject::Ticket(ticket), None, z("Hakone-Maple-42-River"), lp.clone())
+        .await
+        .unwrap();
+
+    e.advance_days(80);
+    let out = e.store.login_password(from, "dr.a".into(), z("Hakone-Maple-42-River"), lp).await.unwrap();
+    assert!(matches!(out, LoginOutcome::Session { .. }));
+    let report = e.store.account_report(operator()).await.unwrap();
+    assert!(report[0].last_login.as_deref().unwrap().starts_with("2026-06-20T09:00:00"), "{:?}", report[0]);
+    assert_eq!(report[0].last_login, report[0].last_used);
+
+    let p = LifecyclePolicy::default();
+    e.advance_days(89); // 169 days after creation, 89 after the login
+    assert!(e.store.lifecycle_sweep(system(), &p).await.unwrap().disabled.is_empty());
+    e.advance_days(2);
+    assert_eq!(e.store.lifecycle_sweep(system(), &p).await.unwrap().disabled.len(), 1);
+}
