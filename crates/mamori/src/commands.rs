@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use mamori_access::Role;
 use mamori_store::clock::{Clock, SystemClock, to_micros};
 use mamori_store::keys::MasterKey;
+use mamori_store::lifecycle::Lifecycle;
 use mamori_store::{
     AccessContext, AccountName, Action, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
 };
@@ -270,14 +271,114 @@ pub async fn user_temp_credential(data_dir: &Path, name: &str) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mamori user disable NAME`: immediate; sessions and API tokens stop working (AUTH-7).
-pub async fn user_disable(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+/// `mamori user disable NAME [--reason …]`: immediate; sessions and API tokens stop working (AUTH-7).
+pub async fn user_disable(data_dir: &Path, name: &str, reason: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(name)?;
     let store = open_store(data_dir, &cfg)?;
-    let r = store.disable_account(operator_ctx(), &name).await;
+    let r = store.disable_account_because(operator_ctx(), name.clone(), reason.unwrap_or_default().to_string()).await;
+    store.shutdown();
+    let ended = r?;
+    println!("Disabled {name}; {ended} session(s) ended.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user enable NAME`: a disabled account works again; inactivity counts from now.
+pub async fn user_enable(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.enable_account(operator_ctx(), name.clone()).await;
     store.shutdown();
     r?;
-    println!("Disabled {name}; its sessions have ended.");
+    println!("Enabled {name}.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user request-role NAME ROLE --reason …` (AUTH-7): the role changes only on approval.
+pub async fn user_request_role(data_dir: &Path, name: &str, role: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let role: Role = role.parse()?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.request_role(operator_ctx(), name, role, reason.to_string()).await;
+    store.shutdown();
+    let req = r?;
+    println!("{}", req.id);
+    eprintln!(
+        "role request {} for {} ({}) awaits a manager's approval: mamori user approve {}",
+        req.id, req.account, req.role, req.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user approve ID` / `mamori user reject ID` (AUTH-7), as the operator.
+pub async fn user_decide(data_dir: &Path, id: i64, approve: bool, note: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let policy = std::sync::Arc::new(cfg.lifecycle_policy()?);
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.decide_role_request(operator_ctx(), id, approve, note.map(str::to_string), policy).await;
+    store.shutdown();
+    let req = r?;
+    match req.previous_role {
+        Some(prev) => println!("Approved request {id}: {} is now {} (was {prev}).", req.account, req.role),
+        None => println!("Rejected request {id}: {} keeps its role.", req.account),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user requests [--all]`: role requests as JSON.
+pub async fn user_requests(data_dir: &Path, all: bool) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.role_requests(operator_ctx(), !all).await;
+    store.shutdown();
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "requests": r? }))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user report [--format json|csv]`: the review report of every account (AUTH-7).
+pub async fn user_report(data_dir: &Path, format: &str) -> anyhow::Result<ExitCode> {
+    if !matches!(format, "json" | "csv") {
+        bail!("--format must be json or csv");
+    }
+    let cfg = Config::load(data_dir)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.account_report(operator_ctx()).await;
+    store.shutdown();
+    let rows = r?;
+    if format == "csv" {
+        print!("{}", mamori_store::lifecycle::report_csv(&rows));
+    } else {
+        let body = serde_json::json!({
+            "generated": mamori_store::clock::fhir_instant(to_micros(SystemClock.now())),
+            "zones": "not reported yet: network zones arrive with the zone policy (ACL-4)",
+            "accounts": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The context of the automatic lifecycle sweep in the audit trail.
+pub fn sweep_ctx() -> AccessContext {
+    AccessContext::operator(uuid_like(), "system:lifecycle")
+}
+
+/// `mamori user sweep`: the lifecycle sweep `serve` runs periodically, for cron when not serving.
+pub async fn user_sweep(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let policy = cfg.lifecycle_policy()?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.lifecycle_sweep(sweep_ctx(), &policy).await;
+    store.shutdown();
+    let out = r?;
+    for (name, last) in &out.disabled {
+        println!("disabled {name}: unused since {}", mamori_store::clock::fhir_instant(*last));
+    }
+    for id in &out.expired {
+        println!("expired role request {id}");
+    }
+    println!("{} account(s) disabled, {} request(s) expired", out.disabled.len(), out.expired.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,33 @@ pub struct Config {
     /// (`crates/access/src/default-policy.toml`; docs/access-control.md).
     #[serde(default)]
     pub policy: mamori_access::PolicyConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleSection,
+}
+
+/// `[lifecycle]`: account lifecycle (AUTH-7).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSection {
+    /// Accounts that approve role requests; empty: every administrator.
+    pub approvers: Vec<String>,
+    /// Accounts unused this many days are disabled automatically; 0: never.
+    pub disable_after_days: u32,
+    /// Undecided role requests expire after this long.
+    pub request_ttl: String,
+    /// How often `serve` runs the lifecycle sweep.
+    pub sweep_interval: String,
+}
+
+impl Default for LifecycleSection {
+    fn default() -> Self {
+        LifecycleSection {
+            approvers: Vec::new(),
+            disable_after_days: 90,
+            request_ttl: "14d".into(),
+            sweep_interval: "1h".into(),
+        }
+    }
 }
 
 /// `[passwords]`: hashing cost and the password rules (AUTH-3, AUTH-4).
@@ -553,6 +580,20 @@ totp_issuer = "mamori"
 # addresses = ["10.8.0.0/24"]
 # [[policy.zone]]
 # name = "internet"
+
+[lifecycle]
+# Account lifecycle (AUTH-7). Roles change only when a manager approves a request
+# (`mamori user request-role`, `mamori user approve`). Managers: the accounts listed here, or
+# every administrator when the list is empty. No one approves their own request or a role for
+# their own account.
+approvers = []
+# Accounts with no login and no token or session use for this many days are disabled
+# automatically (audited); 0 turns this off. `mamori user enable NAME` re-enables.
+disable_after_days = 90
+# Role requests not decided within this long expire and change nothing.
+request_ttl = "14d"
+# How often `serve` checks for unused accounts and expired requests.
+sweep_interval = "1h"
 "#;
 
 impl Config {
@@ -596,6 +637,7 @@ impl Config {
         }
         self.login_policy()?;
         self.access_policy()?;
+        self.lifecycle_policy()?;
         Ok(())
     }
 
@@ -603,6 +645,30 @@ impl Config {
     /// unknown policy refuses start-up).
     pub fn access_policy(&self) -> anyhow::Result<mamori_access::Policy> {
         Ok(mamori_access::Policy::from_config(&self.policy)?)
+    }
+
+    /// The lifecycle rules from `[lifecycle]` (AUTH-7).
+    pub fn lifecycle_policy(&self) -> anyhow::Result<mamori_store::lifecycle::LifecyclePolicy> {
+        let l = &self.lifecycle;
+        for a in &l.approvers {
+            mamori_store::AccountName::parse(a).with_context(|| format!("lifecycle.approvers: {a:?}"))?;
+        }
+        if l.disable_after_days > 3650 {
+            bail!("lifecycle.disable_after_days must be between 0 (off) and 3650");
+        }
+        let request_ttl = parse_duration(&l.request_ttl).context("lifecycle.request_ttl")?;
+        if request_ttl > time::Duration::days(90) {
+            bail!("lifecycle.request_ttl must be at most 90d");
+        }
+        let sweep = parse_duration(&l.sweep_interval).context("lifecycle.sweep_interval")?;
+        if sweep < time::Duration::minutes(1) || sweep > time::Duration::days(1) {
+            bail!("lifecycle.sweep_interval must be between 1m and 1d");
+        }
+        Ok(mamori_store::lifecycle::LifecyclePolicy {
+            approvers: l.approvers.clone(),
+            request_ttl,
+            disable_after: (l.disable_after_days > 0).then(|| time::Duration::days(i64::from(l.disable_after_days))),
+        })
     }
 
     /// The login policy from `[passwords]` and `[login]`, refusing anything weaker than the
@@ -726,6 +792,9 @@ mod tests {
                 "two_factor_required = [\"root\"]",
             ),
             ("session_idle_timeout = \"30m\"", "session_idle_timeout = \"12h\""),
+            ("disable_after_days = 90", "disable_after_days = 99999"),
+            ("approvers = []", "approvers = [\"Not A Name\"]"),
+            ("request_ttl = \"14d\"", "request_ttl = \"365d\""),
         ] {
             let text = initial_file(Argon2Params::FLOOR).replace(from, to);
             assert_ne!(text, initial_file(Argon2Params::FLOOR), "{from}");

@@ -116,6 +116,64 @@ enum UserCommand {
         #[arg(long)]
         data_dir: PathBuf,
         name: String,
+        /// Why (kept with the account and shown in the review report).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Enable a disabled account again (its inactivity counts from now).
+    Enable {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Request a role for an account; it changes only when a manager approves (AUTH-7).
+    /// Prints the request's id.
+    RequestRole {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        /// physician, administrator or auditor.
+        role: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve a role request (a manager; not the requester nor the account concerned).
+    Approve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a role request (nothing changes).
+    Reject {
+        #[arg(long)]
+        data_dir: PathBuf,
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List role requests (pending ones unless --all), as JSON.
+    Requests {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Review report of every account: roles, last login and use, two factors, state, pending
+    /// requests (AUTH-7).
+    Report {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Disable accounts unused for lifecycle.disable_after_days and expire old role requests
+    /// (serve does this every lifecycle.sweep_interval).
+    Sweep {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -223,9 +281,28 @@ fn main() -> ExitCode {
             Command::User { command: UserCommand::TempCredential { data_dir, name } } => {
                 commands::user_temp_credential(&data_dir, &name).await
             }
-            Command::User { command: UserCommand::Disable { data_dir, name } } => {
-                commands::user_disable(&data_dir, &name).await
+            Command::User { command: UserCommand::Disable { data_dir, name, reason } } => {
+                commands::user_disable(&data_dir, &name, reason.as_deref()).await
             }
+            Command::User { command: UserCommand::Enable { data_dir, name } } => {
+                commands::user_enable(&data_dir, &name).await
+            }
+            Command::User { command: UserCommand::RequestRole { data_dir, name, role, reason } } => {
+                commands::user_request_role(&data_dir, &name, &role, &reason).await
+            }
+            Command::User { command: UserCommand::Approve { data_dir, id, note } } => {
+                commands::user_decide(&data_dir, id, true, note.as_deref()).await
+            }
+            Command::User { command: UserCommand::Reject { data_dir, id, note } } => {
+                commands::user_decide(&data_dir, id, false, note.as_deref()).await
+            }
+            Command::User { command: UserCommand::Requests { data_dir, all } } => {
+                commands::user_requests(&data_dir, all).await
+            }
+            Command::User { command: UserCommand::Report { data_dir, format } } => {
+                commands::user_report(&data_dir, &format).await
+            }
+            Command::User { command: UserCommand::Sweep { data_dir } } => commands::user_sweep(&data_dir).await,
             Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
                 commands::token_create(&data_dir, &user, ttl.as_deref()).await
             }

@@ -82,6 +82,27 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         }
         None => None,
     };
+    // AUTH-7: the lifecycle sweep (inactive accounts, expired role requests), now and periodically.
+    let lifecycle = cfg.lifecycle_policy()?;
+    let every = crate::config::parse_duration(&cfg.lifecycle.sweep_interval)?;
+    shared.lifecycle = Arc::new(lifecycle.clone());
+    let sweeper = {
+        let store = store.clone();
+        let every = std::time::Duration::from_secs(every.whole_seconds().unsigned_abs());
+        tokio::spawn(async move {
+            loop {
+                match store.lifecycle_sweep(crate::commands::sweep_ctx(), &lifecycle).await {
+                    Ok(out) => {
+                        for (name, _) in &out.disabled {
+                            tracing::warn!(target: "security", account = %name, "account disabled: unused too long");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "lifecycle sweep failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
     let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -110,6 +131,8 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
             Err(e) => tracing::error!(error = %e, "listener task failed"),
         }
     }
+    sweeper.abort();
+    let _ = sweeper.await;
     store.shutdown();
     // Every entry (and the final checkpoint) is committed now; the forwarder and the witness
     // send what they can of them, then stop. What they cannot send stays in the database and

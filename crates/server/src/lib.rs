@@ -14,6 +14,7 @@ mod capability;
 pub mod cursor;
 pub mod error;
 mod fhir_api;
+mod lifecycle_api;
 pub mod listener;
 pub mod respond;
 pub mod syslog;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub forwarding: Option<syslog::ForwarderStatus>,
     /// The HTTP checkpoint witness's state (AUD-2), when `[audit.http_witness]` is configured.
     pub witness: Option<witness::WitnessStatus>,
+    /// Account lifecycle rules (AUTH-7): who approves role requests, request expiry.
+    pub lifecycle: mamori_store::lifecycle::SharedLifecyclePolicy,
     capability: Vec<u8>,
 }
 
@@ -88,6 +91,7 @@ impl Shared {
             policy: Arc::new(mamori_access::Policy::builtin().unwrap_or_else(|_| mamori_access::Policy::deny_all())),
             forwarding: None,
             witness: None,
+            lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
@@ -136,6 +140,13 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/audit/anomalies", get(admin_api::anomalies))
         .route("/audit/outside-hours", get(admin_api::outside_hours))
         .route("/status", get(admin_api::status))
+        .route("/accounts/report", get(lifecycle_api::report))
+        .route("/accounts/role-requests", get(lifecycle_api::list_requests))
+        .route("/accounts/role-requests/{id}/approve", post(lifecycle_api::approve))
+        .route("/accounts/role-requests/{id}/reject", post(lifecycle_api::reject))
+        .route("/accounts/{name}/role-requests", post(lifecycle_api::request_role))
+        .route("/accounts/{name}/disable", post(lifecycle_api::disable))
+        .route("/accounts/{name}/enable", post(lifecycle_api::enable))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()

@@ -121,6 +121,11 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
                 | "recovery-codes-issue"
                 | "temporary-credential-issue"
                 | "account-disable"
+                | "account-enable"
+                | "role-request"
+                | "role-approve"
+                | "role-reject"
+                | "role-request-expire"
         )
 }
 
@@ -209,7 +214,7 @@ const TICKET_PASSWORD_CHANGE: &str = "password-change";
 const TICKET_ENROL: &str = "enrol";
 
 /// A session's last use is written at most this often (the idle timeout is this exact).
-const TOUCH_EVERY_US: i64 = 60_000_000;
+pub(crate) const TOUCH_EVERY_US: i64 = 60_000_000;
 
 /// Audit rows a writer job collects; appended after its data changes, in the same transaction.
 #[derive(Default)]
@@ -438,6 +443,10 @@ fn create_session(
              VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
         )?
         .execute(params![&token.hash().0[..], account, now, now + dur_us(s.lifetime), factors])?;
+    // AUTH-7: a login is a use of the account (inactivity is measured from it).
+    tx.conn
+        .prepare_cached("UPDATE account SET last_login_us = ?1, last_used_us = ?1 WHERE name = ?2")?
+        .execute(params![now, account])?;
     Ok(LoginOutcome::Session {
         token: Zeroizing::new(token.text().to_string()),
         expires_in: s.idle_timeout.min(s.lifetime).whole_seconds(),
@@ -976,11 +985,14 @@ impl SqliteStore {
         }
         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
         if now - last_used >= TOUCH_EVERY_US {
+            let account_name = account.clone();
             self.inner
                 .engine
                 .write(move |c| {
                     c.prepare_cached("UPDATE login_session SET last_used_us = ?1 WHERE hash = ?2")?
                         .execute(params![now, &token.0[..]])?;
+                    c.prepare_cached("UPDATE account SET last_used_us = ?1 WHERE name = ?2")?
+                        .execute(params![now, account_name])?;
                     Ok(())
                 })
                 .await?;

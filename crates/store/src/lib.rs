@@ -18,6 +18,7 @@ pub mod identity;
 pub mod integrity;
 mod keyring;
 pub mod keys;
+pub mod lifecycle;
 pub mod model;
 pub mod query;
 mod rows;
@@ -64,7 +65,7 @@ pub struct Page {
 
 /// The storage contract the request path is written against. The SQLite store implements it
 /// today; a PostgreSQL store implements the same trait and passes the same conformance tests.
-pub trait Store: identity::Identity + Send + Sync + 'static {
+pub trait Store: identity::Identity + lifecycle::Lifecycle + Send + Sync + 'static {
     /// Resolves a bearer token to its (enabled, unexpired) account.
     fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>>;
     /// Records an event that touches no record: a refused request (no token, denied, bad
@@ -128,6 +129,7 @@ impl StoreError {
             StoreError::Gone { .. } => 410,
             StoreError::VersionConflict(_) | StoreError::PreconditionFailed(_) => 412,
             StoreError::Invalid { code: "processing", .. } => 422,
+            StoreError::Invalid { code: "forbidden", .. } => 403,
             StoreError::Invalid { .. } | StoreError::Unsupported(_) => 400,
             StoreError::TooCostly(_) => 413,
             StoreError::Forbidden => 403,

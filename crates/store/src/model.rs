@@ -148,6 +148,20 @@ pub enum Action {
     TemporaryCredentialUse,
     /// An account was disabled; its sessions ended at once (AUTH-7).
     AccountDisable,
+    /// A disabled account was enabled again (AUTH-7).
+    AccountEnable,
+    /// A role was requested for an account (AUTH-7).
+    RoleRequest,
+    /// A manager approved a role request: the account's role changed (AUTH-7).
+    RoleApprove,
+    /// A manager rejected a role request: nothing changed (AUTH-7).
+    RoleReject,
+    /// A role request expired undecided: nothing changed (AUTH-7).
+    RoleRequestExpire,
+    /// Someone listed role requests.
+    RoleRequestList,
+    /// Someone produced the account review report (AUTH-7).
+    AccountReport,
 }
 
 impl Action {
@@ -191,6 +205,13 @@ impl Action {
             Action::TemporaryCredentialIssue => "temporary-credential-issue",
             Action::TemporaryCredentialUse => "temporary-credential-use",
             Action::AccountDisable => "account-disable",
+            Action::AccountEnable => "account-enable",
+            Action::RoleRequest => "role-request",
+            Action::RoleApprove => "role-approve",
+            Action::RoleReject => "role-reject",
+            Action::RoleRequestExpire => "role-request-expire",
+            Action::RoleRequestList => "role-request-list",
+            Action::AccountReport => "account-report",
         }
     }
 }

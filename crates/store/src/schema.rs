@@ -163,6 +163,7 @@ CREATE TABLE resource_category (
 ) WITHOUT ROWID;
 CREATE INDEX resource_category_by_seq ON resource_category (seq);
 "#,
+    crate::lifecycle::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

@@ -335,16 +335,31 @@ impl Store for SqliteStore {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let now = to_micros(inner.clock.now());
-            inner.engine.read_now(move |c| {
-                let row: Option<(String, String)> = c
-                    .prepare_cached(
-                        "SELECT a.name, a.role FROM api_token t JOIN account a ON a.name = t.account \
-                             WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL",
-                    )?
-                    .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                Ok(row.and_then(|(account, role)| role.parse::<Role>().ok().map(|role| Principal { account, role })))
-            })
+            let row: Option<(String, String, Option<i64>)> = inner.engine.read_now(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT a.name, a.role, t.last_used_us FROM api_token t JOIN account a ON a.name = t.account \
+                         WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL",
+                )?
+                .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?)
+            })?;
+            let Some((account, role, last_used)) = row else { return Ok(None) };
+            let Ok(role) = role.parse::<Role>() else { return Ok(None) };
+            // AUTH-7: token use counts as use of the account; written at most once a minute.
+            if last_used.is_none_or(|l| now - l >= crate::identity::TOUCH_EVERY_US) {
+                let name = account.clone();
+                inner
+                    .engine
+                    .write(move |c| {
+                        c.prepare_cached("UPDATE api_token SET last_used_us = ?1 WHERE hash = ?2")?
+                            .execute(params![now, &token.0[..]])?;
+                        c.prepare_cached("UPDATE account SET last_used_us = ?1 WHERE name = ?2")?
+                            .execute(params![now, name])?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Ok(Some(Principal { account, role }))
         })
     }
 

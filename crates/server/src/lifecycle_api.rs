@@ -1,0 +1,246 @@
+//! Account lifecycle over HTTP (AUTH-7), under `/admin/accounts`, behind the same authentication
+//! middleware as FHIR. JSON in and out, bodies bounded, errors as OperationOutcomes; every call
+//! (and every refusal) is audited by the store.
+//!
+//! ```text
+//! GET  /admin/accounts/report[?format=json|csv]        administrators, auditors
+//! GET  /admin/accounts/role-requests[?status=pending|all]  administrators, auditors, approvers
+//! POST /admin/accounts/{name}/role-requests {role, reason}  the person themselves, or an administrator
+//! POST /admin/accounts/role-requests/{id}/approve {note?}   a manager, not the requester nor the account
+//! POST /admin/accounts/role-requests/{id}/reject  {note?}   a manager
+//! POST /admin/accounts/{name}/disable {reason?}             administrators; immediate
+//! POST /admin/accounts/{name}/enable                        administrators
+//! ```
+//!
+//! Who may call what is decided here by job type until the policy decision point has account
+//! operations of its own; who may *decide* a request (managers, separation of duties) is a rule of
+//! the store, so the CLI and HTTP cannot differ.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mamori_access::Role;
+use mamori_store::lifecycle::report_csv;
+use mamori_store::query::parse_query_string;
+use mamori_store::{AccountName, Action, AuditEvent};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::Shared;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Administration bodies are small; anything larger is refused before parsing (NET-2).
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// Refuses a caller whose job type may not use this endpoint (audited, 403).
+async fn deny(s: &Shared, auth: &Authenticated, action: Action) -> ApiError {
+    let ev = AuditEvent::new(Action::Refused, 403)
+        .with_target("account", None)
+        .with_detail(format!("forbidden: {}", action.as_str()));
+    match s.store.record_event(auth.ctx.clone(), ev).await {
+        Ok(()) => ApiError::forbidden(),
+        Err(e) => ApiError::from(e),
+    }
+}
+
+async fn require(s: &Shared, auth: &Authenticated, action: Action, allowed: bool) -> Result<()> {
+    if allowed { Ok(()) } else { Err(deny(s, auth, action).await) }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+}
+
+/// Reads and parses a bounded JSON body; bad input is audited as a refusal.
+async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body, shape: &str) -> Result<T> {
+    let parsed = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("administration requests are limited to {MAX_ADMIN_BODY} bytes"),
+        )),
+        Ok(b) if b.is_empty() => serde_json::from_slice(b"{}").map_err(|_| bad(format!("the body must be {shape}"))),
+        Ok(b) => serde_json::from_slice(&b).map_err(|_| bad(format!("the body must be a JSON object {shape}"))),
+    };
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(e) => Err(auth.refuse(s, e, Some("account")).await),
+    }
+}
+
+async fn account_name(s: &Shared, auth: &Authenticated, raw: &str) -> Result<AccountName> {
+    match AccountName::parse(raw) {
+        Ok(n) => Ok(n),
+        Err(e) => Err(auth.refuse(s, ApiError::from(e), Some("account")).await),
+    }
+}
+
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    let mut resp = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn query_value(q: &Option<String>, key: &str) -> std::result::Result<Option<String>, ApiError> {
+    let pairs = parse_query_string(q.as_deref().unwrap_or(""));
+    let mut found = None;
+    for (k, v) in pairs {
+        if k == key {
+            found = Some(v);
+        } else {
+            return Err(bad(format!(
+                "unknown parameter '{}' (supported: {key})",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    Ok(found)
+}
+
+/// The review report of every account (AUTH-7): JSON, or CSV with `?format=csv`.
+pub async fn report(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    require(&s, &auth, Action::AccountReport, matches!(auth.principal.role, Role::Administrator | Role::Auditor))
+        .await?;
+    let csv = match query_value(&q, "format").map(|f| f.unwrap_or_else(|| "json".into())) {
+        Ok(f) if f == "json" => false,
+        Ok(f) if f == "csv" => true,
+        Ok(_) => return Err(auth.refuse(&s, bad("format must be json or csv"), Some("account")).await),
+        Err(e) => return Err(auth.refuse(&s, e, Some("account")).await),
+    };
+    let rows = s.store.account_report(auth.ctx.clone()).await?;
+    if csv {
+        let mut resp = (StatusCode::OK, report_csv(&rows)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8; header=present"));
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"accounts.csv\""));
+        return Ok(resp);
+    }
+    let body = serde_json::json!({
+        "generated": mamori_store::clock::fhir_instant(s.now_us()),
+        "zones": "not reported yet: network zones arrive with the zone policy (ACL-4)",
+        "accounts": rows,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn list_requests(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let allowed =
+        matches!(auth.principal.role, Role::Administrator | Role::Auditor) || s.lifecycle.is_manager(&auth.ctx.actor);
+    require(&s, &auth, Action::RoleRequestList, allowed).await?;
+    let pending_only = match query_value(&q, "status") {
+        Ok(None) => true,
+        Ok(Some(v)) if v == "pending" => true,
+        Ok(Some(v)) if v == "all" => false,
+        Ok(Some(_)) => return Err(auth.refuse(&s, bad("status must be pending or all"), Some("account")).await),
+        Err(e) => return Err(auth.refuse(&s, e, Some("account")).await),
+    };
+    let list = s.store.role_requests(auth.ctx.clone(), pending_only).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "requests": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRequest {
+    role: String,
+    reason: String,
+}
+
+pub async fn request_role(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(name): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    let name = account_name(&s, &auth, &name).await?;
+    let req: NewRequest = body(&s, &auth, raw, "{\"role\": …, \"reason\": …}").await?;
+    let role: Role = match req.role.parse() {
+        Ok(r) => r,
+        Err(e) => return Err(auth.refuse(&s, bad(format!("{e}")), Some("account")).await),
+    };
+    let created = s.store.request_role(auth.ctx.clone(), name, role, req.reason).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn decide(s: Arc<Shared>, auth: Authenticated, id: String, raw: Body, approve: bool) -> Result<Response> {
+    let Ok(id) = id.parse::<i64>() else {
+        return Err(auth.refuse(&s, bad("a role request id is a number"), Some("role-request")).await);
+    };
+    let d: Decision = body(&s, &auth, raw, "{\"note\": …} (optional)").await?;
+    let done = s.store.decide_role_request(auth.ctx.clone(), id, approve, d.note, Arc::clone(&s.lifecycle)).await?;
+    Ok(json_response(StatusCode::OK, &done))
+}
+
+pub async fn approve(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    decide(s, auth, id, raw, true).await
+}
+
+pub async fn reject(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    decide(s, auth, id, raw, false).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Disable {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Disables an account at once (AUTH-7): its sessions end and its tokens stop working.
+pub async fn disable(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(name): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    require(&s, &auth, Action::AccountDisable, auth.principal.role == Role::Administrator).await?;
+    let name = account_name(&s, &auth, &name).await?;
+    let d: Disable = body(&s, &auth, raw, "{\"reason\": …} (optional)").await?;
+    let ended = s.store.disable_account_because(auth.ctx.clone(), name.clone(), d.reason.unwrap_or_default()).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"account": name.as_str(), "status": "disabled", "sessions_ended": ended}),
+    ))
+}
+
+pub async fn enable(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    require(&s, &auth, Action::AccountEnable, auth.principal.role == Role::Administrator).await?;
+    let name = account_name(&s, &auth, &name).await?;
+    s.store.enable_account(auth.ctx.clone(), name.clone()).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({"account": name.as_str(), "status": "enabled"})))
+}
