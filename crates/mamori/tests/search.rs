@@ -167,6 +167,26 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
     let city = p0["address"][0]["city"].as_str().unwrap();
     let expected = data.select("Patient", |p| arr(&p["address"]).iter().any(|a| a["city"].as_str() == Some(city)));
     check(&s, "address-city", &format!("Patient?address-city={}", city.replace(' ', "%20")), expected.clone()).await;
+    // :contains where no grams are stored (addresses): confirmed on the decrypted candidates.
+    let mid: String = city.chars().skip(1).take(4).collect::<String>().to_lowercase();
+    let expected = data.select("Patient", |p| {
+        arr(&p["address"]).iter().any(|a| {
+            let mut parts: Vec<String> =
+                arr(&a["line"]).iter().filter_map(|l| l.as_str()).map(str::to_lowercase).collect();
+            for k in ["city", "district", "state", "postalCode", "country", "text"] {
+                parts.extend(a[k].as_str().map(str::to_lowercase));
+            }
+            parts.iter().any(|x| x.contains(&mid))
+        })
+    });
+    nonempty("address contains", &expected);
+    check(
+        &s,
+        "string :contains without grams",
+        &format!("Patient?address:contains={}", mid.replace(' ', "%20")),
+        expected,
+    )
+    .await;
 
     // --- token: code, system|code, |code, system|, :not, :text, :missing, :of-type ---------------
     let expected = data.select("Patient", |p| p["gender"] == "female");
@@ -199,6 +219,17 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
     });
     nonempty("code text", &body_text);
     check(&s, "token :text", "Observation?code:text=body", body_text).await;
+    // Longer than the stored text prefixes: confirmed on the decrypted value.
+    let long = "low density lipoprotein c";
+    let bmi = data.select("Observation", |o| {
+        let mut texts: Vec<String> =
+            arr(&o["code"]["coding"]).iter().filter_map(|c| c["display"].as_str()).map(str::to_lowercase).collect();
+        texts.extend(o["code"]["text"].as_str().map(str::to_lowercase));
+        texts.iter().any(|t| t.starts_with(long))
+    });
+    nonempty("long :text", &bmi);
+    check(&s, "token :text longer than the index prefix", "Observation?code:text=Low%20Density%20Lipoprotein%20C", bmi)
+        .await;
     let no_value = data.select("Observation", |o| {
         o.get("valueQuantity").is_none() && o.get("valueCodeableConcept").is_none() && o.get("valueString").is_none()
     });

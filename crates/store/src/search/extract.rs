@@ -31,11 +31,17 @@ pub(crate) fn entries(key: &IndexKey, rtype: &str, body: &Value) -> Vec<Entry> {
         if def.expression.is_empty() || def.ptype == ParamType::Special || def.code == "_id" {
             continue;
         }
+        if super::canonical_code(rtype, def.code) != def.code {
+            continue; // indexed under the parameter it is an alias of
+        }
         let pk = ParamKey::new(rtype, def.code);
         let nodes = search_params::compiled(def).evaluate(body);
         let before = out.len();
         match def.ptype {
-            ParamType::String => nodes.iter().for_each(|n| string_entries(key, &pk, n.value, &mut out)),
+            ParamType::String => {
+                let grams = super::indexes_contains(rtype, def.code);
+                nodes.iter().for_each(|n| string_entries(key, &pk, n.value, grams, &mut out))
+            }
             ParamType::Token => nodes.iter().for_each(|n| token_entries(key, &pk, n, &mut out)),
             ParamType::Uri => nodes.iter().for_each(|n| uri_entries(key, &pk, n.value, &mut out)),
             ParamType::Reference => nodes.iter().for_each(|n| reference_entries(&pk, n.value, &mut out)),
@@ -75,7 +81,7 @@ pub(crate) fn string_parts(v: &Value) -> Vec<&str> {
     parts
 }
 
-pub(crate) fn string_entries(key: &IndexKey, pk: &ParamKey, v: &Value, out: &mut Vec<Entry>) {
+pub(crate) fn string_entries(key: &IndexKey, pk: &ParamKey, v: &Value, grams: bool, out: &mut Vec<Entry>) {
     for part in string_parts(v) {
         out.push(Entry::Token(pk.pid, pk.token(key, Token::Exact(part))));
         let norm: Vec<char> = normalize(part).chars().collect();
@@ -83,14 +89,16 @@ pub(crate) fn string_entries(key: &IndexKey, pk: &ParamKey, v: &Value, out: &mut
             let prefix: String = norm[..len].iter().collect();
             out.push(Entry::Token(pk.pid, pk.token(key, Token::Prefix(&prefix))));
         }
-        for gram in grams(&norm) {
-            out.push(Entry::Token(pk.pid, pk.token(key, Token::Gram(&gram))));
+        if grams {
+            for gram in gram_set(&norm) {
+                out.push(Entry::Token(pk.pid, pk.token(key, Token::Gram(&gram))));
+            }
         }
     }
 }
 
 /// The 1- and 2-character grams `:contains` looks up (then confirms on the decrypted value).
-pub(crate) fn grams(norm: &[char]) -> Vec<String> {
+pub(crate) fn gram_set(norm: &[char]) -> Vec<String> {
     let mut out: Vec<String> = norm.iter().map(|c| c.to_string()).collect();
     out.extend(norm.windows(2).map(|w| w.iter().collect::<String>()));
     out.sort_unstable();
@@ -329,7 +337,7 @@ fn composite_entries(
                             values.iter().for_each(|n| number_entries(&cpk, n, out))
                         }
                         ParamType::Date => values.iter().for_each(|n| date_entries(&cpk, n.value, out)),
-                        ParamType::String => values.iter().for_each(|n| string_entries(key, &cpk, n.value, out)),
+                        ParamType::String => values.iter().for_each(|n| string_entries(key, &cpk, n.value, false, out)),
                         ParamType::Reference => values.iter().for_each(|n| reference_entries(&cpk, n.value, out)),
                         _ => {}
                     }

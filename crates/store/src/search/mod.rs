@@ -21,11 +21,20 @@ use crate::keys::IndexKey;
 
 /// Prefix tokens are stored for the first this-many characters of a normalised string; a
 /// longer query prefix is looked up by its first characters and confirmed on the decrypted value.
-pub(crate) const PREFIX_CHARS: usize = 24;
+pub(crate) const PREFIX_CHARS: usize = 16;
+
+/// Whether a string parameter gets the 1- and 2-character grams that index `:contains`: person
+/// names only (where `:contains` is asked for, e.g. one kanji of a name); elsewhere `:contains`
+/// confirms the candidates of the query's other criteria. Grams are two rows per character, the
+/// largest share of the index otherwise.
+pub(crate) fn indexes_contains(rtype: &str, code: &str) -> bool {
+    matches!(rtype, "Patient" | "Practitioner" | "RelatedPerson" | "Person")
+        && matches!(code, "name" | "family" | "given" | "phonetic")
+}
 
 /// Bumped whenever extraction changes; a store whose index was built by another version
 /// rebuilds it at open.
-pub(crate) const INDEX_VERSION: i64 = 1;
+pub(crate) const INDEX_VERSION: i64 = 2;
 
 /// The identity of one search parameter of one resource type in the index.
 #[derive(Clone, Debug)]
@@ -34,8 +43,38 @@ pub(crate) struct ParamKey {
     tag: String,
 }
 
+/// The code a parameter is indexed under: parameters of one type with the same expression and
+/// type (Organization `name` and `phonetic`, say) share their index rows under the first code.
+pub(crate) fn canonical_code<'a>(rtype: &str, code: &'a str) -> &'a str {
+    static ALIASES: std::sync::OnceLock<std::collections::HashMap<(&'static str, &'static str), &'static str>> =
+        std::sync::OnceLock::new();
+    let aliases = ALIASES.get_or_init(|| {
+        use mamori_fhir::search_params::params_for;
+        let mut map = std::collections::HashMap::new();
+        let types: std::collections::BTreeSet<&'static str> =
+            mamori_fhir::generated::RESOURCE_TYPES.iter().copied().collect();
+        for t in types {
+            let params = params_for(t);
+            for d in params {
+                if d.expression.is_empty() || !d.components.is_empty() {
+                    continue;
+                }
+                // params_for is sorted by code: the first with this expression and type wins.
+                if let Some(first) = params.iter().find(|o| o.expression == d.expression && o.ptype == d.ptype)
+                    && first.code != d.code
+                {
+                    map.insert((t, d.code), first.code);
+                }
+            }
+        }
+        map
+    });
+    aliases.get(&(rtype, code)).copied().unwrap_or(code)
+}
+
 impl ParamKey {
     pub(crate) fn new(rtype: &str, code: &str) -> ParamKey {
+        let code = canonical_code(rtype, code);
         let mut h = Sha256::new();
         for part in ["mamori-search-param", rtype, code] {
             h.update((part.len() as u32).to_le_bytes());

@@ -116,14 +116,15 @@ impl Where<'_> {
                 self.arg(pk.pid);
                 self.push(")");
             }
-            Clause::Match { rtype, code, ptype, negate, values } => {
+            Clause::Match { rtype, code, negate, values, .. } => {
                 let pk = ParamKey::new(rtype, code);
+                let gram_indexed = super::indexes_contains(rtype, code);
                 self.push(&format!("{a}.first_seq {}IN (", not(*negate)));
                 for (i, v) in values.iter().enumerate() {
                     if i > 0 {
                         self.push(" UNION ");
                     }
-                    self.value(&pk, *ptype, v);
+                    self.value(&pk, gram_indexed, v);
                 }
                 self.push(")");
             }
@@ -174,7 +175,8 @@ impl Where<'_> {
     }
 
     /// A subquery selecting the rids whose parameter `pk` matches one value.
-    fn value(&mut self, pk: &ParamKey, ptype: ParamType, v: &Value) {
+    /// `gram_indexed`: whether the parameter has `:contains` grams ([`super::indexes_contains`]).
+    fn value(&mut self, pk: &ParamKey, gram_indexed: bool, v: &Value) {
         let key = self.ctx.index;
         match v {
             Value::String { text, mode } => {
@@ -184,6 +186,12 @@ impl Where<'_> {
                     StringMode::Prefix => {
                         let p: String = norm.iter().take(PREFIX_CHARS).collect();
                         self.tokens(pk, &[pk.token(key, Token::Prefix(&p))]);
+                    }
+                    StringMode::Contains if !gram_indexed => {
+                        // No grams for this parameter: every resource with a value is a
+                        // candidate, confirmed on the decrypted value (bounded in `materialize`).
+                        self.push("SELECT rid FROM idx_present WHERE pid = ");
+                        self.arg(pk.pid);
                     }
                     StringMode::Contains => {
                         let grams = query_grams(&norm);
@@ -288,16 +296,15 @@ impl Where<'_> {
             Value::Composite { head, rest } => {
                 // Each further component is looked up under the parameter id keyed by the head.
                 let head_key = token_of(head).canonical();
-                for (i, (code, ctype, cv)) in rest.iter().enumerate() {
+                for (i, (code, _, cv)) in rest.iter().enumerate() {
                     if i > 0 {
                         self.push(" INTERSECT ");
                     }
                     let cpk = pk.component(key, &head_key, code);
-                    self.value(&cpk, *ctype, cv);
+                    self.value(&cpk, false, cv);
                 }
             }
         }
-        let _ = ptype;
     }
 }
 
@@ -338,7 +345,9 @@ fn in_memory_work(q: &SearchQuery) -> (Vec<&Clause>, bool) {
         .filter(|c| match c {
             Clause::Match { values, .. } => values.iter().any(|v| match v {
                 Value::String { mode: StringMode::Contains, .. } => true,
-                Value::String { mode: StringMode::Prefix, text } => normalize(text).chars().count() > PREFIX_CHARS,
+                Value::String { mode: StringMode::Prefix, text } | Value::TokenText(text) => {
+                    normalize(text).chars().count() > PREFIX_CHARS
+                }
                 _ => false,
             }),
             _ => false,
@@ -595,6 +604,10 @@ fn confirms(clause: &Clause, body: &Json) -> bool {
         }
         Value::String { text, mode: StringMode::Exact } => {
             nodes.iter().flat_map(|n| string_parts(n.value)).any(|p| p == text)
+        }
+        Value::TokenText(text) => {
+            let t = normalize(text);
+            nodes.iter().flat_map(coded).any(|c| c.text.iter().any(|d| normalize(d).starts_with(&t)))
         }
         _ => false,
     })
