@@ -71,6 +71,6 @@ pub use entry::AuditEntry;
 pub use error::AuditError;
 pub use merkle::{Hash, TreeBuilder};
 pub use verify::{
-    CheckpointSource, Finding, FindingKind, LogVerifier, SignedCheckpointText, VerifyReport, leaf_of, split_notes,
-    verify_log, verify_log_witnessed,
+    CheckpointSource, Finding, FindingKind, LogVerifier, SignedCheckpointText, VerifyReport, split_notes, verify_log,
+    verify_log_witnessed,
 };

@@ -148,13 +148,6 @@ struct Cp {
     status: Status,
 }
 
-/// The leaf hash of an entry: RFC 6962 leaf hash of its canonical encoding. `buf` is scratch.
-pub fn leaf_of(entry: &AuditEntry, buf: &mut Vec<u8>) -> [u8; 32] {
-    buf.clear();
-    entry.write_canonical(buf);
-    merkle::leaf_hash(buf)
-}
-
 /// Streaming verifier: [`LogVerifier::push`] every entry in order, then
 /// [`LogVerifier::finish`]. Memory: O(log n) for the tree plus the checkpoints and findings.
 pub struct LogVerifier {
@@ -233,29 +226,22 @@ impl LogVerifier {
 
     /// Feed the next entry, in the order the log stores them (ascending seq).
     pub fn push(&mut self, entry: &AuditEntry) {
-        self.buf.clear();
-        entry.write_canonical(&mut self.buf);
-        let leaf = merkle::leaf_hash(&self.buf);
-        self.push_leaf(entry.seq, entry.recorded_us, leaf);
-    }
-
-    /// Feed the next entry by its already computed leaf hash ([`leaf_of`]), so that callers can
-    /// hash entries on several threads and feed the results in order.
-    pub fn push_leaf(&mut self, seq: u64, recorded_us: i64, leaf: [u8; 32]) {
         // Time is checked along the entries that advance the sequence; a late or repeated
         // entry is already reported as such.
-        if self.check_sequence(seq) {
+        if self.check_sequence(entry.seq) {
             if let Some(prev) = self.prev_us
-                && recorded_us < prev
+                && entry.recorded_us < prev
             {
                 self.entry_findings.push(Finding {
-                    seq: Some(seq),
-                    kind: FindingKind::TimeWentBackwards { previous_us: prev, recorded_us },
+                    seq: Some(entry.seq),
+                    kind: FindingKind::TimeWentBackwards { previous_us: prev, recorded_us: entry.recorded_us },
                 });
             }
-            self.prev_us = Some(recorded_us);
+            self.prev_us = Some(entry.recorded_us);
         }
-        self.tree.push(leaf);
+        self.buf.clear();
+        entry.write_canonical(&mut self.buf);
+        self.tree.push(merkle::leaf_hash(&self.buf));
         self.check_checkpoints_at_size();
     }
 

@@ -63,54 +63,8 @@ pub fn verify_data_dir(data_dir: &Path, extra: &[std::path::PathBuf]) -> anyhow:
     witnessed.extend(read_extra_checkpoints(extra)?);
     let started = std::time::Instant::now();
     let mut v = LogVerifier::new(&stored, &witnessed, &key);
-    feed_in_parallel(&data_dir.join(&cfg.storage.audit_database), &mut v)?;
+    reader.for_each_entry(|e| v.push(&e))?;
     Ok(report(v.finish(), started))
-}
-
-/// Feeds every entry of the trail to `v`: one thread steps through the table while this one and
-/// a helper hash the leaves of each batch (row decoding and leaf hashing cost about the same, and
-/// leaves are independent); the tree takes them in order.
-fn feed_in_parallel(db: &Path, v: &mut LogVerifier) -> anyhow::Result<()> {
-    const BATCH: usize = 16_384;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AuditEntry>>(4);
-    let db = db.to_path_buf();
-    let reader = std::thread::spawn(move || -> Result<(), mamori_store::StoreError> {
-        let r = AuditLogReader::open(&db)?;
-        let mut batch = Vec::with_capacity(BATCH);
-        r.for_each_entry(|e| {
-            batch.push(e);
-            if batch.len() == BATCH {
-                // A closed channel means the verifier gave up; the rest is not needed.
-                let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-            }
-        })?;
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
-        }
-        Ok(())
-    });
-    let mut leaves = vec![[0u8; 32]; BATCH];
-    for batch in rx {
-        let half = batch.len() / 2;
-        let (first, second) = batch.split_at(half);
-        let (first_leaves, second_leaves) = leaves[..batch.len()].split_at_mut(half);
-        std::thread::scope(|s| {
-            s.spawn(|| hash_leaves(first, first_leaves));
-            hash_leaves(second, second_leaves);
-        });
-        for (e, leaf) in batch.iter().zip(&leaves) {
-            v.push_leaf(e.seq, e.recorded_us, *leaf);
-        }
-    }
-    reader.join().map_err(|_| anyhow::anyhow!("the audit trail reader failed"))??;
-    Ok(())
-}
-
-fn hash_leaves(entries: &[AuditEntry], out: &mut [[u8; 32]]) {
-    let mut buf = Vec::with_capacity(512);
-    for (e, leaf) in entries.iter().zip(out.iter_mut()) {
-        *leaf = mamori_audit::leaf_of(e, &mut buf);
-    }
 }
 
 fn read_extra_checkpoints(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<String>> {
