@@ -270,6 +270,8 @@ pub struct ReviewView {
     pub max_patients_per_hour: Option<u64>,
     pub outside_hours: Option<String>,
     pub utc_offset: String,
+    pub flagged: bool,
+    pub emergency: bool,
 }
 
 /// `mamori audit review`: the review views, run through the store so the review is audited.
@@ -289,16 +291,22 @@ pub async fn review(
     if let Some(t) = &to {
         period.to_us = parse_instant_end(t)?;
     }
-    let ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset } = view;
-    let query = match (account, patient, counts, max_patients_per_hour, outside_hours) {
-        (Some(account), None, false, None, None) => ReviewQuery::Account { account, period },
-        (None, Some(patient), false, None, None) => ReviewQuery::Patient { patient, period },
-        (None, None, true, None, None) => ReviewQuery::PatientCounts { period },
-        (None, None, false, Some(limit), None) => ReviewQuery::ManyPatients { period, limit },
-        (None, None, false, None, Some(hours)) => {
+    let ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset, flagged, emergency } =
+        view;
+    let query = match (account, patient, counts, max_patients_per_hour, outside_hours, flagged, emergency) {
+        (Some(account), None, false, None, None, false, false) => ReviewQuery::Account { account, period },
+        (None, Some(patient), false, None, None, false, false) => ReviewQuery::Patient { patient, period },
+        (None, None, true, None, None, false, false) => ReviewQuery::PatientCounts { period },
+        (None, None, false, Some(limit), None, false, false) => ReviewQuery::ManyPatients { period, limit },
+        (None, None, false, None, Some(hours), false, false) => {
             ReviewQuery::OutsideHours { period, hours: WorkingHours::parse(&hours, &utc_offset)? }
         }
-        _ => bail!("give exactly one of --account, --patient, --counts, --max-patients-per-hour, --outside-hours"),
+        (None, None, false, None, None, true, false) => ReviewQuery::Flagged { period, flagged: Vec::new() },
+        (None, None, false, None, None, false, true) => ReviewQuery::Emergency { period },
+        _ => bail!(
+            "give exactly one of --account, --patient, --counts, --max-patients-per-hour, --outside-hours, \
+             --flagged, --emergency"
+        ),
     };
     let cfg = Config::load(data_dir)?;
     let store = crate::commands::open_store(data_dir, &cfg)?;

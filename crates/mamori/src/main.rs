@@ -213,6 +213,12 @@ enum AuditCommand {
         /// UTC offset of the working hours.
         #[arg(long, default_value = "+09:00")]
         utc_offset: String,
+        /// Every access to patients flagged VIP (meta.security CELEB) or staff (EMP).
+        #[arg(long, group = "view")]
+        flagged: bool,
+        /// Every break-glass (emergency purpose) entry with its stated reason.
+        #[arg(long, group = "view")]
+        emergency: bool,
         /// Start of the period (FHIR instant or date).
         #[arg(long)]
         from: Option<String>,
@@ -325,12 +331,22 @@ fn main() -> ExitCode {
                         max_patients_per_hour,
                         outside_hours,
                         utc_offset,
+                        flagged,
+                        emergency,
                         from,
                         to,
                     },
             } => {
-                let view =
-                    audit::ReviewView { account, patient, counts, max_patients_per_hour, outside_hours, utc_offset };
+                let view = audit::ReviewView {
+                    account,
+                    patient,
+                    counts,
+                    max_patients_per_hour,
+                    outside_hours,
+                    utc_offset,
+                    flagged,
+                    emergency,
+                };
                 audit::review(&data_dir, view, from, to).await
             }
         }

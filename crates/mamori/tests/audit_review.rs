@@ -166,3 +166,95 @@ async fn aud4_review_views_match_a_fixture_of_known_accesses() {
     let cli: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cli["patients"][0]["accesses"], 7);
 }
+
+/// AUD-4: every access to a patient flagged VIP (CELEB) or staff (EMP) is listed with its flag;
+/// accesses to other patients are not; the flag follows the record (removing the label ends it).
+#[tokio::test]
+async fn aud4_accesses_to_vip_and_staff_patients_are_flagged() {
+    let s = Server::start();
+    let dr_b = s.dir.user_with_token("dr.b", "physician");
+    let auditor = s.dir.user_with_token("audit.a", "auditor");
+    let label = |code: &str| json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code}]});
+    let mut ids = Vec::new();
+    for meta in [Some(label("CELEB")), Some(label("EMP")), None] {
+        let mut p = json!({"resourceType": "Patient"});
+        if let Some(m) = meta {
+            p["meta"] = m;
+        }
+        let (status, body) = json(s.post_json("Patient", &p).send().await.unwrap()).await;
+        assert_eq!(status, 201);
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let (vip, staff, plain) = (&ids[0], &ids[1], &ids[2]);
+    read_as(&s, &dr_b, &format!("Patient/{vip}")).await;
+    read_as(&s, &dr_b, &format!("Patient/{vip}")).await;
+    read_as(&s, &dr_b, &format!("Patient/{staff}")).await;
+    read_as(&s, &dr_b, &format!("Patient/{plain}")).await;
+    // Expected: creates (dr.test) of vip and staff, dr.b's two reads of vip and one of staff.
+    let (status, body) = get_as(&s, &auditor, "admin/audit/flagged").await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<(String, String, String)> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["flagged"][0]["flag"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("dr.test", "create", "vip"),
+        ("dr.test", "create", "staff"),
+        ("dr.b", "read", "vip"),
+        ("dr.b", "read", "vip"),
+        ("dr.b", "read", "staff"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(rows, expected);
+    assert_eq!(body["by_account"], json!({"dr.b": 3, "dr.test": 2}));
+    assert!(!body.to_string().contains(plain.as_str()), "unflagged patients are not listed");
+    // Physicians may not review (ACL-5).
+    let (status, _) = get_as(&s, &dr_b, "admin/audit/flagged").await;
+    assert_eq!(status, 403);
+    // Removing the label ends the flag for later reviews.
+    let (status, _) = json(
+        s.put_json(&format!("Patient/{staff}"), &json!({"resourceType": "Patient", "id": staff})).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = get_as(&s, &auditor, "admin/audit/flagged").await;
+    assert!(body["entries"].as_array().unwrap().iter().all(|e| e["flagged"][0]["flag"] == "vip"));
+}
+
+/// AUD-4: break-glass (emergency purpose) accesses are listed with their stated reason, and only
+/// those.
+#[tokio::test]
+async fn aud4_break_glass_accesses_are_listed_with_their_reason() {
+    let s = Server::start();
+    let auditor = s.dir.user_with_token("audit.a", "auditor");
+    let (_, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
+    let path = format!("Patient/{}", p["id"].as_str().unwrap());
+    read_as(&s, &s.token, &path).await;
+    let r = s
+        .http
+        .get(s.url(&path))
+        .bearer_auth(&s.token)
+        .header("x-mamori-purpose", "emergency")
+        .header("x-mamori-reason", "unconscious in ER")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = get_as(&s, &auditor, "admin/audit/emergency").await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "only the break-glass read: {body}");
+    assert_eq!(entries[0]["action"], "read");
+    assert_eq!(entries[0]["actor"], "dr.test");
+    assert!(entries[0]["detail"].as_str().unwrap().contains("emergency: unconscious in ER"));
+}

@@ -84,6 +84,26 @@ pub async fn patient_counts(
     review(&s, &auth, parsed).await
 }
 
+/// Every access to patients flagged VIP or staff (AUD-4).
+pub async fn flagged(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).map(|(period, _)| ReviewQuery::Flagged { period, flagged: Vec::new() });
+    review(&s, &auth, parsed).await
+}
+
+/// Every break-glass (emergency purpose) entry with its reason (AUD-4).
+pub async fn emergency(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let parsed = period(&q).map(|(period, _)| ReviewQuery::Emergency { period });
+    review(&s, &auth, parsed).await
+}
+
 pub async fn anomalies(
     State(s): State<Arc<Shared>>,
     Extension(auth): Extension<Authenticated>,

@@ -139,6 +139,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/audit/patient-counts", get(admin_api::patient_counts))
         .route("/audit/anomalies", get(admin_api::anomalies))
         .route("/audit/outside-hours", get(admin_api::outside_hours))
+        .route("/audit/flagged", get(admin_api::flagged))
+        .route("/audit/emergency", get(admin_api::emergency))
         .route("/status", get(admin_api::status))
         .route("/accounts/report", get(lifecycle_api::report))
         .route("/accounts/role-requests", get(lifecycle_api::list_requests))

@@ -158,6 +158,11 @@ pub enum ReviewQuery {
     OutsideHours { period: Period, hours: WorkingHours },
     /// The read-only FHIR `AuditEvent` view (AUD-5).
     FhirAuditEvents(AuditEventFilter),
+    /// Every access to a patient flagged VIP or staff (AUD-4), with the flags. The store fills
+    /// `flagged` from the records before the view runs.
+    Flagged { period: Period, flagged: Vec<(String, String)> },
+    /// Every break-glass (purpose `emergency`) entry, with its stated reason (AUD-4).
+    Emergency { period: Period },
 }
 
 /// Working hours in local time: `[start, end)` minutes after midnight, and the UTC offset.
@@ -201,6 +206,8 @@ impl ReviewQuery {
             ReviewQuery::ManyPatients { .. } => "many-patients-per-hour",
             ReviewQuery::OutsideHours { .. } => "outside-hours",
             ReviewQuery::FhirAuditEvents(_) => "fhir-auditevent",
+            ReviewQuery::Flagged { .. } => "flagged-patients",
+            ReviewQuery::Emergency { .. } => "emergency",
         }
     }
 
@@ -221,6 +228,23 @@ impl ReviewQuery {
             }
             ReviewQuery::OutsideHours { period, hours } => {
                 json!({"entries": entries(reader.outside_hours(*period, *hours)?)})
+            }
+            ReviewQuery::Emergency { period } => json!({"entries": entries(reader.emergency_entries(*period)?)}),
+            ReviewQuery::Flagged { period, flagged } => {
+                let hits = reader.flagged_entries(*period, flagged)?;
+                let mut by_account: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+                for (e, _) in &hits {
+                    *by_account.entry(e.actor.clone().unwrap_or_default()).or_default() += 1;
+                }
+                let rows: Vec<Value> = hits
+                    .iter()
+                    .map(|(e, flags)| {
+                        let mut v = entry_json(e);
+                        v["flagged"] = flags.iter().map(|(p, f)| json!({"patient": p, "flag": f})).collect();
+                        v
+                    })
+                    .collect();
+                json!({"entries": rows, "by_account": by_account})
             }
             ReviewQuery::FhirAuditEvents(filter) => {
                 let found = reader.search(filter)?;
@@ -244,6 +268,35 @@ pub fn entry_json(e: &AuditEntry) -> serde_json::Value {
 }
 
 impl AuditLogReader {
+    /// Every break-glass entry in the period (the request path writes `emergency: <reason>` into
+    /// the detail of every row of an emergency request), in seq order.
+    pub fn emergency_entries(&self, period: Period) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE recorded_us BETWEEN ?1 AND ?2 \
+             AND (detail LIKE 'emergency: %' OR detail LIKE '%; emergency: %') ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![period.from_us, period.to_us], entry_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every entry in the period that names one of `flagged` (patient id, flag), in seq order,
+    /// with the flagged patients it named.
+    #[allow(clippy::type_complexity)]
+    pub fn flagged_entries(
+        &self,
+        period: Period,
+        flagged: &[(String, String)],
+    ) -> Result<Vec<(AuditEntry, Vec<(String, String)>)>, StoreError> {
+        let mut hits: std::collections::BTreeMap<u64, (AuditEntry, Vec<(String, String)>)> =
+            std::collections::BTreeMap::new();
+        for (patient, flag) in flagged {
+            for e in self.patient_entries(patient, period)? {
+                hits.entry(e.seq).or_insert_with(|| (e, Vec::new())).1.push((patient.clone(), flag.clone()));
+            }
+        }
+        Ok(hits.into_values().collect())
+    }
+
     /// Every entry of one account in the period, in time order (the maintenance-vendor view).
     pub fn account_entries(&self, account: &str, period: Period) -> Result<Vec<AuditEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(

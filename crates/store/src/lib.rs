@@ -14,6 +14,7 @@ mod category;
 pub mod clock;
 mod engine;
 pub mod error;
+mod flags;
 pub mod identity;
 pub mod integrity;
 mod keyring;

@@ -164,6 +164,13 @@ CREATE TABLE resource_category (
 CREATE INDEX resource_category_by_seq ON resource_category (seq);
 "#,
     crate::lifecycle::MIGRATION,
+    r#"
+-- Patients flagged for audit review (AUD-4): VIP (meta.security CELEB) and staff (EMP).
+CREATE TABLE patient_flag (
+    patient TEXT PRIMARY KEY,
+    flag    TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

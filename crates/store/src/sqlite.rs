@@ -541,14 +541,24 @@ impl SqliteStore {
     ) -> StoreFuture<'_, serde_json::Value> {
         Box::pin(async move {
             let path = self.inner.audit_path.clone();
-            let q = query.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let reader = crate::audit_log::AuditLogReader::open(&path)?;
-                q.run(&reader)
-            })
-            .await
-            .map_err(StoreError::internal)
-            .and_then(|r| r);
+            let mut q = query.clone();
+            // The flagged patients live in the records; the view runs on the audit file.
+            let prepared = match &mut q {
+                crate::audit_log::ReviewQuery::Flagged { flagged, .. } => {
+                    self.inner.engine.read_now(crate::flags::all).map(|f| *flagged = f)
+                }
+                _ => Ok(()),
+            };
+            let result = match prepared {
+                Err(e) => Err(e),
+                Ok(()) => tokio::task::spawn_blocking(move || {
+                    let reader = crate::audit_log::AuditLogReader::open(&path)?;
+                    q.run(&reader)
+                })
+                .await
+                .map_err(StoreError::internal)
+                .and_then(|r| r),
+            };
             let target = match &query {
                 crate::audit_log::ReviewQuery::Account { account, .. } => Some(account.clone()),
                 crate::audit_log::ReviewQuery::Patient { patient, .. } => Some(patient.clone()),

@@ -322,6 +322,7 @@ impl Tx<'_> {
                 let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
                 category::store(self.conn, seq, &names)?;
                 reindex(self.conn, self.index, rtype.as_str(), rid, None, &[])?;
+                crate::flags::update(self.conn, rtype.as_str(), id, None)?;
                 Ok(Some(tombstone))
             }
             _ => Ok(None),
@@ -374,6 +375,7 @@ impl Tx<'_> {
         let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
         category::store(self.conn, seq, &names)?;
         reindex(self.conn, self.index, rtype.as_str(), rid, Some(&body), &rec.patients)?;
+        crate::flags::update(self.conn, rtype.as_str(), id, Some(&body))?;
         Ok(rec)
     }
 }

@@ -86,6 +86,7 @@ pub(crate) fn rebuild_if_stale(
             let Some(bytes) = &rec.body else { continue };
             let body: Value = serde_json::from_slice(bytes).map_err(StoreError::internal)?;
             reindex(conn, index, &rtype, rid, Some(&body), &rec.patients)?;
+            crate::flags::update(conn, &rtype, &id, Some(&body))?;
             count += 1;
         }
         conn.execute(
