@@ -99,28 +99,57 @@ fn put_opt(out: &mut Vec<u8>, t: u8, s: Option<&str>) {
     }
 }
 
-impl AuditEntry {
-    /// The canonical encoding (see the module documentation).
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        self.write_canonical(&mut out);
-        out
-    }
+/// The patient ids of an entry: a list, or the comma-separated column form the database keeps.
+#[derive(Clone, Copy, Debug)]
+pub enum Patients<'a> {
+    List(&'a [String]),
+    Column(&'a str),
+}
 
-    /// Append the canonical encoding to `out` (lets a verifier reuse one buffer).
+impl<'a> Patients<'a> {
+    fn for_each(self, mut f: impl FnMut(&'a str)) {
+        match self {
+            Patients::List(l) => l.iter().for_each(|p| f(p)),
+            Patients::Column("") => {}
+            Patients::Column(c) => c.split(',').for_each(f),
+        }
+    }
+}
+
+/// An audit entry whose text fields are borrowed (from an owned [`AuditEntry`], or straight from
+/// a database row), so a verifier can encode and hash it without allocating.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub recorded_us: i64,
+    pub request_id: &'a str,
+    pub actor: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub source: &'a str,
+    pub action: &'a str,
+    pub rtype: Option<&'a str>,
+    pub rid: Option<&'a str>,
+    pub version: Option<u64>,
+    pub patients: Patients<'a>,
+    pub outcome: u16,
+    pub detail: Option<&'a str>,
+}
+
+impl EntryRef<'_> {
+    /// Append the canonical encoding to `out` (see the module documentation).
     pub fn write_canonical(&self, out: &mut Vec<u8>) {
         out.push(ENCODING_VERSION);
         field(out, tag::SEQ, 8);
         out.extend_from_slice(&self.seq.to_be_bytes());
         field(out, tag::RECORDED_US, 8);
         out.extend_from_slice(&self.recorded_us.to_be_bytes());
-        put_str(out, tag::REQUEST_ID, &self.request_id);
-        put_opt(out, tag::ACTOR, self.actor.as_deref());
-        put_opt(out, tag::ROLE, self.role.as_deref());
-        put_str(out, tag::SOURCE, &self.source);
-        put_str(out, tag::ACTION, &self.action);
-        put_opt(out, tag::RTYPE, self.rtype.as_deref());
-        put_opt(out, tag::RID, self.rid.as_deref());
+        put_str(out, tag::REQUEST_ID, self.request_id);
+        put_opt(out, tag::ACTOR, self.actor);
+        put_opt(out, tag::ROLE, self.role);
+        put_str(out, tag::SOURCE, self.source);
+        put_str(out, tag::ACTION, self.action);
+        put_opt(out, tag::RTYPE, self.rtype);
+        put_opt(out, tag::RID, self.rid);
         match self.version {
             None => {
                 field(out, tag::VERSION, 1);
@@ -132,16 +161,53 @@ impl AuditEntry {
                 out.extend_from_slice(&v.to_be_bytes());
             }
         }
-        let list_len = 8 + self.patients.iter().map(|p| 8 + p.len()).sum::<usize>();
-        field(out, tag::PATIENTS, list_len);
-        out.extend_from_slice(&len64(self.patients.len()));
-        for p in &self.patients {
+        let (mut count, mut bytes) = (0usize, 0usize);
+        self.patients.for_each(|p| {
+            count += 1;
+            bytes += 8 + p.len();
+        });
+        field(out, tag::PATIENTS, 8 + bytes);
+        out.extend_from_slice(&len64(count));
+        self.patients.for_each(|p| {
             out.extend_from_slice(&len64(p.len()));
             out.extend_from_slice(p.as_bytes());
-        }
+        });
         field(out, tag::OUTCOME, 2);
         out.extend_from_slice(&self.outcome.to_be_bytes());
-        put_opt(out, tag::DETAIL, self.detail.as_deref());
+        put_opt(out, tag::DETAIL, self.detail);
+    }
+}
+
+impl AuditEntry {
+    /// The canonical encoding (see the module documentation).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_canonical(&mut out);
+        out
+    }
+
+    /// Append the canonical encoding to `out` (lets a verifier reuse one buffer).
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        self.borrowed().write_canonical(out);
+    }
+
+    /// The entry as borrowed fields.
+    pub fn borrowed(&self) -> EntryRef<'_> {
+        EntryRef {
+            seq: self.seq,
+            recorded_us: self.recorded_us,
+            request_id: &self.request_id,
+            actor: self.actor.as_deref(),
+            role: self.role.as_deref(),
+            source: &self.source,
+            action: &self.action,
+            rtype: self.rtype.as_deref(),
+            rid: self.rid.as_deref(),
+            version: self.version,
+            patients: Patients::List(&self.patients),
+            outcome: self.outcome,
+            detail: self.detail.as_deref(),
+        }
     }
 
     /// The Merkle leaf hash of this entry: `SHA-256(0x00 || canonical_bytes)`.

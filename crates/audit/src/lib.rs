@@ -67,7 +67,7 @@ pub mod merkle;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, SigningKey, VerifierKey, open, open_note, sign, sign_note};
-pub use entry::AuditEntry;
+pub use entry::{AuditEntry, EntryRef, Patients};
 pub use error::AuditError;
 pub use merkle::{Hash, TreeBuilder};
 pub use verify::{

@@ -226,6 +226,11 @@ impl LogVerifier {
 
     /// Feed the next entry, in the order the log stores them (ascending seq).
     pub fn push(&mut self, entry: &AuditEntry) {
+        self.push_ref(&entry.borrowed());
+    }
+
+    /// [`LogVerifier::push`] for an entry borrowed from wherever it is stored.
+    pub fn push_ref(&mut self, entry: &crate::entry::EntryRef<'_>) {
         // Time is checked along the entries that advance the sequence; a late or repeated
         // entry is already reported as such.
         if self.check_sequence(entry.seq) {

@@ -63,7 +63,7 @@ pub fn verify_data_dir(data_dir: &Path, extra: &[std::path::PathBuf]) -> anyhow:
     witnessed.extend(read_extra_checkpoints(extra)?);
     let started = std::time::Instant::now();
     let mut v = LogVerifier::new(&stored, &witnessed, &key);
-    reader.for_each_entry(|e| v.push(&e))?;
+    reader.for_each_entry_ref(|e| v.push_ref(e))?;
     Ok(report(v.finish(), started))
 }
 

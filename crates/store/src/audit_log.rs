@@ -56,6 +56,42 @@ impl AuditLogReader {
         Ok(n)
     }
 
+    /// Streams every entry in storage order as fields borrowed from the row (no allocation per
+    /// entry): what `mamori audit verify --data-dir` hashes.
+    pub fn for_each_entry_ref(&self, mut f: impl FnMut(&mamori_audit::EntryRef<'_>)) -> Result<u64, StoreError> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.conn.prepare(&format!("SELECT {ENTRY_COLUMNS} FROM audit_event ORDER BY seq"))?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let text = |i: usize| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
+            let opt = |i: usize| -> rusqlite::Result<Option<&str>> {
+                match r.get_ref(i)? {
+                    ValueRef::Null => Ok(None),
+                    v => Ok(Some(v.as_str()?)),
+                }
+            };
+            let entry = mamori_audit::EntryRef {
+                seq: r.get::<_, i64>(0)? as u64,
+                recorded_us: r.get(1)?,
+                request_id: text(2)?,
+                actor: opt(3)?,
+                role: opt(4)?,
+                source: text(5)?,
+                action: text(6)?,
+                rtype: opt(7)?,
+                rid: opt(8)?,
+                version: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                patients: mamori_audit::Patients::Column(text(10)?),
+                outcome: r.get::<_, i64>(11)? as u16,
+                detail: opt(12)?,
+            };
+            f(&entry);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Up to `limit` committed entries with `seq > after`, in seq order (the syslog forwarder's
     /// read of the trail, which is its own durable spool).
     pub fn entries_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
