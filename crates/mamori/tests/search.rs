@@ -397,6 +397,15 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
         .await;
     }
     check(&s, "quantity wrong unit", "Observation?code=8302-2&value-quantity=gt1||kg", BTreeSet::new()).await;
+    let either: BTreeSet<String> =
+        heights.iter().filter(|(v, _)| *v > 150.0 || *v < 100.0).map(|(_, k)| k.clone()).collect();
+    check(
+        &s,
+        "composite, two values ORed",
+        "Observation?code-value-quantity=http://loinc.org|8302-2$gt150,http://loinc.org|8302-2$lt100",
+        either,
+    )
+    .await;
 
     // --- sorting ---------------------------------------------------------------------------------
     let (ordered, _) = search_all(&s, &format!("Observation?patient={p0id}&code=8302-2&_sort=-date&_count=2")).await;

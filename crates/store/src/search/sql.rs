@@ -1,6 +1,7 @@
 //! Running a parsed search against the index tables.
 //!
-//! Each clause becomes `c.first_seq IN (SELECT rid FROM idx_… WHERE …)`; keyed values are
+//! The most selective clause becomes `c.first_seq IN (SELECT rid FROM idx_… WHERE …)`, the others
+//! correlated probes `EXISTS (… AND rid = c.first_seq)`; keyed values are
 //! turned into their HMAC tokens here, so the SQL never sees a name or identifier. Two cases
 //! cannot be answered by the index alone and are finished in memory on the decrypted resources
 //! (bounded by [`MAX_IN_MEMORY`]): `:contains` and string prefixes longer than the stored prefix
@@ -59,6 +60,9 @@ struct Where<'a> {
     sql: String,
     args: Vec<Sql>,
     aliases: usize,
+    /// While set, value subqueries are correlated to this alias's `first_seq` (probes for one
+    /// candidate) instead of listing every matching rid.
+    correlate: Option<String>,
 }
 
 impl Where<'_> {
@@ -80,15 +84,108 @@ impl Where<'_> {
     /// index seek, the type test is written `+alias.rtype`: otherwise SQLite (without statistics)
     /// walks every resource of the type in primary-key order and probes the clause's list for
     /// each, which makes even an identifier search linear in the number of resources.
+    ///
+    /// One clause — the most selective kind present ([`drive_rank`]) — lists its rids and drives
+    /// the lookup; every other clause is written as a correlated probe for each candidate, so a
+    /// broad criterion (a common code, a date range) is never materialised in full.
     fn resource(&mut self, alias: &str, rtype: &str, clauses: &[Clause]) {
-        let plus = if clauses.iter().any(drives) { "+" } else { "" };
+        let driver =
+            clauses.iter().enumerate().filter_map(|(i, c)| drive_rank(c).map(|r| (r, i))).min().map(|(_, i)| i);
+        let plus = if driver.is_some() { "+" } else { "" };
         self.push(&format!("{plus}{alias}.rtype = "));
         self.arg(rtype.to_string());
         self.push(&format!(" AND {alias}.deleted = 0"));
         self.hidden(alias);
-        for c in clauses {
+        for (i, c) in clauses.iter().enumerate() {
             self.push(" AND ");
-            self.clause(alias, c);
+            if Some(i) == driver {
+                self.clause(alias, c);
+            } else {
+                self.probe(alias, c);
+            }
+        }
+    }
+
+    /// A clause as a correlated test of the one resource `a`.
+    fn probe(&mut self, a: &str, clause: &Clause) {
+        match clause {
+            Clause::Id(_) => self.clause(a, clause),
+            Clause::Missing { rtype, code, missing } => {
+                let pk = ParamKey::new(rtype, code);
+                self.push(&format!("{}EXISTS (SELECT 1 FROM idx_present WHERE pid = ", not(*missing)));
+                self.arg(pk.pid);
+                self.push(&format!(" AND rid = {a}.first_seq)"));
+            }
+            Clause::Match { rtype, code, negate, values, .. } => {
+                let pk = ParamKey::new(rtype, code);
+                let gram_indexed = super::indexes_contains(rtype, code);
+                let saved = self.correlate.replace(a.to_string());
+                self.push(&format!("{}EXISTS (", not(*negate)));
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.push(" UNION ALL ");
+                    }
+                    // Compound operators chain left to right: a composite's INTERSECT is nested.
+                    let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
+                    if nest {
+                        self.push("SELECT rid FROM (");
+                    }
+                    self.value(&pk, gram_indexed, v);
+                    if nest {
+                        self.push(")");
+                    }
+                }
+                self.push(")");
+                self.correlate = saved;
+            }
+            Clause::Chain { rtype, code, targets, inner } => {
+                let pk = ParamKey::new(rtype, code);
+                self.push(&format!("EXISTS (SELECT 1 FROM idx_ref r WHERE r.rid = {a}.first_seq AND r.pid = "));
+                self.arg(pk.pid);
+                self.chain_targets(targets, inner);
+                self.push(")");
+            }
+            Clause::Has { source, code, inner } => {
+                let pk = ParamKey::new(source, code);
+                let b = self.alias();
+                self.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_ref r JOIN resource_current {b} ON {b}.first_seq = r.rid \
+                     WHERE r.target_id = {a}.id AND r.target_type = {a}.rtype AND r.pid = "
+                ));
+                self.arg(pk.pid);
+                self.push(" AND ");
+                self.resource(&b, source, inner);
+                self.push(")");
+            }
+        }
+    }
+
+    /// ` AND (target type and chained criteria, for each target)` of a chain on `idx_ref r`.
+    fn chain_targets(&mut self, targets: &[String], inner: &[Vec<Clause>]) {
+        self.push(" AND (");
+        for (i, (t, clauses)) in targets.iter().zip(inner).enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            let b = self.alias();
+            self.push("(r.target_type = ");
+            self.arg(t.clone());
+            self.push(&format!(" AND r.target_id IN (SELECT {b}.id FROM resource_current {b} WHERE "));
+            let saved = self.correlate.take();
+            self.resource(&b, t, clauses);
+            self.correlate = saved;
+            self.push("))");
+        }
+        self.push(")");
+    }
+
+    /// `SELECT rid FROM table WHERE pid = ?`, correlated to the probed resource when probing.
+    fn rows_of(&mut self, table: &str, pk: &ParamKey) {
+        self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
+        self.arg(pk.pid);
+        if let Some(a) = &self.correlate {
+            let cond = format!(" AND rid = {a}.first_seq");
+            self.push(&cond);
         }
     }
 
@@ -124,7 +221,15 @@ impl Where<'_> {
                     if i > 0 {
                         self.push(" UNION ");
                     }
+                    // Compound operators chain left to right: a composite's INTERSECT is nested.
+                    let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
+                    if nest {
+                        self.push("SELECT rid FROM (");
+                    }
                     self.value(&pk, gram_indexed, v);
+                    if nest {
+                        self.push(")");
+                    }
                 }
                 self.push(")");
             }
@@ -132,19 +237,8 @@ impl Where<'_> {
                 let pk = ParamKey::new(rtype, code);
                 self.push(&format!("{a}.first_seq IN (SELECT r.rid FROM idx_ref r WHERE r.pid = "));
                 self.arg(pk.pid);
-                self.push(" AND (");
-                for (i, (t, clauses)) in targets.iter().zip(inner).enumerate() {
-                    if i > 0 {
-                        self.push(" OR ");
-                    }
-                    let b = self.alias();
-                    self.push("(r.target_type = ");
-                    self.arg(t.clone());
-                    self.push(&format!(" AND r.target_id IN (SELECT {b}.id FROM resource_current {b} WHERE "));
-                    self.resource(&b, t, clauses);
-                    self.push("))");
-                }
-                self.push("))");
+                self.chain_targets(targets, inner);
+                self.push(")");
             }
             Clause::Has { source, code, inner } => {
                 let pk = ParamKey::new(source, code);
@@ -155,15 +249,16 @@ impl Where<'_> {
                 ));
                 self.arg(pk.pid);
                 self.push(" AND ");
+                let saved = self.correlate.take();
                 self.resource(&b, source, inner);
+                self.correlate = saved;
                 self.push(")");
             }
         }
     }
 
     fn tokens(&mut self, pk: &ParamKey, tokens: &[[u8; 16]]) {
-        self.push("SELECT rid FROM idx_token WHERE pid = ");
-        self.arg(pk.pid);
+        self.rows_of("idx_token", pk);
         self.push(" AND token IN (");
         for (i, t) in tokens.iter().enumerate() {
             if i > 0 {
@@ -190,8 +285,7 @@ impl Where<'_> {
                     StringMode::Contains if !gram_indexed => {
                         // No grams for this parameter: every resource with a value is a
                         // candidate, confirmed on the decrypted value (bounded in `materialize`).
-                        self.push("SELECT rid FROM idx_present WHERE pid = ");
-                        self.arg(pk.pid);
+                        self.rows_of("idx_present", pk);
                     }
                     StringMode::Contains => {
                         let grams = query_grams(&norm);
@@ -209,8 +303,7 @@ impl Where<'_> {
             Value::OfType(s, c, val) => self.tokens(pk, &[pk.token(key, Token::OfType(s, c, val))]),
             Value::Uri(u) => self.tokens(pk, &[pk.token(key, Token::Exact(u))]),
             Value::Reference { rtype, id } => {
-                self.push("SELECT rid FROM idx_ref WHERE pid = ");
-                self.arg(pk.pid);
+                self.rows_of("idx_ref", pk);
                 self.push(" AND target_id = ");
                 self.arg(id.clone());
                 if let Some(t) = rtype {
@@ -219,18 +312,17 @@ impl Where<'_> {
                 }
             }
             Value::ReferenceUrl(u) => {
-                self.push("SELECT rid FROM idx_ref WHERE pid = ");
-                self.arg(pk.pid);
+                self.rows_of("idx_ref", pk);
                 self.push(" AND url = ");
                 self.arg(u.clone());
             }
             Value::Date { prefix, lo, hi } => {
-                self.push("SELECT rid FROM idx_date WHERE pid = ");
-                self.arg(pk.pid);
+                self.rows_of("idx_date", pk);
                 self.push(" AND ");
                 let (lo, hi) = (*lo, *hi);
                 let cond = match prefix {
-                    Prefix::Eq => format!("(lo >= {lo} AND hi <= {hi})"),
+                    // lo <= hi is implied; stating it bounds the (pid, lo) index range.
+                    Prefix::Eq => format!("(lo >= {lo} AND lo <= {hi} AND hi <= {hi})"),
                     Prefix::Ne => format!("NOT (lo >= {lo} AND hi <= {hi})"),
                     Prefix::Gt => format!("hi > {hi}"),
                     Prefix::Lt => format!("lo < {lo}"),
@@ -246,8 +338,7 @@ impl Where<'_> {
                 self.push(&cond);
             }
             Value::Number { prefix, value, precision, system, code } => {
-                self.push("SELECT rid FROM idx_number WHERE pid = ");
-                self.arg(pk.pid);
+                self.rows_of("idx_number", pk);
                 self.push(" AND ");
                 let (x, p) = (*value, *precision);
                 let (op, a, b) = match prefix {
@@ -363,7 +454,7 @@ fn sortable_in_sql(k: &SortKey) -> bool {
 }
 
 fn filter_sql(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> (String, Vec<Sql>) {
-    let mut w = Where { ctx, sql: String::new(), args: Vec::new(), aliases: 0 };
+    let mut w = Where { ctx, sql: String::new(), args: Vec::new(), aliases: 0, correlate: None };
     if q.all_types {
         // $everything: every type in the compartment.
         w.push("c.deleted = 0");
@@ -385,10 +476,21 @@ fn filter_sql(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> (String, Vec<Sql
     (w.sql, w.args)
 }
 
-/// A clause that selects rids through an index seek (`first_seq IN (subquery)`), so it can
-/// drive the lookup through `resource_current_by_rid`.
-fn drives(c: &Clause) -> bool {
-    matches!(c, Clause::Match { negate: false, .. } | Clause::Chain { .. })
+/// How well a clause can drive a lookup (lower is more selective); None: never (negations and
+/// `:missing=true` select by absence).
+fn drive_rank(c: &Clause) -> Option<u8> {
+    use mamori_fhir::search_params::ParamType as T;
+    match c {
+        Clause::Id(_) => Some(0),
+        Clause::Match { negate: true, .. } | Clause::Missing { missing: true, .. } => None,
+        Clause::Match { ptype: T::Reference, .. } => Some(1),
+        Clause::Match { ptype: T::Token | T::Uri, .. } => Some(2),
+        Clause::Chain { .. } => Some(3),
+        Clause::Match { ptype: T::String | T::Composite, .. } => Some(4),
+        Clause::Has { .. } => Some(5),
+        Clause::Match { .. } => Some(6),
+        Clause::Missing { .. } => Some(7),
+    }
 }
 
 fn order_sql(q: &SearchQuery) -> String {
