@@ -92,6 +92,18 @@ async fn refuse(s: &Shared, ctx: AccessContext, err: ApiError) -> Response {
     with_request_id(resp, &id)
 }
 
+/// The body of an auth request as JSON of shape `T`; every refusal is audited.
+async fn take_json<T: DeserializeOwned>(s: &Shared, req: Request, shape: &str) -> Result<(AuthRequest, T), Response> {
+    let r = match take(req).await {
+        Ok(r) => r,
+        Err((ctx, e)) => return Err(refuse(s, ctx, e).await),
+    };
+    match parse(&r.body, shape) {
+        Ok(b) => Ok((r, b)),
+        Err(e) => Err(refuse(s, r.ctx, e).await),
+    }
+}
+
 fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("the body must be a JSON object {shape}"))
@@ -139,14 +151,10 @@ struct LoginBody {
 }
 
 async fn login(State(s): St, req: Request) -> Response {
-    let r = match take(req).await {
-        Ok(r) => r,
-        Err((ctx, e)) => return refuse(&s, ctx, e).await,
-    };
     const SHAPE: &str = "{\"account\": …, \"password\": …} or {\"account\": …, \"temporary_credential\": …}";
-    let body: LoginBody = match parse(&r.body, SHAPE) {
-        Ok(b) => b,
-        Err(e) => return refuse(&s, r.ctx, e).await,
+    let (r, body): (_, LoginBody) = match take_json(&s, req, SHAPE).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
     let id = r.ctx.request_id.clone();
     let policy = Arc::clone(&s.login);
@@ -170,14 +178,10 @@ struct SecondFactorBody {
 }
 
 async fn second_factor(State(s): St, req: Request) -> Response {
-    let r = match take(req).await {
-        Ok(r) => r,
-        Err((ctx, e)) => return refuse(&s, ctx, e).await,
-    };
     const SHAPE: &str = "{\"mfa_ticket\": …, \"totp\": \"123456\"} or {\"mfa_ticket\": …, \"recovery_code\": …}";
-    let body: SecondFactorBody = match parse(&r.body, SHAPE) {
-        Ok(b) => b,
-        Err(e) => return refuse(&s, r.ctx, e).await,
+    let (r, body): (_, SecondFactorBody) = match take_json(&s, req, SHAPE).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
     let factor = match (body.totp, body.recovery_code) {
         (Some(t), None) => SecondFactor::Totp(t),
@@ -221,25 +225,31 @@ struct PasswordBody {
 }
 
 async fn password(State(s): St, req: Request) -> Response {
-    let mut r = match take(req).await {
-        Ok(r) => r,
-        Err((ctx, e)) => return refuse(&s, ctx, e).await,
-    };
     const SHAPE: &str = "{\"password_ticket\": …, \"new_password\": …} or, with a session, {\"current_password\": …, \"new_password\": …}";
-    let body: PasswordBody = match parse(&r.body, SHAPE) {
-        Ok(b) => b,
-        Err(e) => return refuse(&s, r.ctx, e).await,
+    let (mut r, body): (_, PasswordBody) = match take_json(&s, req, SHAPE).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
     let id = r.ctx.request_id.clone();
-    let subj = match subject(&s, &mut r, body.password_ticket).await {
-        Ok(Some((subj, _))) => subj,
-        Ok(None) => return unauthenticated(&s, r.ctx).await,
-        Err(e) => return with_request_id(e.into_response(), &id),
+    let subj = match ticket_or_session(&s, &mut r, body.password_ticket).await {
+        Ok(subj) => subj,
+        Err(resp) => return resp,
     };
     let current = body.current_password.map(Zeroizing::new);
     let result =
         s.store.change_password(r.ctx, subj, current, Zeroizing::new(body.new_password), Arc::clone(&s.login)).await;
     answer(result.map(|()| serde_json::json!({"status": "password-changed"})), &id)
+}
+
+/// Who the request acts for: the holder of `ticket`, else the session's account; neither is an
+/// audited 401.
+async fn ticket_or_session(s: &Shared, r: &mut AuthRequest, ticket: Option<String>) -> Result<Subject, Response> {
+    let id = r.ctx.request_id.clone();
+    match subject(s, r, ticket).await {
+        Ok(Some((subj, _))) => Ok(subj),
+        Ok(None) => Err(unauthenticated(s, r.ctx.clone()).await),
+        Err(e) => Err(with_request_id(e.into_response(), &id)),
+    }
 }
 
 /// No ticket and no session: recorded like any unauthenticated request.
@@ -273,10 +283,9 @@ async fn totp_begin(State(s): St, req: Request) -> Response {
         }
     };
     let id = r.ctx.request_id.clone();
-    let subj = match subject(&s, &mut r, body.enrol_ticket).await {
-        Ok(Some((subj, _))) => subj,
-        Ok(None) => return unauthenticated(&s, r.ctx).await,
-        Err(e) => return with_request_id(e.into_response(), &id),
+    let subj = match ticket_or_session(&s, &mut r, body.enrol_ticket).await {
+        Ok(subj) => subj,
+        Err(resp) => return resp,
     };
     let result = s.store.totp_begin(r.ctx, subj, Arc::clone(&s.login)).await;
     answer(
@@ -300,19 +309,15 @@ struct TotpConfirmBody {
 }
 
 async fn totp_confirm(State(s): St, req: Request) -> Response {
-    let mut r = match take(req).await {
-        Ok(r) => r,
-        Err((ctx, e)) => return refuse(&s, ctx, e).await,
-    };
-    let body: TotpConfirmBody = match parse(&r.body, "{\"enrol_ticket\": …, \"code\": \"123456\"}") {
-        Ok(b) => b,
-        Err(e) => return refuse(&s, r.ctx, e).await,
-    };
+    let (mut r, body): (_, TotpConfirmBody) =
+        match take_json(&s, req, "{\"enrol_ticket\": …, \"code\": \"123456\"}").await {
+            Ok(t) => t,
+            Err(resp) => return resp,
+        };
     let id = r.ctx.request_id.clone();
-    let subj = match subject(&s, &mut r, body.enrol_ticket).await {
-        Ok(Some((subj, _))) => subj,
-        Ok(None) => return unauthenticated(&s, r.ctx).await,
-        Err(e) => return with_request_id(e.into_response(), &id),
+    let subj = match ticket_or_session(&s, &mut r, body.enrol_ticket).await {
+        Ok(subj) => subj,
+        Err(resp) => return resp,
     };
     let result = s.store.totp_confirm(r.ctx, subj, body.code, Arc::clone(&s.login)).await;
     answer(result.map(|()| serde_json::json!({"status": "second-factor-active"})), &id)

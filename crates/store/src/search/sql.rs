@@ -117,24 +117,9 @@ impl Where<'_> {
                 self.push(&format!(" AND rid = {a}.first_seq)"));
             }
             Clause::Match { rtype, code, negate, values, .. } => {
-                let pk = ParamKey::new(rtype, code);
-                let gram_indexed = super::indexes_contains(rtype, code);
                 let saved = self.correlate.replace(a.to_string());
                 self.push(&format!("{}EXISTS (", not(*negate)));
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        self.push(" UNION ALL ");
-                    }
-                    // Compound operators chain left to right: a composite's INTERSECT is nested.
-                    let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
-                    if nest {
-                        self.push("SELECT rid FROM (");
-                    }
-                    self.value(&pk, gram_indexed, v);
-                    if nest {
-                        self.push(")");
-                    }
-                }
+                self.values(rtype, code, values, " UNION ALL ");
                 self.push(")");
                 self.correlate = saved;
             }
@@ -179,6 +164,26 @@ impl Where<'_> {
         self.push(")");
     }
 
+    /// The rids matching any of `values` of one parameter, as subqueries joined by `op`.
+    fn values(&mut self, rtype: &str, code: &str, values: &[Value], op: &str) {
+        let pk = ParamKey::new(rtype, code);
+        let gram_indexed = super::indexes_contains(rtype, code);
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(op);
+            }
+            // Compound operators chain left to right: a composite's INTERSECT is nested.
+            let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
+            if nest {
+                self.push("SELECT rid FROM (");
+            }
+            self.value(&pk, gram_indexed, v);
+            if nest {
+                self.push(")");
+            }
+        }
+    }
+
     /// `SELECT rid FROM table WHERE pid = ?`, correlated to the probed resource when probing.
     fn rows_of(&mut self, table: &str, pk: &ParamKey) {
         self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
@@ -214,23 +219,8 @@ impl Where<'_> {
                 self.push(")");
             }
             Clause::Match { rtype, code, negate, values, .. } => {
-                let pk = ParamKey::new(rtype, code);
-                let gram_indexed = super::indexes_contains(rtype, code);
                 self.push(&format!("{a}.first_seq {}IN (", not(*negate)));
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        self.push(" UNION ");
-                    }
-                    // Compound operators chain left to right: a composite's INTERSECT is nested.
-                    let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
-                    if nest {
-                        self.push("SELECT rid FROM (");
-                    }
-                    self.value(&pk, gram_indexed, v);
-                    if nest {
-                        self.push(")");
-                    }
-                }
+                self.values(rtype, code, values, " UNION ");
                 self.push(")");
             }
             Clause::Chain { rtype, code, targets, inner } => {
