@@ -35,6 +35,10 @@ pub enum Operation {
     AuditReview,
     /// Reading the server's operational status (clock, audit coverage): no record content.
     ViewStatus,
+    /// Reading the account review report and the role-request queue (AUTH-7).
+    AccountReview,
+    /// Disabling and enabling accounts (AUTH-7).
+    AccountManage,
 }
 
 impl Operation {
@@ -59,6 +63,8 @@ impl Operation {
             Operation::Capabilities => "capabilities",
             Operation::AuditReview => "audit-review",
             Operation::ViewStatus => "view-status",
+            Operation::AccountReview => "account-review",
+            Operation::AccountManage => "account-manage",
         }
     }
 
@@ -240,6 +246,9 @@ pub struct Policy {
     default_category: usize,
     /// One grant list per job type, indexed by [`Role::index`].
     grants: Vec<Vec<Grant>>,
+    /// Zones (bits) from which the administration operations (audit review, status, account
+    /// review and management) may be used at all.
+    administration_zones: u64,
 }
 
 // ---- configuration (TOML) ----
@@ -253,6 +262,9 @@ pub struct PolicyConfig {
     pub zone: Option<Vec<ZoneConfig>>,
     pub category: Option<Vec<CategoryConfig>>,
     pub grant: Option<Vec<GrantConfig>>,
+    /// Zones from which administrators and auditors may work (audit review, status, account
+    /// review and management).
+    pub administration_zones: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -312,6 +324,7 @@ impl PolicyConfig {
             zone: self.zone.clone().or(base.zone),
             category: self.category.clone().or(base.category),
             grant: self.grant.clone().or(base.grant),
+            administration_zones: self.administration_zones.clone().or(base.administration_zones),
         }
     }
 }
@@ -451,7 +464,18 @@ impl Policy {
                 grants[role.index()].push(Grant { ops, categories: cats, zones: zs, purposes });
             }
         }
-        Ok(Policy { zones, default_zone, categories, default_category, grants })
+        let admin_cfg = cfg.administration_zones.unwrap_or_default();
+        if admin_cfg.is_empty() {
+            return Err(PolicyError(
+                "administration_zones must name at least one zone, or no one could manage accounts".into(),
+            ));
+        }
+        let mut administration_zones = 0u64;
+        for z in &admin_cfg {
+            administration_zones |=
+                1 << zone_idx(z).map_err(|e| PolicyError(format!("administration_zones: {}", e.0)))?;
+        }
+        Ok(Policy { zones, default_zone, categories, default_category, grants, administration_zones })
     }
 
     // ---- the decision ----
@@ -480,11 +504,16 @@ impl Policy {
         zone: ZoneId,
         purpose: Purpose,
     ) -> Decision {
+        let admin_zone = self.administration_zones & (1u64 << zone.0) != 0;
         let permit = match (who.role, op) {
             (_, Operation::Capabilities) => true,
             // ACL-5: auditors read audit trails, and only they do.
-            (role, Operation::AuditReview) => role == Role::Auditor,
-            (role, Operation::ViewStatus) => matches!(role, Role::Administrator | Role::Auditor),
+            (role, Operation::AuditReview) => admin_zone && role == Role::Auditor,
+            (role, Operation::ViewStatus | Operation::AccountReview) => {
+                admin_zone && matches!(role, Role::Administrator | Role::Auditor)
+            }
+            // AUTH-7: disabling is immediate and administrators do it; auditors only look.
+            (role, Operation::AccountManage) => admin_zone && role == Role::Administrator,
             // ACL-5: administrators and auditors get no clinical data by virtue of their role
             // (validation refuses grants to them; this holds even if it did not).
             (Role::Administrator | Role::Auditor, _) => false,
@@ -547,6 +576,20 @@ impl Policy {
 
     pub fn zone_names(&self) -> impl Iterator<Item = &str> {
         self.zones.iter().map(|z| z.name.as_str())
+    }
+
+    /// The zones from which `role` may do anything at all: where its grants apply, and for
+    /// administrators and auditors the administration zones. Shown in the account review report
+    /// (AUTH-7) so a reviewer sees who may work from where.
+    pub fn zones_of(&self, role: Role) -> Vec<String> {
+        let mut bits = match role {
+            Role::Administrator | Role::Auditor => self.administration_zones,
+            _ => 0,
+        };
+        for g in self.grants.get(role.index()).into_iter().flatten() {
+            bits |= g.zones;
+        }
+        self.zones.iter().enumerate().filter(|(i, _)| bits & (1u64 << i) != 0).map(|(_, z)| z.name.clone()).collect()
     }
 
     // ---- categories ----
@@ -673,6 +716,7 @@ impl Policy {
             categories: Vec::new(),
             default_category: 0,
             grants: Vec::new(),
+            administration_zones: 0,
         }
     }
 }
@@ -813,6 +857,25 @@ mod tests {
         assert_eq!(z("10.8.0.77"), "vpn");
         assert_eq!(z("fd12::1"), "vpn");
         assert_eq!(z("8.8.8.8"), "internet", "unknown sources fall to the default zone");
+    }
+
+    #[test]
+    fn acl3_administration_zones_are_validated_and_decided() {
+        let bad = |toml_src: &str| Policy::from_config(&toml::from_str(toml_src).unwrap()).unwrap_err().0;
+        assert!(bad("administration_zones = []").contains("at least one zone"));
+        assert!(bad("administration_zones = [\"mars\"]").contains("unknown zone 'mars'"));
+        let policy = Policy::from_config(&toml::from_str("administration_zones = [\"his\"]").unwrap()).unwrap();
+        let his = policy.zone_named("his").unwrap();
+        let vpn = policy.zone_named("vpn").unwrap();
+        let decide = |role, op, zone| policy.decide(&p(role), op, CategorySet::EMPTY, zone, Purpose::Treatment);
+        assert_eq!(decide(Role::Administrator, Operation::AccountManage, his), Decision::Permit);
+        assert_eq!(decide(Role::Administrator, Operation::AccountManage, vpn), Decision::Deny);
+        assert_eq!(decide(Role::Auditor, Operation::AccountManage, his), Decision::Deny);
+        assert_eq!(decide(Role::Auditor, Operation::AccountReview, his), Decision::Permit);
+        assert_eq!(decide(Role::Physician, Operation::AccountReview, his), Decision::Deny);
+        assert_eq!(decide(Role::Auditor, Operation::AuditReview, vpn), Decision::Deny);
+        assert_eq!(policy.zones_of(Role::Auditor), ["his"]);
+        assert_eq!(policy.zones_of(Role::Clerk), ["his"]);
     }
 
     #[test]

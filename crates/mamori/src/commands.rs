@@ -346,13 +346,13 @@ pub async fn user_report(data_dir: &Path, format: &str) -> anyhow::Result<ExitCo
     let store = open_store(data_dir, &cfg)?;
     let r = store.account_report(operator_ctx()).await;
     store.shutdown();
-    let rows = r?;
+    let mut rows = r?;
+    mamori_store::lifecycle::fill_zones(&mut rows, &cfg.access_policy()?);
     if format == "csv" {
         print!("{}", mamori_store::lifecycle::report_csv(&rows));
     } else {
         let body = serde_json::json!({
             "generated": mamori_store::clock::fhir_instant(to_micros(SystemClock.now())),
-            "zones": "not reported yet: network zones arrive with the zone policy (ACL-4)",
             "accounts": rows,
         });
         println!("{}", serde_json::to_string_pretty(&body)?);

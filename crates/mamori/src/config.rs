@@ -580,6 +580,11 @@ totp_issuer = "mamori"
 # addresses = ["10.8.0.0/24"]
 # [[policy.zone]]
 # name = "internet"
+#
+# Administrators and auditors (account review and management, audit review, status) work only
+# from these zones; the default is the HIS and the VPN, never the internet:
+# [policy]
+# administration_zones = ["his", "vpn"]
 
 [lifecycle]
 # Account lifecycle (AUTH-7). Roles change only when a manager approves a request

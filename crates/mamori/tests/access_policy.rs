@@ -432,3 +432,48 @@ fn acl1_server_refuses_to_start_on_a_contradictory_policy() {
         assert!(err.contains(needle), "{extra}: {err}");
     }
 }
+
+/// Calls `path` (under the server root) and returns the status.
+async fn admin_call(s: &Server, token: &str, method: reqwest::Method, path: &str) -> u16 {
+    let url = format!("{}{path}", s.base.trim_end_matches("/fhir"));
+    let mut r = s.http.request(method.clone(), url).bearer_auth(token);
+    if method == reqwest::Method::POST {
+        r = r.header("content-type", "application/json").body("{}");
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+/// ACL-1/ACL-3: administration (account review and management, audit review, status) is decided
+/// by the same policy point, and only from the administration zones (`his` and `vpn` by default).
+#[tokio::test]
+async fn acl3_administration_only_from_administration_zones() {
+    use reqwest::Method;
+    let dir = DataDir::init();
+    let base_cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
+    let admin = dir.user_with_token("boss", "administrator");
+    let auditor = dir.user_with_token("audit.k", "auditor");
+    dir.user_with_token("dr.x", "physician");
+    let calls = [
+        (&admin, Method::GET, "/admin/accounts/report"),
+        (&admin, Method::POST, "/admin/accounts/dr.x/disable"),
+        (&auditor, Method::GET, "/admin/accounts/report"),
+        (&auditor, Method::GET, "/admin/audit/anomalies"),
+        (&admin, Method::GET, "/admin/status"),
+    ];
+    let s = start(dir, &base_cfg, "internet", false);
+    for (token, method, path) in &calls {
+        assert_eq!(admin_call(&s, token, method.clone(), path).await, 403, "{method} {path} from the internet");
+    }
+    let dir = s.stop();
+    assert_eq!(
+        dir.audit_i64("SELECT count(*) FROM audit_event WHERE action = 'refused' AND outcome = 403"),
+        5,
+        "every refusal is audited"
+    );
+    let s = start(dir, &base_cfg, "vpn", false);
+    for (token, method, path) in &calls {
+        assert_eq!(admin_call(&s, token, method.clone(), path).await, 200, "{method} {path} from the VPN");
+    }
+    // Auditors may look but not act.
+    assert_eq!(admin_call(&s, &auditor, Method::POST, "/admin/accounts/dr.x/enable").await, 403);
+}

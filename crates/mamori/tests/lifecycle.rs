@@ -149,6 +149,10 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     assert!(dr["last_used"].is_string(), "token use is recorded: {dr}");
     assert_eq!(dr["pending_requests"][0]["role"], "auditor");
     assert_eq!(rep["accounts"][0]["password"], "none");
+    // Zones from the default policy: physicians have grants in every zone, administrators and
+    // auditors work from the administration zones only.
+    assert_eq!(dr["zones"], json!(["his", "vpn", "internet"]), "{dr}");
+    assert_eq!(rep["accounts"][1]["zones"], json!(["his", "vpn"]));
 
     let resp = admin_get(&s, "/report?format=csv", &boss).await;
     assert_eq!(resp.status().as_u16(), 200);
@@ -157,7 +161,7 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
     assert_eq!(lines.len(), 5, "{csv}");
     assert!(lines[0].starts_with("name,role,zones,created,last_login,last_used,"));
-    assert!(lines[4].starts_with("dr.test,physician,"), "{}", lines[4]);
+    assert!(lines[4].starts_with("dr.test,physician,his vpn internet,"), "{}", lines[4]);
     assert!(lines[4].contains("#1 auditor by operator:"), "{}", lines[4]);
 
     let cli = ok(&["user", "report", "--data-dir", s.dir.arg(), "--format", "csv"]);

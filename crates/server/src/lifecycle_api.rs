@@ -12,9 +12,10 @@
 //! POST /admin/accounts/{name}/enable                        administrators
 //! ```
 //!
-//! Who may call what is decided here by job type until the policy decision point has account
-//! operations of its own; who may *decide* a request (managers, separation of duties) is a rule of
-//! the store, so the CLI and HTTP cannot differ.
+//! Who may call what is the policy decision point's (`Operation::AccountReview`,
+//! `Operation::AccountManage`: job type and administration zone, ACL-1); who may *decide* a
+//! request (managers, separation of duties) is a rule of the store, so the CLI and HTTP cannot
+//! differ.
 
 use std::sync::Arc;
 
@@ -23,10 +24,10 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mamori_access::Role;
-use mamori_store::lifecycle::report_csv;
+use mamori_access::{Operation, Role};
+use mamori_store::lifecycle::{fill_zones, report_csv};
 use mamori_store::query::parse_query_string;
-use mamori_store::{AccountName, Action, AuditEvent};
+use mamori_store::{AccountName, Action};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -38,21 +39,6 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 /// Administration bodies are small; anything larger is refused before parsing (NET-2).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
-
-/// Refuses a caller whose job type may not use this endpoint (audited, 403).
-async fn deny(s: &Shared, auth: &Authenticated, action: Action) -> ApiError {
-    let ev = AuditEvent::new(Action::Refused, 403)
-        .with_target("account", None)
-        .with_detail(format!("forbidden: {}", action.as_str()));
-    match s.store.record_event(auth.ctx.clone(), ev).await {
-        Ok(()) => ApiError::forbidden(),
-        Err(e) => ApiError::from(e),
-    }
-}
-
-async fn require(s: &Shared, auth: &Authenticated, action: Action, allowed: bool) -> Result<()> {
-    if allowed { Ok(()) } else { Err(deny(s, auth, action).await) }
-}
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
@@ -110,15 +96,15 @@ pub async fn report(
     Extension(auth): Extension<Authenticated>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    require(&s, &auth, Action::AccountReport, matches!(auth.principal.role, Role::Administrator | Role::Auditor))
-        .await?;
+    auth.permit(&s, Operation::AccountReview, Action::AccountReport, Some("account")).await?;
     let csv = match query_value(&q, "format").map(|f| f.unwrap_or_else(|| "json".into())) {
         Ok(f) if f == "json" => false,
         Ok(f) if f == "csv" => true,
         Ok(_) => return Err(auth.refuse(&s, bad("format must be json or csv"), Some("account")).await),
         Err(e) => return Err(auth.refuse(&s, e, Some("account")).await),
     };
-    let rows = s.store.account_report(auth.ctx.clone()).await?;
+    let mut rows = s.store.account_report(auth.ctx.clone()).await?;
+    fill_zones(&mut rows, &s.policy);
     if csv {
         let mut resp = (StatusCode::OK, report_csv(&rows)).into_response();
         let h = resp.headers_mut();
@@ -128,7 +114,6 @@ pub async fn report(
     }
     let body = serde_json::json!({
         "generated": mamori_store::clock::fhir_instant(s.now_us()),
-        "zones": "not reported yet: network zones arrive with the zone policy (ACL-4)",
         "accounts": rows,
     });
     Ok(json_response(StatusCode::OK, &body))
@@ -139,9 +124,10 @@ pub async fn list_requests(
     Extension(auth): Extension<Authenticated>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let allowed =
-        matches!(auth.principal.role, Role::Administrator | Role::Auditor) || s.lifecycle.is_manager(&auth.ctx.actor);
-    require(&s, &auth, Action::RoleRequestList, allowed).await?;
+    // Managers see the queue they decide from; everyone else needs the review right.
+    if !s.lifecycle.is_manager(&auth.ctx.actor) {
+        auth.permit(&s, Operation::AccountReview, Action::RoleRequestList, Some("account")).await?;
+    }
     let pending_only = match query_value(&q, "status") {
         Ok(None) => true,
         Ok(Some(v)) if v == "pending" => true,
@@ -224,7 +210,7 @@ pub async fn disable(
     Path(name): Path<String>,
     raw: Body,
 ) -> Result<Response> {
-    require(&s, &auth, Action::AccountDisable, auth.principal.role == Role::Administrator).await?;
+    auth.permit(&s, Operation::AccountManage, Action::AccountDisable, Some("account")).await?;
     let name = account_name(&s, &auth, &name).await?;
     let d: Disable = body(&s, &auth, raw, "{\"reason\": …} (optional)").await?;
     let ended = s.store.disable_account_because(auth.ctx.clone(), name.clone(), d.reason.unwrap_or_default()).await?;
@@ -239,7 +225,7 @@ pub async fn enable(
     Extension(auth): Extension<Authenticated>,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    require(&s, &auth, Action::AccountEnable, auth.principal.role == Role::Administrator).await?;
+    auth.permit(&s, Operation::AccountManage, Action::AccountEnable, Some("account")).await?;
     let name = account_name(&s, &auth, &name).await?;
     s.store.enable_account(auth.ctx.clone(), name.clone()).await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({"account": name.as_str(), "status": "enabled"})))

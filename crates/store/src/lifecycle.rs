@@ -123,8 +123,9 @@ pub struct PendingRequest {
 pub struct AccountReportRow {
     pub name: String,
     pub role: String,
-    /// Network zones the account's job type may use; `None` until the zone policy (ACL-4) exists.
-    pub zones: Option<Vec<String>>,
+    /// Network zones the account's job type may work from under the access policy (ACL-3); filled
+    /// by [`fill_zones`], since the policy belongs to the server, not the store.
+    pub zones: Vec<String>,
     pub created: String,
     pub last_login: Option<String>,
     pub last_used: Option<String>,
@@ -590,7 +591,7 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
             Ok(AccountReportRow {
                 pending_requests: Vec::new(),
                 role: r.get(1)?,
-                zones: None,
+                zones: Vec::new(),
                 created: fhir_instant(r.get(2)?),
                 last_login: opt_instant(r.get(3)?),
                 last_used: opt_instant(r.get(4)?),
@@ -643,6 +644,13 @@ pub fn csv_field(raw: &str) -> String {
 }
 
 /// The review report as CSV (RFC 4180: CRLF line ends, header row).
+/// Fills each row's zones from the access policy (by the row's job type).
+pub fn fill_zones(rows: &mut [AccountReportRow], policy: &mamori_access::Policy) {
+    for r in rows {
+        r.zones = r.role.parse::<mamori_access::Role>().map(|role| policy.zones_of(role)).unwrap_or_default();
+    }
+}
+
 pub fn report_csv(rows: &[AccountReportRow]) -> String {
     let mut out = REPORT_CSV_HEADER.join(",");
     out.push_str("\r\n");
@@ -657,7 +665,7 @@ pub fn report_csv(rows: &[AccountReportRow]) -> String {
         let fields = [
             r.name.clone(),
             r.role.clone(),
-            r.zones.as_ref().map(|z| z.join(" ")).unwrap_or_default(),
+            r.zones.join(" "),
             r.created.clone(),
             o(&r.last_login),
             o(&r.last_used),

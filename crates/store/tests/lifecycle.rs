@@ -372,7 +372,7 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     assert_eq!(dr.recovery_codes_left, 3);
     assert_eq!(dr.pending_requests.len(), 1);
     assert_eq!(dr.pending_requests[0].role, "auditor");
-    assert!(dr.zones.is_none(), "zones come with the zone policy");
+    assert!(dr.zones.is_empty(), "zones come from the access policy, which the server holds");
     assert!(rows[0].disabled_at.is_some());
     let json = serde_json::to_value(&rows).unwrap();
     assert!(json[1]["created"].as_str().unwrap().starts_with("2026-04-01T09:00:00"), "{json}");
