@@ -4,6 +4,7 @@
 mod cpu;
 mod data;
 mod load;
+mod policy_overhead;
 mod raw;
 mod report;
 mod search;
@@ -64,6 +65,10 @@ struct Opts {
     /// Skip the raw rusqlite baseline.
     #[arg(long)]
     no_raw: bool,
+    /// Rounds of the policy-overhead comparison in the `mamori` configuration (each round: one
+    /// read phase with the access-policy decision, one with it switched off); 0 skips it.
+    #[arg(long, default_value_t = 2)]
+    policy_rounds: usize,
     /// Where the temporary databases go (use a real disk: fsync cost is part of the result).
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
@@ -143,6 +148,7 @@ fn main() -> Result<()> {
 
     let bundles = Arc::new(corpus.bundles);
     let mut configs = Vec::new();
+    let mut policy = None;
     let mut seen = Vec::new();
     for c in &opts.configs {
         let mode = Mode::from(*c);
@@ -150,7 +156,9 @@ fn main() -> Result<()> {
             continue;
         }
         seen.push(mode);
-        configs.push(run_config(mode, &opts, &tmp, &server_rt, &client_rt, &corpus.setup, &bundles)?);
+        let (result, overhead) = run_config(mode, &opts, &tmp, &server_rt, &client_rt, &corpus.setup, &bundles)?;
+        configs.push(result);
+        policy = policy.or(overhead);
     }
     drop(client_rt);
     server_rt.shutdown_timeout(Duration::from_secs(5));
@@ -175,6 +183,7 @@ fn main() -> Result<()> {
         input,
         configs,
         raw,
+        policy,
     };
     print!("{}", report.text());
     let md = report.markdown();
@@ -211,7 +220,7 @@ fn run_config(
     client_rt: &tokio::runtime::Runtime,
     setup: &[data::Bundle],
     bundles: &Arc<Vec<data::Bundle>>,
-) -> Result<ConfigResult> {
+) -> Result<(ConfigResult, Option<policy_overhead::PolicyOverhead>)> {
     let name = mode.name();
     eprintln!("[{name}] starting server ...");
     let running = server_rt.block_on(server::start(mode, tmp))?;
@@ -235,6 +244,7 @@ fn run_config(
     let disk_bytes = running.disk_bytes();
 
     let paths = Arc::new(std::mem::take(&mut ingest.paths));
+
     eprintln!(
         "[{name}] reads: {} clients, {:.0} s warm-up + {:.0} s ...",
         opts.read_clients, opts.read_warmup, opts.read_seconds
@@ -244,7 +254,7 @@ fn run_config(
     let reads = client_rt
         .block_on(load::reads(
             &target,
-            paths,
+            Arc::clone(&paths),
             opts.read_clients,
             Duration::from_secs_f64(opts.read_warmup),
             Duration::from_secs_f64(opts.read_seconds),
@@ -253,10 +263,31 @@ fn run_config(
     let reads_cpu = cpu::Usage::between(&before, &cpu::snapshot(), t.elapsed());
     eprintln!("[{name}]   {} requests ({:.0}/s)", reads.requests, reads.requests as f64 / reads.elapsed.as_secs_f64());
 
+    let overhead = if mode == Mode::Mamori && opts.policy_rounds > 0 {
+        eprintln!("[{name}] policy overhead: {} round(s) with and without the decision ...", opts.policy_rounds);
+        Some(
+            policy_overhead::run(
+                &running,
+                server_rt,
+                client_rt,
+                &paths,
+                policy_overhead::Shape {
+                    rounds: opts.policy_rounds,
+                    clients: opts.read_clients,
+                    warmup: Duration::from_secs_f64(opts.read_warmup),
+                    measure: Duration::from_secs_f64(opts.read_seconds),
+                },
+            )
+            .with_context(|| format!("[{name}] policy overhead"))?,
+        )
+    } else {
+        None
+    };
+
     let (store, dir) = server_rt.block_on(running.stop())?;
     store.shutdown();
     dir.close().with_context(|| format!("[{name}] cannot remove the temporary database"))?;
-    Ok(ConfigResult { name, ingest, ingest_cpu, reads, reads_cpu, disk_bytes })
+    Ok((ConfigResult { name, ingest, ingest_cpu, reads, reads_cpu, disk_bytes }, overhead))
 }
 
 fn repo_root() -> PathBuf {
@@ -293,7 +324,7 @@ fn describe(o: &Opts, server_threads: usize) -> String {
     let configs: Vec<&str> = o.configs.iter().map(|c| Mode::from(*c).name()).collect();
     format!(
         "--resources {} --ingest-clients {} --read-clients {} --read-seconds {} --read-warmup {} \
-         --raw-seconds {} --server-threads {} --client-threads {} --configs {}{}",
+         --raw-seconds {} --server-threads {} --client-threads {} --policy-rounds {} --configs {}{}",
         o.resources,
         o.ingest_clients,
         o.read_clients,
@@ -302,6 +333,7 @@ fn describe(o: &Opts, server_threads: usize) -> String {
         o.raw_seconds,
         server_threads,
         o.client_threads,
+        o.policy_rounds,
         configs.join(","),
         if o.no_raw { " --no-raw" } else { "" }
     )

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::cpu::Usage;
 use crate::load::{Ingest, Reads};
+use crate::policy_overhead::PolicyOverhead;
 use crate::raw::Raw;
 
 /// Latency distribution from per-request samples in microseconds (all kept, sorted once).
@@ -123,11 +124,15 @@ pub struct Report {
     pub input: String,
     pub configs: Vec<ConfigResult>,
     pub raw: Option<Raw>,
+    /// The access-policy decision's cost on audited reads (issue 4).
+    pub policy: Option<PolicyOverhead>,
 }
 
 pub const TARGET_INGEST: f64 = 5_000.0;
 pub const TARGET_READS: f64 = 10_000.0;
 pub const TARGET_RATIO: f64 = 0.8;
+/// The policy decision may cost audited reads at most 5 % (issue 4).
+pub const TARGET_POLICY_RATIO: f64 = 0.95;
 
 struct Check {
     what: &'static str,
@@ -176,6 +181,9 @@ impl Report {
 
     fn checks(&self) -> Vec<Check> {
         let mut out = Vec::new();
+        if let Some(p) = &self.policy {
+            out.push(check("read ratio with / without the policy decision", p.ratio(), TARGET_POLICY_RATIO, ratio));
+        }
         let (Some(m), Some(b)) = (self.get("mamori"), self.get("baseline")) else {
             return out;
         };
@@ -335,6 +343,9 @@ impl Report {
         s.push('\n');
         for c in &self.configs {
             let _ = writeln!(s, "- {}: {}", c.name, c.details());
+        }
+        if let Some(p) = &self.policy {
+            let _ = writeln!(s, "\n{}", p.markdown());
         }
         s.push('\n');
         let _ = writeln!(s, "| ratio | value |\n|---|---:|");

@@ -42,6 +42,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub token: String,
     store: SqliteStore,
+    shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
     dir: TempDir,
@@ -84,7 +85,8 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
 
     let shared =
         Shared::new(Arc::new(store.clone()), HttpLimits::default(), PageLimits::default(), None, Arc::new(SystemClock));
-    let app = mamori_server::app(Arc::new(shared));
+    let shared = Arc::new(shared);
+    let app = mamori_server::app(Arc::clone(&shared));
     let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port")?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -93,10 +95,28 @@ pub async fn start(mode: Mode, tmp_parent: &Path) -> Result<Running> {
         let _ = stopped.await;
     };
     let task = tokio::spawn(mamori_server::listener::serve(listener, None, app, shutdown, ConnLimits::default()));
-    Ok(Running { addr, token: token.secret().to_string(), store, stop, task, dir })
+    Ok(Running { addr, token: token.secret().to_string(), store, shared, stop, task, dir })
 }
 
 impl Running {
+    /// A token for a second account of job type `role` (the bench account is a physician).
+    pub async fn token_for(&self, account: &str, role: Role) -> Result<String> {
+        let name = AccountName::parse(account)?;
+        self.store.create_account(operator_ctx(), &name, role, None).await.context("cannot create an account")?;
+        let (token, _) = self.store.create_token(operator_ctx(), &name, time::Duration::hours(24)).await?;
+        Ok(token.secret().to_string())
+    }
+
+    /// The server's access policy.
+    pub fn policy(&self) -> Arc<mamori_access::Policy> {
+        Arc::clone(&self.shared.policy)
+    }
+
+    /// Switches the policy decision off (every request unrestricted) or back on.
+    pub fn set_policy_bypass(&self, on: bool) {
+        self.shared.policy_bypass.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The records database file.
     pub fn db_path(&self) -> std::path::PathBuf {
         self.dir.path().join("mamori.db")

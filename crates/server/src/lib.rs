@@ -66,6 +66,11 @@ pub struct Shared {
     pub witness: Option<witness::WitnessStatus>,
     /// Account lifecycle rules (AUTH-7): who approves role requests, request expiry.
     pub lifecycle: mamori_store::lifecycle::SharedLifecyclePolicy,
+    /// Benchmark only (feature `bench-baseline`, never in the server binary): when set, requests
+    /// skip the policy decision and run unrestricted, so the harness can measure what the
+    /// decision costs on the same server and data (BENCHMARKS.md, policy overhead).
+    #[cfg(feature = "bench-baseline")]
+    pub policy_bypass: std::sync::atomic::AtomicBool,
     capability: Vec<u8>,
 }
 
@@ -92,6 +97,8 @@ impl Shared {
             forwarding: None,
             witness: None,
             lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
+            #[cfg(feature = "bench-baseline")]
+            policy_bypass: std::sync::atomic::AtomicBool::new(false),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }

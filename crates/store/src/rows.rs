@@ -109,17 +109,56 @@ pub(crate) fn load_current(
     rtype: ResourceType,
     id: &str,
 ) -> Result<Option<VersionRecord>, StoreError> {
+    Ok(match load_current_visible(conn, keys, protect, rtype, id, &[])? {
+        Current::Found(r) => Some(r),
+        Current::Missing | Current::Hidden => None,
+    })
+}
+
+/// What a read of a resource's current version found.
+pub(crate) enum Current {
+    Missing,
+    /// It exists but carries a category the request may not view (ACL-3).
+    Hidden,
+    Found(VersionRecord),
+}
+
+/// The current version, unless it carries one of the `hidden` categories. One statement, so one
+/// read snapshot: the category check rides on the row lookup and a read under a policy costs
+/// about what an unrestricted one does.
+pub(crate) fn load_current_visible(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    rtype: ResourceType,
+    id: &str,
+    hidden: &[String],
+) -> Result<Current, StoreError> {
+    let check = if hidden.is_empty() {
+        "0".to_string()
+    } else {
+        let marks: Vec<String> = (0..hidden.len()).map(|i| format!("?{}", i + 3)).collect();
+        format!(
+            "EXISTS (SELECT 1 FROM resource_category k WHERE k.seq = c.seq AND k.category IN ({}))",
+            marks.join(", ")
+        )
+    };
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS}, c.version, {check} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+         WHERE c.rtype = ?1 AND c.id = ?2"
+    );
+    let args = [rtype.as_str(), id].into_iter().chain(hidden.iter().map(String::as_str));
     let row = conn
-        .prepare_cached(&format!(
-            "SELECT {VERSION_COLUMNS}, c.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
-             WHERE c.rtype = ?1 AND c.id = ?2"
-        ))?
-        .query_row(params![rtype.as_str(), id], |r| Ok((SealedRow::from_row(r)?, r.get::<_, i64>(9)?)))
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(args), |r| {
+            Ok((SealedRow::from_row(r)?, r.get::<_, i64>(9)?, r.get::<_, bool>(10)?))
+        })
         .optional()?;
     match row {
-        None => Ok(None),
-        Some((row, pointer)) if pointer != row.version => Err(StoreError::Tampered(row.what())),
-        Some((row, _)) => open_row(conn, keys, protect, row).map(Some),
+        None => Ok(Current::Missing),
+        Some((row, pointer, _)) if pointer != row.version => Err(StoreError::Tampered(row.what())),
+        Some((_, _, true)) => Ok(Current::Hidden),
+        Some((row, _, false)) => open_row(conn, keys, protect, row).map(Current::Found),
     }
 }
 

@@ -380,13 +380,19 @@ impl Store for SqliteStore {
             let hidden = ctx.rights.hidden_names();
             let found = self.inner.engine.read_now(move |c| {
                 // ACL-3: a resource in a category the caller may not view does not exist for them.
+                let Some(v) = version else {
+                    return Ok(
+                        match rows::load_current_visible(c, &inner.keys, inner.protect, rtype, &lookup_id, &hidden)? {
+                            rows::Current::Missing => Ok(None),
+                            rows::Current::Hidden => Err(()),
+                            rows::Current::Found(r) => Ok(Some(r)),
+                        },
+                    );
+                };
                 if crate::category::is_hidden(c, &hidden, rtype.as_str(), &lookup_id, version)? {
                     return Ok(Err(()));
                 }
-                Ok(Ok(match version {
-                    None => rows::load_current(c, &inner.keys, inner.protect, rtype, &lookup_id)?,
-                    Some(v) => rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)?,
-                }))
+                Ok(Ok(rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)?))
             });
             let mut hidden_by_policy = false;
             let found = found.map(|r| {
