@@ -107,21 +107,34 @@ impl Server {
     }
 
     pub fn start_in(dir: DataDir, token: String) -> Server {
+        Server::start_with(dir, token, &["--dev"], 1).0
+    }
+
+    /// Starts the server with extra `serve` arguments and returns the base URLs of the first
+    /// `listeners` lines it prints (the internal listener first, then e.g. the patient portal).
+    pub fn start_with(dir: DataDir, token: String, extra: &[&str], listeners: usize) -> (Server, Vec<String>) {
         let mut child = Command::new(BIN)
-            .args(["serve", "--data-dir", dir.arg(), "--listen", "127.0.0.1:0", "--dev"])
+            .args(["serve", "--data-dir", dir.arg(), "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mamori serve");
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("mamori listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        let mut bases = Vec::new();
+        for _ in 0..listeners {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let base = line
+                .trim()
+                .split_once(" listening on ")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_else(|| panic!("unexpected line from serve: {line:?}"));
+            bases.push(base);
+        }
+        let base = bases[0].clone();
         // The server closes a keep-alive connection that sends no request head for 30 s (hyper's
         // header-read timeout); a client must not reuse connections idle that long, or a request
         // can race the close (seen as IncompleteMessage on a loaded machine).
@@ -130,7 +143,7 @@ impl Server {
             .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .unwrap();
-        Server { dir, child: Some(child), base, token, http }
+        (Server { dir, child: Some(child), base, token, http }, bases)
     }
 
     pub fn url(&self, path: &str) -> String {
