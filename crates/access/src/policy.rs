@@ -1009,6 +1009,54 @@ mod tests {
     }
 
     #[test]
+    fn acl3_zone_by_issuer_then_listener_then_address() {
+        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+        let pol = with(&format!(
+            "[[zone]]\nname = \"his\"\nclient_certificate = true\nclient_issuers = [\"{a}\"]\n\
+             [[zone]]\nname = \"vpn\"\nclient_certificate = true\nclient_issuers = [\"{b}\"]\n\
+             listeners = [\"127.0.0.1:9443\"]\n\
+             [[zone]]\nname = \"internet\"\naddresses = [\"127.0.0.0/8\"]\n"
+        ))
+        .unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let z = |local: Option<&str>, cert: ClientCert| {
+            pol.zone_name(pol.zone_of_connection(ip, local.map(|l| l.parse().unwrap()), cert)).to_string()
+        };
+        let fa = parse_fingerprint(&a).unwrap();
+        let fb = parse_fingerprint(&b).unwrap();
+        assert_eq!(z(None, ClientCert::Verified { issuer: Some(fa) }), "his");
+        assert_eq!(z(None, ClientCert::Verified { issuer: Some(fb) }), "vpn");
+        assert_eq!(z(None, ClientCert::Verified { issuer: None }), "internet", "an unknown issuer opens nothing");
+        assert_eq!(z(None, ClientCert::None), "internet");
+        assert_eq!(z(Some("127.0.0.1:9443"), ClientCert::None), "vpn", "the listener's zone");
+        assert_eq!(z(Some("127.0.0.1:8443"), ClientCert::None), "internet");
+        assert!(parse_fingerprint("12:34").is_err());
+        assert_eq!(parse_fingerprint("AB:".repeat(32).trim_end_matches(':')), Ok([0xab; 32]));
+    }
+
+    #[test]
+    fn acl4_patient_rights_are_confined_and_read_only_by_default() {
+        let pol = default();
+        let r = pol.patient_rights("p1");
+        assert_eq!(r.compartment(), Some("p1"));
+        assert!(r.any(Operation::View));
+        for op in [Operation::Create, Operation::Update, Operation::Delete, Operation::Export] {
+            assert!(!r.any(op), "{op:?}");
+        }
+        assert_eq!(r.hidden_names(), ["psychiatric"]);
+        // No staff path gives a patient anything.
+        let who = p(Role::Patient);
+        let his = zone(&pol, "his");
+        assert!(!pol.rights(&who, his, Purpose::Treatment).any(Operation::View));
+        assert_eq!(pol.decide(&who, Operation::View, cat(&pol, "general"), his, Purpose::Treatment), Decision::Deny);
+        assert!(pol.rights(&p(Role::Physician), his, Purpose::Treatment).compartment().is_none());
+        // Configurable: writes allowed, nothing withheld.
+        let open = Arc::new(with("[patient]\noperations = [\"view\", \"create\"]\nhidden_categories = []\n").unwrap());
+        let r = open.patient_rights("p1");
+        assert!(r.any(Operation::Create) && r.hidden_names().is_empty());
+    }
+
+    #[test]
     fn acl1_contradictory_or_unknown_policy_is_refused() {
         let cases = [
             (
