@@ -139,34 +139,13 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for addr in addrs {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        // Scripts and tests read this line to find the port when listening on port 0.
-        println!("mamori listening on {scheme}://{local}/fhir");
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        tasks.push(tokio::spawn(serve(listener, tls.clone(), router.clone(), shutdown, ConnLimits::default())));
+        tasks.push(listen(addr, "mamori", tls.clone(), router.clone(), stop_rx.clone()).await?);
     }
     if let Some(portal) = portal {
         for addr in portal_addrs {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-            let local = listener.local_addr()?;
-            let scheme = if portal_tls.is_some() { "https" } else { "http" };
-            println!("mamori patient portal listening on {scheme}://{local}/fhir");
-            let mut rx = stop_rx.clone();
-            let shutdown = async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
-            tasks.push(tokio::spawn(serve(
-                listener,
-                portal_tls.clone(),
-                portal.clone(),
-                shutdown,
-                ConnLimits::default(),
-            )));
+            tasks.push(
+                listen(addr, "mamori patient portal", portal_tls.clone(), portal.clone(), stop_rx.clone()).await?,
+            );
         }
     }
     if dev {
@@ -199,6 +178,26 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `addr` and serves `router` there until `stop` turns true. Prints
+/// `<label> listening on <scheme>://<address>/fhir`: scripts and tests read this line to find the
+/// port when listening on port 0.
+async fn listen(
+    addr: SocketAddr,
+    label: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: mamori_server::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("{label} listening on {scheme}://{local}/fhir");
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(serve(listener, tls, router, shutdown, ConnLimits::default())))
 }
 
 /// How long shutdown waits for the syslog forwarder to deliver the last entries.

@@ -8,27 +8,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 use support::*;
 
 const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
-
-fn set_password(dir: &DataDir, name: &str, password: &str) {
-    let mut child = Command::new(BIN)
-        .args(["user", "password", "--data-dir", dir.arg(), name])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 fn root(base: &str) -> String {
     base.trim_end_matches("/fhir").to_string()
@@ -44,7 +27,8 @@ async fn post(http: &reqwest::Client, url: String, body: &Value, bearer: Option<
 
 /// Initial password → change → login with the new one at the interface `base`: a session.
 async fn sign_in(s: &Server, base: &str, account: &str) -> String {
-    set_password(&s.dir, account, "Initial-Pass-9876!");
+    let (code, out) = set_password(&s.dir, account, "Initial-Pass-9876!");
+    assert_eq!(code, 0, "{out}");
     let r = root(base);
     let (st, b) =
         post(&s.http, format!("{r}/auth/login"), &json!({"account": account, "password": "Initial-Pass-9876!"}), None)

@@ -128,6 +128,21 @@ pub async fn read(s: &Shared, auth: &Authenticated, id: &str) -> Result<Response
     }
 }
 
+/// The search entries of a review answer's resources.
+fn matches(base: &str, found: &serde_json::Value) -> Vec<Entry> {
+    found["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| Entry {
+            full_url: Some(format!("{base}/{TYPE}/{}", r["id"].as_str().unwrap_or_default())),
+            resource: RawValue::from_string(r.to_string()).ok(),
+            search: Some(SearchMode { mode: "match" }),
+            ..Entry::default()
+        })
+        .collect()
+}
+
 /// One GET entry of a batch or transaction Bundle on the view: `AuditEvent/<id>` or
 /// `AuditEvent?<params>`, answered as the REST read or search would be (and audited as one).
 pub(crate) async fn entry(s: &Shared, auth: &Authenticated, base: &str, url: &str) -> Result<Entry> {
@@ -146,15 +161,7 @@ pub(crate) async fn entry(s: &Shared, auth: &Authenticated, base: &str, url: &st
             let pairs = mamori_store::query::parse_query_string(query);
             let found = run(s, auth, filter(&pairs, s)).await?;
             let mut inner = Bundle::new("searchset", 0);
-            for r in found["resources"].as_array().into_iter().flatten() {
-                let id = r["id"].as_str().unwrap_or_default();
-                inner.entry.push(Entry {
-                    full_url: Some(format!("{base}/{TYPE}/{id}")),
-                    resource: RawValue::from_string(r.to_string()).ok(),
-                    search: Some(SearchMode { mode: "match" }),
-                    ..Entry::default()
-                });
-            }
+            inner.entry = matches(base, &found);
             inner.total = Some(inner.entry.len() as u64);
             let text = serde_json::to_string(&inner)
                 .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "encoding failed"))?;
@@ -193,14 +200,6 @@ pub async fn search(
             .link
             .push(Link { relation: "next", url: format!("{base}/{TYPE}{}", crate::fhir_api::encode_query(&more)) });
     }
-    for r in found["resources"].as_array().into_iter().flatten() {
-        let id = r["id"].as_str().unwrap_or_default();
-        bundle.entry.push(Entry {
-            full_url: Some(format!("{base}/{TYPE}/{id}")),
-            resource: RawValue::from_string(r.to_string()).ok(),
-            search: Some(SearchMode { mode: "match" }),
-            ..Entry::default()
-        });
-    }
+    bundle.entry = matches(&base, &found);
     Ok(bundle.into_response(StatusCode::OK))
 }

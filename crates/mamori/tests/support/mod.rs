@@ -3,7 +3,7 @@
 //! store except through the server (or, to play an insider, the database file itself).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -32,6 +32,24 @@ pub fn ok(args: &[&str]) -> String {
     let (code, out, err) = mamori(args);
     assert_eq!(code, 0, "mamori {args:?} failed: {err}");
     out
+}
+
+/// `mamori user password NAME` with the password on standard input: (exit code, output).
+pub fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(["user", "password", "--data-dir", dir.arg(), name])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 pub struct DataDir {
