@@ -13,8 +13,12 @@ pub mod secret;
 pub mod token;
 pub mod totp;
 
+pub use login::Audience;
 pub use login::{LoginPolicy, SharedLoginPolicy};
-pub use policy::{CategorySet, Decision, Operation, Policy, PolicyConfig, PolicyError, Purpose, Rights, ZoneId};
+pub use policy::{
+    CategorySet, ClientCert, Decision, Operation, PatientConfig, Policy, PolicyConfig, PolicyError, Purpose, Rights,
+    ZoneId,
+};
 pub use role::{Role, RoleError};
 pub use token::{ApiToken, TokenHash};
 

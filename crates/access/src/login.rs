@@ -29,6 +29,29 @@ pub struct SessionPolicy {
     pub max_per_account: u32,
 }
 
+/// Which interface a login, session or token is for (ACL-4): the internal (staff) interface or
+/// the patient interface. A session carries the audience it was issued for and is accepted only
+/// by the listener of that audience; an account's job type fixes the one audience it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    Staff,
+    Patient,
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Staff => "staff",
+            Audience::Patient => "patient",
+        }
+    }
+
+    /// The one audience an account of `role` may sign in to.
+    pub fn of(role: Role) -> Audience {
+        if role.is_staff() { Audience::Staff } else { Audience::Patient }
+    }
+}
+
 /// Everything the store needs to decide a login.
 pub struct LoginPolicy {
     pub hasher: PasswordHasher,
@@ -44,6 +67,9 @@ pub struct LoginPolicy {
     pub temporary_credential_ttl: Duration,
     /// Issuer shown in authenticator apps.
     pub totp_issuer: String,
+    /// The interface this policy serves (ACL-4): logins of accounts of the other audience are
+    /// refused, and sessions are issued for and accepted from this audience only.
+    pub audience: Audience,
 }
 
 impl LoginPolicy {
@@ -63,7 +89,13 @@ impl LoginPolicy {
             ticket_ttl: Duration::minutes(5),
             temporary_credential_ttl: Duration::hours(24),
             totp_issuer: "mamori".into(),
+            audience: Audience::Staff,
         }
+    }
+
+    /// Whether an account of `role` may sign in (or hold a session) through this interface.
+    pub fn admits(&self, role: Role) -> bool {
+        Audience::of(role) == self.audience
     }
 
     pub fn requires_two_factors(&self, role: Role) -> bool {

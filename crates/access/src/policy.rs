@@ -217,6 +217,11 @@ struct ZoneDef {
     name: String,
     addresses: Vec<Cidr>,
     client_certificate: bool,
+    /// SHA-256 fingerprints of the CA certificates (in the client-CA bundle) that must have
+    /// issued the client certificate; empty: any verified certificate.
+    issuers: Vec<[u8; 32]>,
+    /// Local addresses (listeners) whose connections belong to this zone.
+    listeners: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -249,6 +254,10 @@ pub struct Policy {
     /// Zones (bits) from which the administration operations (audit review, status, account
     /// review and management) may be used at all.
     administration_zones: u64,
+    /// What patients may do in their own compartment (ACL-4): bits of [`Operation::CLINICAL`]
+    /// and the categories they may not see.
+    patient_ops: u8,
+    patient_hidden: u64,
 }
 
 // ---- configuration (TOML) ----
@@ -265,6 +274,26 @@ pub struct PolicyConfig {
     /// Zones from which administrators and auditors may work (audit review, status, account
     /// review and management).
     pub administration_zones: Option<Vec<String>>,
+    /// `[policy.patient]`: what patients may do at the patient interface (ACL-4).
+    pub patient: Option<PatientConfig>,
+}
+
+/// `[policy.patient]`: patients see only their own compartment; within it, these operations on
+/// every category except the hidden ones.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientConfig {
+    /// Clinical operations patients may perform in their own compartment (default: view only).
+    #[serde(default = "default_patient_operations")]
+    pub operations: Vec<String>,
+    /// Categories patients do not see even in their own compartment (e.g. psychiatric notes
+    /// pending a clinician's release).
+    #[serde(default)]
+    pub hidden_categories: Vec<String>,
+}
+
+fn default_patient_operations() -> Vec<String> {
+    vec!["view".into()]
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -276,6 +305,14 @@ pub struct ZoneConfig {
     /// The zone requires a client certificate verified against `tls.client_ca`.
     #[serde(default)]
     pub client_certificate: bool,
+    /// The zone requires a client certificate issued by one of these CAs: SHA-256
+    /// fingerprints (hex, `:` allowed) of CA certificates in the client-CA bundle (ACL-3).
+    #[serde(default)]
+    pub client_issuers: Vec<String>,
+    /// Listener addresses (`ip:port`, as in `server.listen` or `patient_portal.listen`) bound
+    /// to this zone: every connection accepted there is in it.
+    #[serde(default)]
+    pub listeners: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -325,6 +362,7 @@ impl PolicyConfig {
             category: self.category.clone().or(base.category),
             grant: self.grant.clone().or(base.grant),
             administration_zones: self.administration_zones.clone().or(base.administration_zones),
+            patient: self.patient.clone().or(base.patient),
         }
     }
 }
@@ -361,8 +399,30 @@ impl Policy {
                 return Err(PolicyError(format!("zone '{}' is defined twice", z.name)));
             }
             let addresses = z.addresses.iter().map(|a| Cidr::parse(a)).collect::<Result<Vec<_>, _>>()?;
+            let issuers = z
+                .client_issuers
+                .iter()
+                .map(|f| parse_fingerprint(f).map_err(|m| PolicyError(format!("zone '{}': {m}", z.name))))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !issuers.is_empty() && !z.client_certificate {
+                return Err(PolicyError(format!("zone '{}': client_issuers needs client_certificate = true", z.name)));
+            }
+            let mut listeners = Vec::new();
+            for l in &z.listeners {
+                let a: std::net::SocketAddr = l.trim().parse().map_err(|_| {
+                    PolicyError(format!(
+                        "zone '{}': listener '{}' is not an address such as 10.0.0.5:8443",
+                        z.name,
+                        clip(l)
+                    ))
+                })?;
+                if zones.iter().any(|d| d.listeners.contains(&a)) {
+                    return Err(PolicyError(format!("listener {a} is bound to two zones")));
+                }
+                listeners.push(a);
+            }
             for other in &zones {
-                if other.client_certificate != z.client_certificate {
+                if other.client_certificate != z.client_certificate || other.issuers != issuers {
                     continue;
                 }
                 for a in &addresses {
@@ -374,7 +434,13 @@ impl Policy {
                     }
                 }
             }
-            zones.push(ZoneDef { name: z.name.clone(), addresses, client_certificate: z.client_certificate });
+            zones.push(ZoneDef {
+                name: z.name.clone(),
+                addresses,
+                client_certificate: z.client_certificate,
+                issuers,
+                listeners,
+            });
         }
         let mut categories: Vec<CategoryDef> = Vec::new();
         for c in &cats_cfg {
@@ -455,6 +521,12 @@ impl Policy {
             }
             for j in &g.jobs {
                 let role: Role = j.parse().map_err(|e: crate::RoleError| at(e.to_string()))?;
+                if role == Role::Patient {
+                    return Err(at(
+                        "patients get no grants: what they may do in their own compartment is [policy.patient] (ACL-4)"
+                            .into(),
+                    ));
+                }
                 if matches!(role, Role::Administrator | Role::Auditor) {
                     return Err(at(format!(
                         "{role}s get no clinical data by virtue of their job (ACL-5); give the person a \
@@ -475,7 +547,38 @@ impl Policy {
             administration_zones |=
                 1 << zone_idx(z).map_err(|e| PolicyError(format!("administration_zones: {}", e.0)))?;
         }
-        Ok(Policy { zones, default_zone, categories, default_category, grants, administration_zones })
+        let patient_cfg = cfg.patient.unwrap_or_else(|| PatientConfig {
+            operations: default_patient_operations(),
+            hidden_categories: Vec::new(),
+        });
+        let mut patient_ops = 0u8;
+        for o in &patient_cfg.operations {
+            let op = [Operation::View, Operation::Create, Operation::Update, Operation::Delete]
+                .into_iter()
+                .find(|x| x.as_str() == o)
+                .ok_or_else(|| {
+                    PolicyError(format!("patient.operations: '{}' is not one of view, create, update, delete", clip(o)))
+                })?;
+            patient_ops |= 1 << op.clinical_index().unwrap_or(0);
+        }
+        if patient_ops & 1 == 0 {
+            return Err(PolicyError("patient.operations must include view".into()));
+        }
+        let mut patient_hidden = 0u64;
+        for c in &patient_cfg.hidden_categories {
+            patient_hidden |=
+                1 << cat_idx(c).map_err(|e| PolicyError(format!("patient.hidden_categories: {}", e.0)))?;
+        }
+        Ok(Policy {
+            zones,
+            default_zone,
+            categories,
+            default_category,
+            grants,
+            administration_zones,
+            patient_ops,
+            patient_hidden,
+        })
     }
 
     // ---- the decision ----
@@ -514,6 +617,9 @@ impl Policy {
             }
             // AUTH-7: disabling is immediate and administrators do it; auditors only look.
             (role, Operation::AccountManage) => admin_zone && role == Role::Administrator,
+            // ACL-4: patients reach clinical data only through their compartment's rights
+            // ([`Policy::patient_rights`]), never through grants.
+            (Role::Patient, _) => false,
             // ACL-5: administrators and auditors get no clinical data by virtue of their role
             // (validation refuses grants to them; this holds even if it did not).
             (Role::Administrator | Role::Auditor, _) => false,
@@ -532,25 +638,63 @@ impl Policy {
         // ACL-5 as in `decide`: no clinical rights for administrators and auditors, whatever
         // the grants say. For everyone else `decide(c)` permits exactly the categories
         // `allowed()` returns (a unit test checks the two agree for every input).
-        if !matches!(who.role, Role::Administrator | Role::Auditor) {
+        if !matches!(who.role, Role::Administrator | Role::Auditor | Role::Patient) {
             for (i, op) in Operation::CLINICAL.into_iter().enumerate() {
                 allowed[i] = self.allowed(who.role, op, zone, purpose);
             }
         }
-        Rights { allowed, policy: Some(Arc::clone(self)) }
+        Rights { allowed, policy: Some(Arc::clone(self)), compartment: None }
+    }
+
+    /// The rights of a patient at the patient interface (ACL-4): the operations of
+    /// `[policy.patient]` on every category but its hidden ones, confined to the compartment of
+    /// the Patient `patient_id`. The store applies the confinement to every read path.
+    pub fn patient_rights(self: &Arc<Self>, patient_id: &str) -> Rights {
+        let all = if self.categories.len() >= 64 { u64::MAX } else { (1u64 << self.categories.len()) - 1 };
+        let visible = CategorySet(all & !self.patient_hidden);
+        let mut allowed = [CategorySet::EMPTY; 6];
+        for (i, slot) in allowed.iter_mut().enumerate() {
+            if self.patient_ops & (1 << i) != 0 {
+                *slot = visible;
+            }
+        }
+        Rights { allowed, policy: Some(Arc::clone(self)), compartment: Some(Arc::from(patient_id)) }
     }
 
     // ---- zones ----
 
     /// The zone of a request from `remote`, with or without a verified client certificate.
     pub fn zone_of(&self, remote: IpAddr, client_certificate: bool) -> ZoneId {
+        let cert = if client_certificate { ClientCert::Verified { issuer: None } } else { ClientCert::None };
+        self.zone_of_connection(remote, None, cert)
+    }
+
+    /// The zone of a connection (ACL-3): zones requiring a certificate from a given issuer
+    /// first, then zones requiring any verified certificate, then the zone the listener
+    /// (`local`) is bound to, then zones by source address, else the default zone.
+    pub fn zone_of_connection(&self, remote: IpAddr, local: Option<std::net::SocketAddr>, cert: ClientCert) -> ZoneId {
+        if let ClientCert::Verified { issuer: Some(fp) } = cert {
+            for (i, z) in self.zones.iter().enumerate() {
+                let addr_ok = z.addresses.is_empty() || z.addresses.iter().any(|a| a.contains(remote));
+                if z.issuers.contains(&fp) && addr_ok {
+                    return ZoneId(i as u8);
+                }
+            }
+        }
+        let client_certificate = matches!(cert, ClientCert::Verified { .. });
         // Zones requiring a certificate come first: they are the more specific rule.
         for want_cert in [true, false] {
             if want_cert && !client_certificate {
                 continue;
             }
+            if !want_cert
+                && let Some(l) = local
+                && let Some(i) = self.zones.iter().position(|z| z.listeners.contains(&l))
+            {
+                return ZoneId(i as u8);
+            }
             for (i, z) in self.zones.iter().enumerate() {
-                if z.client_certificate != want_cert {
+                if z.client_certificate != want_cert || !z.issuers.is_empty() {
                     continue;
                 }
                 let addr_ok = if z.addresses.is_empty() {
@@ -590,6 +734,17 @@ impl Policy {
             bits |= g.zones;
         }
         self.zones.iter().enumerate().filter(|(i, _)| bits & (1u64 << i) != 0).map(|(_, z)| z.name.clone()).collect()
+    }
+
+    /// Every CA fingerprint a zone names, with the zone's name (checked at start-up against the
+    /// configured client-CA bundle).
+    pub fn client_issuers(&self) -> impl Iterator<Item = (&str, &[u8; 32])> {
+        self.zones.iter().flat_map(|z| z.issuers.iter().map(move |f| (z.name.as_str(), f)))
+    }
+
+    /// Every listener address a zone is bound to, with the zone's name.
+    pub fn zone_listeners(&self) -> impl Iterator<Item = (&str, std::net::SocketAddr)> {
+        self.zones.iter().flat_map(|z| z.listeners.iter().map(move |l| (z.name.as_str(), *l)))
     }
 
     // ---- categories ----
@@ -656,13 +811,16 @@ pub struct Rights {
     allowed: [CategorySet; 6],
     /// `None`: unrestricted (the local operator, who holds the data directory anyway).
     policy: Option<Arc<Policy>>,
+    /// ACL-4: confined to the compartment of this Patient (a patient's own requests); resources
+    /// outside it do not exist for the request.
+    compartment: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.policy {
             None => f.write_str("Rights(unrestricted)"),
-            Some(_) => write!(f, "Rights(view hides {:?})", self.hidden_names()),
+            Some(_) => write!(f, "Rights(view hides {:?}, compartment {:?})", self.hidden_names(), self.compartment),
         }
     }
 }
@@ -670,12 +828,17 @@ impl fmt::Debug for Rights {
 impl Rights {
     /// No restriction: operator commands run by whoever holds the data directory and its key.
     pub fn unrestricted() -> Rights {
-        Rights { allowed: [CategorySet(u64::MAX); 6], policy: None }
+        Rights { allowed: [CategorySet(u64::MAX); 6], policy: None, compartment: None }
     }
 
     /// Nothing at all (unauthenticated requests).
     pub fn none() -> Rights {
-        Rights { allowed: [CategorySet::EMPTY; 6], policy: Some(Arc::new(Policy::deny_all())) }
+        Rights { allowed: [CategorySet::EMPTY; 6], policy: Some(Arc::new(Policy::deny_all())), compartment: None }
+    }
+
+    /// The Patient whose compartment the request is confined to (ACL-4), if any.
+    pub fn compartment(&self) -> Option<&str> {
+        self.compartment.as_deref()
     }
 
     /// Whether the operation is allowed on at least one category (the request-level gate).
@@ -717,8 +880,35 @@ impl Policy {
             default_category: 0,
             grants: Vec::new(),
             administration_zones: 0,
+            patient_ops: 0,
+            patient_hidden: 0,
         }
     }
+}
+
+/// The client certificate of a connection, as zones see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    None,
+    /// Verified against the client-CA bundle; `issuer`: SHA-256 of the CA certificate in the
+    /// bundle that issued it, when known.
+    Verified {
+        issuer: Option<[u8; 32]>,
+    },
+}
+
+/// A SHA-256 fingerprint written in hex, with or without `:` separators.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let bad = || format!("'{}' is not a SHA-256 fingerprint (64 hex digits)", clip(s));
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -888,6 +1078,54 @@ mod tests {
         .unwrap();
         assert_eq!(pol.zone_name(pol.zone_of("8.8.8.8".parse().unwrap(), true)), "vpn");
         assert_eq!(pol.zone_name(pol.zone_of("8.8.8.8".parse().unwrap(), false)), "internet");
+    }
+
+    #[test]
+    fn acl3_zone_by_issuer_then_listener_then_address() {
+        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+        let pol = with(&format!(
+            "[[zone]]\nname = \"his\"\nclient_certificate = true\nclient_issuers = [\"{a}\"]\n\
+             [[zone]]\nname = \"vpn\"\nclient_certificate = true\nclient_issuers = [\"{b}\"]\n\
+             listeners = [\"127.0.0.1:9443\"]\n\
+             [[zone]]\nname = \"internet\"\naddresses = [\"127.0.0.0/8\"]\n"
+        ))
+        .unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let z = |local: Option<&str>, cert: ClientCert| {
+            pol.zone_name(pol.zone_of_connection(ip, local.map(|l| l.parse().unwrap()), cert)).to_string()
+        };
+        let fa = parse_fingerprint(&a).unwrap();
+        let fb = parse_fingerprint(&b).unwrap();
+        assert_eq!(z(None, ClientCert::Verified { issuer: Some(fa) }), "his");
+        assert_eq!(z(None, ClientCert::Verified { issuer: Some(fb) }), "vpn");
+        assert_eq!(z(None, ClientCert::Verified { issuer: None }), "internet", "an unknown issuer opens nothing");
+        assert_eq!(z(None, ClientCert::None), "internet");
+        assert_eq!(z(Some("127.0.0.1:9443"), ClientCert::None), "vpn", "the listener's zone");
+        assert_eq!(z(Some("127.0.0.1:8443"), ClientCert::None), "internet");
+        assert!(parse_fingerprint("12:34").is_err());
+        assert_eq!(parse_fingerprint("AB:".repeat(32).trim_end_matches(':')), Ok([0xab; 32]));
+    }
+
+    #[test]
+    fn acl4_patient_rights_are_confined_and_read_only_by_default() {
+        let pol = default();
+        let r = pol.patient_rights("p1");
+        assert_eq!(r.compartment(), Some("p1"));
+        assert!(r.any(Operation::View));
+        for op in [Operation::Create, Operation::Update, Operation::Delete, Operation::Export] {
+            assert!(!r.any(op), "{op:?}");
+        }
+        assert_eq!(r.hidden_names(), ["psychiatric"]);
+        // No staff path gives a patient anything.
+        let who = p(Role::Patient);
+        let his = zone(&pol, "his");
+        assert!(!pol.rights(&who, his, Purpose::Treatment).any(Operation::View));
+        assert_eq!(pol.decide(&who, Operation::View, cat(&pol, "general"), his, Purpose::Treatment), Decision::Deny);
+        assert!(pol.rights(&p(Role::Physician), his, Purpose::Treatment).compartment().is_none());
+        // Configurable: writes allowed, nothing withheld.
+        let open = Arc::new(with("[patient]\noperations = [\"view\", \"create\"]\nhidden_categories = []\n").unwrap());
+        let r = open.patient_rights("p1");
+        assert!(r.any(Operation::Create) && r.hidden_names().is_empty());
     }
 
     #[test]

@@ -18,14 +18,19 @@ pub enum Role {
     Auditor,
     /// A maintenance vendor's engineer: no clinical data by default.
     Maintenance,
+    /// A patient (ACL-4): signs in only at the patient interface and sees only their own
+    /// compartment there, under `[policy.patient]`; never given grants or staff rights.
+    Patient,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown role '{0}': expected one of physician, nurse, pharmacist, clerk, administrator, auditor, maintenance")]
+#[error(
+    "unknown role '{0}': expected one of physician, nurse, pharmacist, clerk, administrator, auditor, maintenance, patient"
+)]
 pub struct RoleError(pub String);
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Physician,
         Role::Nurse,
         Role::Pharmacist,
@@ -33,7 +38,13 @@ impl Role {
         Role::Administrator,
         Role::Auditor,
         Role::Maintenance,
+        Role::Patient,
     ];
+
+    /// The job types of staff (everyone but patients).
+    pub fn is_staff(self) -> bool {
+        self != Role::Patient
+    }
 
     /// Position in [`Role::ALL`] (the policy keeps one grant list per job type).
     pub fn index(self) -> usize {
@@ -49,6 +60,7 @@ impl Role {
             Role::Maintenance => "maintenance",
             Role::Administrator => "administrator",
             Role::Auditor => "auditor",
+            Role::Patient => "patient",
         }
     }
 }

@@ -133,6 +133,17 @@ pub async fn user_add(data_dir: &Path, name: &str, role: &str) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn patient_account_add(data_dir: &Path, name: &str, patient: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let result = store.create_patient_account(operator_ctx(), &name, patient).await;
+    store.shutdown();
+    result?;
+    println!("Added patient account {name} for Patient/{patient}.");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn user_list(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let store = open_store(data_dir, &cfg)?;

@@ -33,6 +33,22 @@ pub struct Config {
     pub policy: mamori_access::PolicyConfig,
     #[serde(default)]
     pub lifecycle: LifecycleSection,
+    /// `[patient_portal]`: the patient interface's own listener (ACL-4); off unless configured.
+    pub patient_portal: Option<PatientPortalSection>,
+}
+
+/// `[patient_portal]`: a listener separate from the internal one, serving the FHIR API and the
+/// login endpoints to patient accounts only (ACL-4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientPortalSection {
+    /// Addresses of the patient interface; none may also be in `server.listen`.
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain and key of the patient interface (default: `[tls]`'s).
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// Public base URL of the patient interface's FHIR endpoint (default: from the Host header).
+    pub base_url: Option<String>,
 }
 
 /// `[lifecycle]`: account lifecycle (AUTH-7).
@@ -548,7 +564,7 @@ history = 5
 [login]
 # Roles that cannot log in with a password alone (AUTH-2). Accounts of these roles without a
 # second factor are led through enrolment at their first login.
-two_factor_required = ["physician", "nurse", "pharmacist", "clerk", "administrator", "auditor", "maintenance"]
+two_factor_required = ["physician", "nurse", "pharmacist", "clerk", "administrator", "auditor", "maintenance", "patient"]
 # Failed login steps within `lockout` that lock the account, and the source address (AUTH-5).
 # A lock lasts `lockout` (fixed, not growing) or until `mamori user unlock NAME`.
 max_failures_per_account = 5
@@ -599,6 +615,16 @@ disable_after_days = 90
 request_ttl = "14d"
 # How often `serve` checks for unused accounts and expired requests.
 sweep_interval = "1h"
+
+# The patient interface (ACL-4): a listener of its own where patients (accounts made with
+# `mamori patient-account add NAME --patient ID`) sign in and read their own records, and where
+# no staff credential works. Off unless this section is present. What patients may do there is
+# [policy.patient] (default: read-only; psychiatric entries withheld).
+# [patient_portal]
+# listen = ["0.0.0.0:9443"]
+# certificate = "tls/portal-cert.pem"   # default: [tls]'s certificate and key
+# private_key = "tls/portal-key.pem"
+# base_url = "https://portal.example.jp/fhir"
 "#;
 
 impl Config {
@@ -630,6 +656,17 @@ impl Config {
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");
         }
+        if let Some(p) = &self.patient_portal {
+            if p.listen.is_empty() {
+                bail!("patient_portal.listen is empty: name at least one address, or remove [patient_portal]");
+            }
+            if let Some(a) = p.listen.iter().find(|a| self.server.listen.contains(a)) {
+                bail!("{a} is in both server.listen and patient_portal.listen: the patient interface needs its own");
+            }
+            if p.certificate.is_some() != p.private_key.is_some() {
+                bail!("patient_portal.certificate and patient_portal.private_key go together");
+            }
+        }
         if let Some(s) = &self.audit.syslog {
             s.validate()?;
         }
@@ -649,7 +686,25 @@ impl Config {
     /// The access policy: `[policy]` over the built-in default, validated (a contradictory or
     /// unknown policy refuses start-up).
     pub fn access_policy(&self) -> anyhow::Result<mamori_access::Policy> {
-        Ok(mamori_access::Policy::from_config(&self.policy)?)
+        let policy = mamori_access::Policy::from_config(&self.policy)?;
+        // ACL-3: a zone bound to a listener names one of ours.
+        let ours = |a: &SocketAddr| {
+            self.server.listen.contains(a) || self.patient_portal.as_ref().is_some_and(|p| p.listen.contains(a))
+        };
+        if let Some((zone, a)) = policy.zone_listeners().find(|(_, a)| !ours(a)) {
+            bail!("policy zone '{zone}': listener {a} is not in server.listen or patient_portal.listen");
+        }
+        if policy.client_issuers().next().is_some() && self.tls.client_ca.is_none() {
+            bail!("policy zones name client certificate issuers, but tls.client_ca is not set");
+        }
+        Ok(policy)
+    }
+
+    /// The login policy of the patient interface (ACL-4): the same rules, for patient accounts.
+    pub fn patient_login_policy(&self) -> anyhow::Result<LoginPolicy> {
+        let mut p = self.login_policy()?;
+        p.audience = mamori_access::Audience::Patient;
+        Ok(p)
     }
 
     /// The lifecycle rules from `[lifecycle]` (AUTH-7).
@@ -793,7 +848,7 @@ mod tests {
             ("argon2_iterations = 2", "argon2_iterations = 1"),
             ("history = 5", "history = 0"),
             (
-                "two_factor_required = [\"physician\", \"nurse\", \"pharmacist\", \"clerk\", \"administrator\", \"auditor\", \"maintenance\"]",
+                "two_factor_required = [\"physician\", \"nurse\", \"pharmacist\", \"clerk\", \"administrator\", \"auditor\", \"maintenance\", \"patient\"]",
                 "two_factor_required = [\"root\"]",
             ),
             ("session_idle_timeout = \"30m\"", "session_idle_timeout = \"12h\""),

@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Patient accounts (ACL-4): sign in only at the patient interface, see only their own records.
+    PatientAccount {
+        #[command(subcommand)]
+        command: PatientAccountCommand,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -174,6 +179,21 @@ enum UserCommand {
     Sweep {
         #[arg(long)]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PatientAccountCommand {
+    /// Add an account for a patient, linked to their Patient resource. Set its initial password
+    /// with `mamori user password NAME`; the patient changes it (and enrols a second factor, if
+    /// login.two_factor_required names "patient") at the first login on the patient interface.
+    Add {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        /// The logical id of the patient's Patient resource.
+        #[arg(long)]
+        patient: String,
     },
 }
 
@@ -309,6 +329,9 @@ fn main() -> ExitCode {
                 commands::user_report(&data_dir, &format).await
             }
             Command::User { command: UserCommand::Sweep { data_dir } } => commands::user_sweep(&data_dir).await,
+            Command::PatientAccount { command: PatientAccountCommand::Add { data_dir, name, patient } } => {
+                commands::patient_account_add(&data_dir, &name, &patient).await
+            }
             Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
                 commands::token_create(&data_dir, &user, ttl.as_deref()).await
             }

@@ -19,19 +19,26 @@ use crate::config::Config;
 pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let addrs = if listen_override.is_empty() { cfg.server.listen.clone() } else { listen_override };
-    if dev && let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+    let portal_addrs = cfg.patient_portal.as_ref().map(|p| p.listen.clone()).unwrap_or_default();
+    if dev && let Some(a) = addrs.iter().chain(&portal_addrs).find(|a| !a.ip().is_loopback()) {
         bail!("--dev serves plain HTTP and is allowed on loopback addresses only; {a} is not one");
     }
-    let tls = if dev {
-        None
-    } else {
+    let tls_settings = |cert: &Path, key: &Path| -> anyhow::Result<_> {
         let settings = TlsSettings {
-            cert_pem: data_dir.join(&cfg.tls.certificate),
-            key_pem: data_dir.join(&cfg.tls.private_key),
+            cert_pem: data_dir.join(cert),
+            key_pem: data_dir.join(key),
             min_version: MinTlsVersion::parse(&cfg.tls.min_version)?,
             client_ca_pem: cfg.tls.client_ca.as_ref().map(|p| data_dir.join(p)),
         };
-        Some(server_config(&settings)?)
+        Ok(server_config(&settings)?)
+    };
+    let tls = if dev { None } else { Some(tls_settings(&cfg.tls.certificate, &cfg.tls.private_key)?) };
+    let portal_tls = match &cfg.patient_portal {
+        Some(p) if !dev => match (&p.certificate, &p.private_key) {
+            (Some(c), Some(k)) => Some(tls_settings(c, k)?),
+            _ => tls.clone(),
+        },
+        _ => None,
     };
     let store = open_store(data_dir, &cfg)?;
     // AUD-3: record whether the clock the trail runs on is synchronised.
@@ -54,6 +61,21 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     );
     shared.clock_status = ntp.to_string();
     shared.policy = Arc::new(cfg.access_policy()?);
+    // ACL-3: zones by client-certificate issuer name CAs of the client-CA bundle.
+    if let Some(ca) = &cfg.tls.client_ca
+        && shared.policy.client_issuers().next().is_some()
+    {
+        let issuers = mamori_server::tls::ClientIssuers::load(&data_dir.join(ca))?;
+        for (zone, fp) in shared.policy.client_issuers() {
+            if !issuers.fingerprints().any(|f| f == fp) {
+                bail!(
+                    "policy zone '{zone}': no CA certificate in tls.client_ca has the SHA-256 fingerprint {}",
+                    fp.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
+            }
+        }
+        shared.client_issuers = Arc::new(issuers);
+    }
     let login = Arc::new(cfg.login_policy()?);
     // The dummy hash that unknown accounts are verified against, computed before the first login.
     let warm = Arc::clone(&login);
@@ -103,20 +125,28 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
             }
         })
     };
+    // ACL-4: the patient interface shares the store and the policy; its login policy has the
+    // patient audience, so only its own sessions (of patient accounts) work there.
+    let portal = match &cfg.patient_portal {
+        Some(p) => {
+            let mut portal = shared.patient_portal(Arc::new(cfg.patient_login_policy()?));
+            portal.base_url = p.base_url.as_ref().map(|b| b.trim_end_matches('/').to_string());
+            Some(mamori_server::patient_app(Arc::new(portal)))
+        }
+        None => None,
+    };
     let router = app(Arc::new(shared));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for addr in addrs {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener.local_addr()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        // Scripts and tests read this line to find the port when listening on port 0.
-        println!("mamori listening on {scheme}://{local}/fhir");
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        tasks.push(tokio::spawn(serve(listener, tls.clone(), router.clone(), shutdown, ConnLimits::default())));
+        tasks.push(listen(addr, "mamori", tls.clone(), router.clone(), stop_rx.clone()).await?);
+    }
+    if let Some(portal) = portal {
+        for addr in portal_addrs {
+            tasks.push(
+                listen(addr, "mamori patient portal", portal_tls.clone(), portal.clone(), stop_rx.clone()).await?,
+            );
+        }
     }
     if dev {
         tracing::warn!("development mode: plain HTTP on loopback");
@@ -148,6 +178,26 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `addr` and serves `router` there until `stop` turns true. Prints
+/// `<label> listening on <scheme>://<address>/fhir`: scripts and tests read this line to find the
+/// port when listening on port 0.
+async fn listen(
+    addr: SocketAddr,
+    label: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: mamori_server::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("{label} listening on {scheme}://{local}/fhir");
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(serve(listener, tls, router, shutdown, ConnLimits::default())))
 }
 
 /// How long shutdown waits for the syslog forwarder to deliver the last entries.

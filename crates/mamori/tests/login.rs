@@ -6,30 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
-
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use support::*;
-
-fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
-    let mut child = Command::new(BIN)
-        .args(["user", "password", "--data-dir", dir.arg(), name])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
 
 fn base32_decode(s: &str) -> Vec<u8> {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

@@ -109,20 +109,75 @@ async fn run(s: &Shared, auth: &Authenticated, f: Result<AuditEventFilter>) -> R
     Ok(s.store.review(ctx, ReviewQuery::FhirAuditEvents(f)).await?)
 }
 
+/// The filter selecting one entry of the view by its id (the trail's sequence number).
+fn by_id(id: &str) -> Result<AuditEventFilter> {
+    id.parse::<u64>().map(|seq| AuditEventFilter { seq: Some(seq), limit: 1, ..Default::default() }).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("AuditEvent/{} is not known", id.chars().take(64).collect::<String>()),
+        )
+    })
+}
+
 pub async fn read(s: &Shared, auth: &Authenticated, id: &str) -> Result<Response> {
-    let f = id.parse::<u64>().map(|seq| AuditEventFilter { seq: Some(seq), limit: 1, ..Default::default() }).map_err(
-        |_| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("AuditEvent/{} is not known", id.chars().take(64).collect::<String>()),
-            )
-        },
-    );
-    let found = run(s, auth, f).await?;
+    let found = run(s, auth, by_id(id)).await?;
     match found["resources"].get(0) {
         Some(r) => Ok(json_response(StatusCode::OK, serde_json::to_vec(r).unwrap_or_default())),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("AuditEvent/{id} is not known"))),
+    }
+}
+
+/// The search entries of a review answer's resources.
+fn matches(base: &str, found: &serde_json::Value) -> Vec<Entry> {
+    found["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| Entry {
+            full_url: Some(format!("{base}/{TYPE}/{}", r["id"].as_str().unwrap_or_default())),
+            resource: RawValue::from_string(r.to_string()).ok(),
+            search: Some(SearchMode { mode: "match" }),
+            ..Entry::default()
+        })
+        .collect()
+}
+
+/// One GET entry of a batch or transaction Bundle on the view: `AuditEvent/<id>` or
+/// `AuditEvent?<params>`, answered as the REST read or search would be (and audited as one).
+pub(crate) async fn entry(s: &Shared, auth: &Authenticated, base: &str, url: &str) -> Result<Entry> {
+    let url = url.trim_start_matches('/');
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let ok = |resource: Option<Box<RawValue>>| Entry {
+        resource,
+        response: Some(crate::respond::EntryResponse {
+            status: crate::respond::status_line(200),
+            ..Default::default()
+        }),
+        ..Entry::default()
+    };
+    match path.strip_prefix(TYPE).unwrap_or(path) {
+        "" => {
+            let pairs = mamori_store::query::parse_query_string(query);
+            let found = run(s, auth, filter(&pairs, s)).await?;
+            let mut inner = Bundle::new("searchset", 0);
+            inner.entry = matches(base, &found);
+            inner.total = Some(inner.entry.len() as u64);
+            let text = serde_json::to_string(&inner)
+                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "encoding failed"))?;
+            Ok(ok(RawValue::from_string(text).ok()))
+        }
+        rest => {
+            let id = rest.strip_prefix('/').unwrap_or(rest);
+            let found = run(s, auth, by_id(id)).await?;
+            match found["resources"].get(0) {
+                Some(r) => Ok(Entry {
+                    full_url: Some(format!("{base}/{TYPE}/{id}")),
+                    ..ok(RawValue::from_string(r.to_string()).ok())
+                }),
+                None => Err(ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("AuditEvent/{id} is not known"))),
+            }
+        }
     }
 }
 
@@ -145,14 +200,6 @@ pub async fn search(
             .link
             .push(Link { relation: "next", url: format!("{base}/{TYPE}{}", crate::fhir_api::encode_query(&more)) });
     }
-    for r in found["resources"].as_array().into_iter().flatten() {
-        let id = r["id"].as_str().unwrap_or_default();
-        bundle.entry.push(Entry {
-            full_url: Some(format!("{base}/{TYPE}/{id}")),
-            resource: RawValue::from_string(r.to_string()).ok(),
-            search: Some(SearchMode { mode: "match" }),
-            ..Entry::default()
-        });
-    }
+    bundle.entry = matches(&base, &found);
     Ok(bundle.into_response(StatusCode::OK))
 }

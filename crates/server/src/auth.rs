@@ -62,12 +62,20 @@ fn purpose_of(h: &HeaderMap) -> Result<(Purpose, Option<String>), ApiError> {
     Ok((purpose, Some(reason)))
 }
 
-/// The zone of a connection: by source address, and a verified client certificate if presented.
-pub(crate) fn zone_of(policy: &mamori_access::Policy, conn: Option<&ConnInfo>) -> ZoneId {
+/// The zone of a connection (ACL-3): by a verified client certificate (and the CA that issued
+/// it), the listener it arrived on, and its source address.
+pub(crate) fn zone_of(state: &crate::Shared, conn: Option<&ConnInfo>) -> ZoneId {
+    use mamori_access::ClientCert;
+    let policy = &state.policy;
     match conn {
         Some(c) => {
-            let cert = c.tls.as_ref().is_some_and(|t| t.peer_cert_der.is_some());
-            policy.zone_of(c.remote.ip(), cert)
+            let cert = match c.tls.as_ref().and_then(|t| t.peer_cert_der.as_ref().map(|d| (d, t))) {
+                None => ClientCert::None,
+                Some((leaf, t)) => ClientCert::Verified {
+                    issuer: state.client_issuers.issuer_of(leaf, &t.peer_intermediates_der, state.clock.now()),
+                },
+            };
+            policy.zone_of_connection(c.remote.ip(), Some(c.local), cert)
         }
         // No connection information (never in the server): the most restricted, default zone.
         None => policy.zone_of(std::net::IpAddr::from([0, 0, 0, 0]), false),
@@ -140,7 +148,11 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         };
         return with_request_id(resp, &request_id);
     };
-    let zone = zone_of(&state.policy, req.extensions().get::<ConnInfo>());
+    // ACL-4: staff credentials work only at the staff interface, patients' only at theirs.
+    if !state.login.admits(principal.role) || state.login.audience == mamori_access::Audience::Patient {
+        return crate::patient::require_patient(&state, req, next, principal, session, request_id, source).await;
+    }
+    let zone = zone_of(&state, req.extensions().get::<ConnInfo>());
     let (purpose, emergency) = match purpose_of(req.headers()) {
         Ok(p) => p,
         Err(err) => {

@@ -12,7 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mamori_access::Operation;
-use mamori_fhir::bundle::{BundleKind, parse_request_bundle};
+use mamori_fhir::bundle::{BundleKind, Method, RequestEntry, parse_request_bundle};
 use mamori_fhir::id::Id;
 use mamori_fhir::media;
 use mamori_fhir::resource_type::ResourceType;
@@ -675,34 +675,102 @@ pub async fn bundle(
         Ok(parse_request_bundle(value, s.limits.max_bundle_entries)?)
     })();
     let (kind, entries) = checked(&s, &auth, Some("Bundle"), parsed).await?;
-    // A bundle may create, update, delete and read: it needs every one of those rights. The
-    // access-policy issue refines this to per-entry decisions.
-    let action = if kind == BundleKind::Transaction { Action::Transaction } else { Action::Batch };
-    for op in [Operation::View, Operation::Create, Operation::Update, Operation::Delete] {
-        auth.permit(&s, op, action, Some("Bundle")).await?;
-    }
-    let ctx = auth.ctx.clone();
     // Entries carry their resources only when asked (Prefer: return=representation).
     let with_bodies =
         h.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("return=representation"));
     let base = s.base(&h, &conn);
-    match s.store.bundle(ctx, kind, entries).await? {
-        Err(te) => {
-            let mut err = ApiError::from(te.error);
+    // ACL-1: one decision per entry through the same policy point as a single request (audited
+    // as one when denied); the store then applies the per-resource rights (categories, a
+    // patient's compartment) to what each permitted entry touches. AuditEvent reads go to the
+    // audit-trail view, as over REST.
+    let mut answers: Vec<(usize, Entry)> = Vec::new();
+    let mut audit_reads: Vec<(usize, String)> = Vec::new();
+    let mut to_store: Vec<RequestEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        let rtype = entry_type(&e.request.url);
+        let read = matches!(e.request.method, Method::Get | Method::Head);
+        if read && rtype == Some(audit_event_api::TYPE) {
+            audit_reads.push((e.index, e.request.url.clone()));
+            continue;
+        }
+        let (op, action) = entry_operation(e.request.method);
+        // A PUT may create: update or create rights on some category let it through.
+        let permitted = (e.request.method == Method::Put && auth.ctx.rights.any(Operation::Create))
+            || auth.permit(&s, op, action, rtype).await.is_ok();
+        if permitted {
+            to_store.push(e);
+        } else if kind == BundleKind::Transaction {
+            // All or nothing: nothing has run yet, so nothing changes.
+            let mut err = ApiError::forbidden();
             if let Some(issue) = err.outcome.issues.first_mut() {
-                issue.diagnostics = format!("transaction failed at entry {}: {}", te.entry, issue.diagnostics);
-                issue.expression.push(format!("Bundle.entry[{}]", te.entry));
+                issue.diagnostics = format!("transaction refused: entry {} is denied by policy", e.index);
+                issue.expression.push(format!("Bundle.entry[{}]", e.index));
             }
-            Err(err)
+            return Err(err);
+        } else {
+            answers.push((e.index, failed_entry(ApiError::forbidden())));
         }
-        Ok(results) => {
-            let kind_name = if kind == BundleKind::Transaction { "transaction-response" } else { "batch-response" };
-            let mut bundle = Bundle::new(kind_name, s.now_us());
-            for r in results {
-                bundle.entry.push(bundle_entry(&base, r, with_bodies)?);
+    }
+    // Reads of the audit trail run first: a transaction they fail has then changed nothing.
+    for (i, url) in audit_reads {
+        let entry = match audit_event_api::entry(&s, &auth, &base, &url).await {
+            Ok(e) => e,
+            Err(err) if kind == BundleKind::Transaction => return Err(err),
+            Err(err) => failed_entry(err),
+        };
+        answers.push((i, entry));
+    }
+    let indices: Vec<usize> = to_store.iter().map(|e| e.index).collect();
+    if !to_store.is_empty() {
+        match s.store.bundle(auth.ctx.clone(), kind, to_store).await? {
+            Err(te) => {
+                let mut err = ApiError::from(te.error);
+                if let Some(issue) = err.outcome.issues.first_mut() {
+                    issue.diagnostics = format!("transaction failed at entry {}: {}", te.entry, issue.diagnostics);
+                    issue.expression.push(format!("Bundle.entry[{}]", te.entry));
+                }
+                return Err(err);
             }
-            Ok(bundle.into_response(StatusCode::OK))
+            Ok(results) => {
+                for (i, r) in indices.into_iter().zip(results) {
+                    answers.push((i, bundle_entry(&base, r, with_bodies)?));
+                }
+            }
         }
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    let kind_name = if kind == BundleKind::Transaction { "transaction-response" } else { "batch-response" };
+    let mut bundle = Bundle::new(kind_name, s.now_us());
+    bundle.entry = answers.into_iter().map(|(_, e)| e).collect();
+    Ok(bundle.into_response(StatusCode::OK))
+}
+
+/// The resource type an entry's request URL names, if it names a known one.
+fn entry_type(url: &str) -> Option<&str> {
+    let t = url.trim_start_matches('/').split(['/', '?']).next()?;
+    ResourceType::from_str(t).ok().map(|_| t)
+}
+
+/// The operation (and the action a single request would audit) of an entry's method.
+fn entry_operation(m: Method) -> (Operation, Action) {
+    match m {
+        Method::Get | Method::Head => (Operation::View, Action::Read),
+        Method::Post => (Operation::Create, Action::Create),
+        Method::Put => (Operation::Update, Action::Update),
+        Method::Patch => (Operation::Update, Action::Patch),
+        Method::Delete => (Operation::Delete, Action::Delete),
+    }
+}
+
+/// A batch entry answering with an error: its status and OperationOutcome.
+pub(crate) fn failed_entry(err: ApiError) -> Entry {
+    Entry {
+        response: Some(EntryResponse {
+            status: status_line(err.status.as_u16()),
+            outcome: Some(err.outcome.to_json()),
+            ..Default::default()
+        }),
+        ..Entry::default()
     }
 }
 
@@ -746,17 +814,7 @@ fn bundle_entry(base: &str, r: EntryResult, with_body: bool) -> Result<Entry> {
                 ..Entry::default()
             }
         }
-        EntryResult::Failed(e) => {
-            let err = ApiError::from(e);
-            Entry {
-                response: Some(EntryResponse {
-                    status: status_line(err.status.as_u16()),
-                    outcome: Some(err.outcome.to_json()),
-                    ..Default::default()
-                }),
-                ..Entry::default()
-            }
-        }
+        EntryResult::Failed(e) => failed_entry(ApiError::from(e)),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 mod fhir_api;
 mod lifecycle_api;
 pub mod listener;
+mod patient;
 pub mod respond;
 pub mod syslog;
 pub mod tls;
@@ -23,7 +24,7 @@ pub mod witness;
 
 use std::sync::Arc;
 
-use axum::Router;
+pub use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::routing::{get, post};
@@ -60,6 +61,9 @@ pub struct Shared {
     pub login: mamori_access::SharedLoginPolicy,
     /// The access policy (ACL-1..3, ACL-5): zones, information categories, grants.
     pub policy: Arc<mamori_access::Policy>,
+    /// The CAs of the client-CA bundle, to place a client certificate in a zone by its issuer
+    /// (ACL-3); empty unless a zone names issuers.
+    pub client_issuers: Arc<tls::ClientIssuers>,
     /// The syslog forwarder's state (AUD-5), when `[audit.syslog]` is configured.
     pub forwarding: Option<syslog::ForwarderStatus>,
     /// The HTTP checkpoint witness's state (AUD-2), when `[audit.http_witness]` is configured.
@@ -94,12 +98,33 @@ impl Shared {
             clock_status: "not checked".into(),
             login: Arc::new(mamori_access::LoginPolicy::with_hasher(mamori_access::password::PasswordHasher::floor())),
             policy: Arc::new(mamori_access::Policy::builtin().unwrap_or_else(|_| mamori_access::Policy::deny_all())),
+            client_issuers: Arc::new(tls::ClientIssuers::none()),
             forwarding: None,
             witness: None,
             lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
+        }
+    }
+
+    /// The state of the patient interface (ACL-4): the same store, policy and limits, with the
+    /// patient login policy (`login.audience` = patient), whose sessions only it accepts.
+    pub fn patient_portal(&self, login: mamori_access::SharedLoginPolicy) -> Shared {
+        Shared {
+            store: Arc::clone(&self.store),
+            limits: self.limits,
+            page_limits: self.page_limits,
+            base_url: None,
+            clock: Arc::clone(&self.clock),
+            clock_status: self.clock_status.clone(),
+            login,
+            policy: Arc::clone(&self.policy),
+            client_issuers: Arc::clone(&self.client_issuers),
+            forwarding: None,
+            witness: None,
+            lifecycle: Arc::clone(&self.lifecycle),
+            capability: self.capability.clone(),
         }
     }
 
@@ -122,10 +147,10 @@ impl Shared {
     }
 }
 
-/// The whole HTTP application.
-pub fn app(shared: Arc<Shared>) -> Router {
+/// The FHIR REST routes, behind the authentication middleware.
+fn fhir_routes(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
     use fhir_api as f;
-    let fhir = Router::new()
+    Router::new()
         .route("/metadata", get(f::metadata))
         .route("/", post(f::bundle))
         .route("/_history", get(f::history_system))
@@ -138,8 +163,14 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/{rtype}/{id}/_history/{vid}", get(f::vread))
         .fallback(f::not_found)
         // `layer`, not `route_layer`: unknown /fhir URLs are authenticated (and audited) too.
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token))
-        .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes));
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(shared), auth::require_token))
+        .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes))
+}
+
+/// The whole HTTP application.
+pub fn app(shared: Arc<Shared>) -> Router {
+    use fhir_api as f;
+    let fhir = fhir_routes(&shared);
     let admin = Router::new()
         .route("/audit/accounts/{account}", get(admin_api::account))
         .route("/audit/patients/{id}", get(admin_api::patient))
@@ -165,6 +196,25 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route(
             "/fhir/",
             post(f::bundle).layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token)),
+        )
+        .nest("/fhir", fhir)
+        .fallback(outside_fhir)
+        .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(shared)
+}
+
+/// The patient interface (ACL-4): the FHIR API and the login endpoints, served on its own
+/// listener to patient principals only (the middleware refuses every other credential, and the
+/// patient's rights confine every request to their own compartment). No administration routes.
+pub fn patient_app(shared: Arc<Shared>) -> Router {
+    let fhir = fhir_routes(&shared);
+    Router::new()
+        .nest("/auth", auth_api::routes())
+        .route(
+            "/fhir/",
+            post(fhir_api::bundle)
+                .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token)),
         )
         .nest("/fhir", fhir)
         .fallback(outside_fhir)

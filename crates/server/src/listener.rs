@@ -53,6 +53,9 @@ pub struct TlsInfo {
     /// DER of the client's leaf certificate, if it presented one (it has then been verified
     /// against the configured client CA).
     pub peer_cert_der: Option<Vec<u8>>,
+    /// DER of the intermediate certificates the client sent after its leaf (to tell which
+    /// configured CA issued it: zones by issuer, ACL-3).
+    pub peer_intermediates_der: Vec<Vec<u8>>,
     /// ALPN protocol agreed on (`h2`, `http/1.1`), if any.
     pub alpn: Option<String>,
 }
@@ -226,6 +229,10 @@ fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
             .map(|s| enum_name(s.suite().as_str(), &s.suite()))
             .unwrap_or_default(),
         peer_cert_der: conn.peer_certificates().and_then(|chain| chain.first()).map(|leaf| leaf.as_ref().to_vec()),
+        peer_intermediates_der: conn
+            .peer_certificates()
+            .map(|chain| chain.iter().skip(1).map(|c| c.as_ref().to_vec()).collect())
+            .unwrap_or_default(),
         alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
     }
 }

@@ -223,6 +223,62 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// The CA certificates of the client-CA bundle, each with a verifier of its own, to tell which
+/// one issued a client certificate (ACL-3: zones by issuer). A certificate is attributed to a CA
+/// only if it verifies against that CA alone (signature, validity, client-auth usage), so the
+/// attribution is as strong as the handshake's own check.
+pub struct ClientIssuers {
+    cas: Vec<([u8; 32], Arc<dyn rustls::server::danger::ClientCertVerifier>)>,
+}
+
+impl fmt::Debug for ClientIssuers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientIssuers({} CA)", self.cas.len())
+    }
+}
+
+impl ClientIssuers {
+    /// None configured: no certificate is attributed to any issuer.
+    pub fn none() -> ClientIssuers {
+        ClientIssuers { cas: Vec::new() }
+    }
+
+    /// Every CA certificate in the PEM bundle `path`, with its SHA-256 fingerprint.
+    pub fn load(path: &Path) -> Result<ClientIssuers, TlsError> {
+        use sha2::{Digest, Sha256};
+        let provider = Arc::new(provider(MinTlsVersion::Tls12));
+        let mut cas = Vec::new();
+        for ca in load_certs(path)? {
+            let fp: [u8; 32] = Sha256::digest(ca.as_ref()).into();
+            let mut roots = RootCertStore::empty();
+            roots.add(ca).map_err(|e| TlsError::ClientCa { path: path.to_owned(), reason: e.to_string() })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| TlsError::ClientCa { path: path.to_owned(), reason: e.to_string() })?;
+            cas.push((fp, verifier));
+        }
+        Ok(ClientIssuers { cas })
+    }
+
+    /// SHA-256 fingerprints of the bundle's CA certificates.
+    pub fn fingerprints(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.cas.iter().map(|(fp, _)| fp)
+    }
+
+    /// The fingerprint of the bundle CA that issued the client certificate `leaf_der` (given
+    /// with the intermediates the client sent), if one does.
+    pub fn issuer_of(&self, leaf_der: &[u8], intermediates: &[Vec<u8>], now: time::OffsetDateTime) -> Option<[u8; 32]> {
+        if self.cas.is_empty() {
+            return None;
+        }
+        let secs = u64::try_from(now.unix_timestamp()).ok()?;
+        let leaf = CertificateDer::from(leaf_der);
+        let chain: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+        let now = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        self.cas.iter().find(|(_, v)| v.verify_client_cert(&leaf, &chain, now).is_ok()).map(|(fp, _)| *fp)
+    }
+}
+
 /// The client side of an outgoing TLS connection (the syslog forwarder, RFC 5425): the peer
 /// must present a certificate chaining to `ca_pem` and valid for the server name dialled; TLS
 /// 1.2 (ECDHE + AES-GCM only) or 1.3 with the same suites and groups as the listener. With

@@ -49,7 +49,8 @@ pub struct AccountInfo {
 
 impl SqliteStore {
     /// Creates an account. `setup_secret_hash` is set only for the first administrator, whose
-    /// one-time setup secret replaces any default password (AUTH-4).
+    /// one-time setup secret replaces any default password (AUTH-4). Patient accounts are made
+    /// by [`SqliteStore::create_patient_account`] (they need their Patient).
     pub async fn create_account(
         &self,
         ctx: AccessContext,
@@ -57,8 +58,27 @@ impl SqliteStore {
         role: Role,
         setup_secret_hash: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
+        if role == Role::Patient {
+            return Err(StoreError::invalid(
+                "business-rule",
+                "patient accounts are created with `mamori patient-account add NAME --patient ID`",
+            ));
+        }
+        self.insert_account(ctx, name, role, setup_secret_hash, None).await
+    }
+
+    /// Creates an account, linked to its Patient when it is a patient account (ACL-4).
+    pub(crate) async fn insert_account(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        role: Role,
+        setup_secret_hash: Option<[u8; 32]>,
+        patient: Option<String>,
+    ) -> Result<(), StoreError> {
         let name = name.clone();
         let target = name.to_string();
+        let linked = patient.clone();
         self.write_audited(
             ctx,
             move |tx| {
@@ -69,17 +89,30 @@ impl SqliteStore {
                 if exists.is_some() {
                     return Err(StoreError::PreconditionFailed(format!("account '{name}' already exists")));
                 }
+                if let Some(p) = &patient {
+                    crate::patients::check_patient(tx.conn, p)?;
+                }
                 tx.conn.execute(
                     "INSERT INTO account (name, role, created_us, setup_secret_hash) VALUES (?1, ?2, ?3, ?4)",
                     params![name.as_str(), role.as_str(), tx.now_us, setup_secret_hash.as_ref().map(|h| &h[..])],
                 )?;
+                if let Some(p) = &patient {
+                    tx.conn.execute(
+                        "INSERT INTO patient_account (account, patient) VALUES (?1, ?2)",
+                        params![name.as_str(), p],
+                    )?;
+                }
                 Ok(())
             },
             |_| true,
             move |r| {
-                let ev = AuditEvent::new(Action::AccountCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
-                    .with_target("account", Some(target))
-                    .with_detail(format!("role={}", role.as_str()));
+                let mut ev =
+                    AuditEvent::new(Action::AccountCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
+                        .with_target("account", Some(target))
+                        .with_detail(format!("role={}", role.as_str()));
+                if let Some(p) = linked {
+                    ev.patients = vec![p];
+                }
                 vec![ev]
             },
         )
@@ -102,14 +135,23 @@ impl SqliteStore {
         self.write_audited(
             ctx,
             move |tx| {
-                let enabled: Option<bool> = tx
+                let enabled: Option<(bool, String)> = tx
                     .conn
-                    .query_row("SELECT disabled_us IS NULL FROM account WHERE name = ?1", [name.as_str()], |r| r.get(0))
+                    .query_row("SELECT disabled_us IS NULL, role FROM account WHERE name = ?1", [name.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()?;
                 match enabled {
                     None => return Err(StoreError::NotFound(format!("account '{name}'"))),
-                    Some(false) => return Err(StoreError::Forbidden),
-                    Some(true) => {}
+                    Some((false, _)) => return Err(StoreError::Forbidden),
+                    // ACL-4: patients sign in at the patient interface; API tokens are for staff.
+                    Some((_, role)) if role == Role::Patient.as_str() => {
+                        return Err(StoreError::invalid(
+                            "business-rule",
+                            "API tokens are for staff accounts; patients sign in at the patient interface",
+                        ));
+                    }
+                    Some((true, _)) => {}
                 }
                 let token = ApiToken::generate();
                 tx.conn.execute(

@@ -16,6 +16,17 @@ fn detail(ctx: &AccessContext, ev: &AuditEvent) -> Option<String> {
 }
 
 pub(crate) fn append(conn: &Connection, now_us: i64, ctx: &AccessContext, ev: &AuditEvent) -> Result<(), StoreError> {
+    // ACL-4: a patient's own request is about that patient, whatever it touched or was refused.
+    let with_subject;
+    let ev = match ctx.rights.compartment() {
+        Some(p) if !ev.patients.iter().any(|x| x == p) => {
+            let mut e = ev.clone();
+            e.patients.insert(0, p.to_string());
+            with_subject = e;
+            &with_subject
+        }
+        _ => ev,
+    };
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit_event (recorded_us, request_id, actor, role, source, action, rtype, rid, version, \
          patients, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",

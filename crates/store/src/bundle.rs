@@ -366,7 +366,7 @@ fn execute(
     // ACL-3: a GET entry for a resource the caller may not view answers as if it did not exist.
     match &plan.target {
         Target::Instance(rtype, id) | Target::Version(rtype, id, _)
-            if crate::category::is_hidden(
+            if crate::category::is_invisible(
                 tx.conn,
                 tx.hidden,
                 rtype.as_str(),

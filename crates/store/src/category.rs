@@ -18,6 +18,29 @@ use crate::StoreError;
 use crate::keyring::KeyRing;
 use crate::rows::{self, Protection, SealedRow, VERSION_COLUMNS};
 
+/// What a request may not see: resources in its hidden categories (ACL-2, ACL-3) and, for a
+/// patient's own request, everything outside their Patient compartment (ACL-4). Every read path
+/// and every write guard takes one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Visibility {
+    /// Categories the request may not view.
+    pub hidden: Vec<String>,
+    /// The Patient whose compartment the request is confined to.
+    pub compartment: Option<String>,
+}
+
+impl Visibility {
+    pub(crate) fn of(rights: &mamori_access::Rights) -> Visibility {
+        Visibility { hidden: rights.hidden_names(), compartment: rights.compartment().map(str::to_string) }
+    }
+
+    /// Whether a resource whose version names the patients `patients` (the version's
+    /// comma-separated compartment list) is outside the confining compartment.
+    pub(crate) fn outside(&self, patients: &str) -> bool {
+        self.compartment.as_deref().is_some_and(|p| !patients.split(',').any(|x| x == p))
+    }
+}
+
 /// The category names of one resource body.
 pub(crate) fn of_body(policy: &Policy, rtype: &str, body: &Value) -> Vec<String> {
     policy.categorise(rtype, body).iter().map(|i| policy.category_name(i).to_string()).collect()
@@ -68,19 +91,85 @@ pub(crate) fn seq_filter(col: &str, hidden: &[String], args: &mut Vec<Sql>) -> S
     format!(" AND {col} NOT IN (SELECT seq FROM resource_category WHERE category IN {})", list(hidden, args))
 }
 
-/// SQL excluding history rows (alias `v`) whose version or whose resource's current version
-/// carries a hidden category.
-pub(crate) fn history_filter(hidden: &[String], args: &mut Vec<Sql>) -> String {
-    if hidden.is_empty() {
-        return String::new();
+/// SQL excluding current resources (`resource_current` columns prefixed `p`, e.g. `c.`) the
+/// request may not see: a hidden category, or outside the confining compartment.
+pub(crate) fn current_filter(p: &str, vis: &Visibility, args: &mut Vec<Sql>) -> String {
+    let mut s = seq_filter(&format!("{p}seq"), &vis.hidden, args);
+    if let Some(patient) = &vis.compartment {
+        s.push_str(&format!(" AND {p}first_seq IN (SELECT rid FROM idx_compartment WHERE patient = ?)"));
+        args.push(Sql::Text(patient.clone()));
     }
-    let mut s = seq_filter("v.seq", hidden, args);
-    s.push_str(&format!(
-        " AND NOT EXISTS (SELECT 1 FROM resource_current hc JOIN resource_category hk ON hk.seq = hc.seq \
-         WHERE hc.rtype = v.rtype AND hc.id = v.id AND hk.category IN {})",
-        list(hidden, args)
-    ));
     s
+}
+
+/// `instr(',' || <col> || ',', ',<patient>,') > 0`: the version list `col` names the patient.
+fn names_patient(col: &str, patient: &str, args: &mut Vec<Sql>) -> String {
+    args.push(Sql::Text(format!(",{patient},")));
+    format!("instr(',' || {col} || ',', ?) > 0")
+}
+
+/// SQL excluding history rows (alias `v`) whose version or whose resource's current version
+/// carries a hidden category or lies outside the confining compartment.
+pub(crate) fn history_filter(vis: &Visibility, args: &mut Vec<Sql>) -> String {
+    let mut s = String::new();
+    if !vis.hidden.is_empty() {
+        s = seq_filter("v.seq", &vis.hidden, args);
+        s.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM resource_current hc JOIN resource_category hk ON hk.seq = hc.seq \
+             WHERE hc.rtype = v.rtype AND hc.id = v.id AND hk.category IN {})",
+            list(&vis.hidden, args)
+        ));
+    }
+    if let Some(patient) = &vis.compartment {
+        // The version itself, and what the resource is now, must both be in the compartment (a
+        // resource moved to another patient takes its history with it).
+        s.push_str(" AND ");
+        s.push_str(&names_patient("v.patients", patient, args));
+        s.push_str(
+            " AND EXISTS (SELECT 1 FROM resource_current hc JOIN resource_version hv ON hv.seq = hc.seq \
+             WHERE hc.rtype = v.rtype AND hc.id = v.id AND ",
+        );
+        s.push_str(&names_patient("hv.patients", patient, args));
+        s.push(')');
+    }
+    s
+}
+
+/// Whether a resource (its current version), or one version of it, is invisible to the request:
+/// a hidden category, or (confined to a compartment) a version outside it. A resource that does
+/// not exist is not "invisible" (the caller answers not-found, or creates it).
+pub(crate) fn is_invisible(
+    conn: &Connection,
+    vis: &Visibility,
+    rtype: &str,
+    id: &str,
+    version: Option<u64>,
+) -> Result<bool, StoreError> {
+    if is_hidden(conn, &vis.hidden, rtype, id, version)? {
+        return Ok(true);
+    }
+    if vis.compartment.is_none() {
+        return Ok(false);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT v.patients FROM resource_version v WHERE v.seq IN \
+         (SELECT seq FROM resource_current WHERE rtype = ?1 AND id = ?2 \
+          UNION ALL SELECT seq FROM resource_version WHERE rtype = ?1 AND id = ?2 AND version = ?3)",
+    )?;
+    let rows =
+        stmt.query_map(params![rtype, id, version.map(|v| v as i64).unwrap_or(-1)], |r| r.get::<_, String>(0))?;
+    for patients in rows {
+        if vis.outside(&patients?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a new version naming `patients` may be written by the request: confined requests
+/// write only into their own compartment (ACL-4).
+pub(crate) fn writes_outside(vis: &Visibility, patients: &[String]) -> bool {
+    vis.compartment.as_deref().is_some_and(|p| !patients.iter().any(|x| x == p))
 }
 
 /// Whether a resource (its current version), or one version of it, is hidden from the request.

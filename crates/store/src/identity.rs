@@ -439,10 +439,17 @@ fn create_session(
     let token = IssuedSecret::generate(SecretKind::Session);
     tx.conn
         .prepare_cached(
-            "INSERT INTO login_session (hash, account, created_us, last_used_us, expires_us, factors) \
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+            "INSERT INTO login_session (hash, account, created_us, last_used_us, expires_us, factors, audience) \
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![&token.hash().0[..], account, now, now + dur_us(s.lifetime), factors])?;
+        .execute(params![
+            &token.hash().0[..],
+            account,
+            now,
+            now + dur_us(s.lifetime),
+            factors,
+            policy.audience.as_str()
+        ])?;
     // AUTH-7: a login is a use of the account (inactivity is measured from it).
     tx.conn
         .prepare_cached("UPDATE account SET last_login_us = ?1, last_used_us = ?1 WHERE name = ?2")?
@@ -477,6 +484,7 @@ impl SqliteStore {
                 let now = inner.next_time();
                 // Identity jobs touch no records: no clinical rights.
                 let none = mamori_access::Rights::none();
+                let open = crate::category::Visibility::default();
                 let tx = Tx {
                     conn,
                     keys: &inner.keys,
@@ -485,7 +493,7 @@ impl SqliteStore {
                     now_us: now,
                     policy: &inner.policy,
                     rights: &none,
-                    hidden: &[],
+                    hidden: &open,
                 };
                 let mut events = Events::default();
                 let result = savepoint_keeping(conn, |_| f(&tx, &mut events), |_| true)?;
@@ -556,6 +564,9 @@ impl SqliteStore {
                 Some("disabled")
             } else if st.role.is_none() {
                 Some("unknown-role")
+            } else if st.role.is_some_and(|r| !policy.admits(r)) {
+                // ACL-4: patients sign in at the patient interface only, staff never there.
+                Some("wrong-interface")
             } else if st.phc.is_none() {
                 Some("no-password")
             } else if locked(tx.conn, "account", &account, now)? {
@@ -624,6 +635,8 @@ impl SqliteStore {
             // presented while locked stays usable once the lock expires.
             let blocked = if st.disabled {
                 Some("disabled")
+            } else if st.role.is_some_and(|r| !policy.admits(r)) {
+                Some("wrong-interface")
             } else if locked(tx.conn, "account", &account, now)? {
                 Some("account-locked")
             } else if locked(tx.conn, "source", &ctx.source, now)? {
@@ -691,6 +704,7 @@ impl SqliteStore {
             let refused = match &st {
                 None => Some("unknown-account"),
                 Some(s) if s.disabled => Some("disabled"),
+                Some(s) if s.role.is_some_and(|r| !policy.admits(r)) => Some("wrong-interface"),
                 Some(_) if locked(tx.conn, "account", &account, now)? => Some("account-locked"),
                 Some(_) if locked(tx.conn, "source", &ctx.source, now)? => Some("source-locked"),
                 _ => None,
@@ -971,12 +985,15 @@ impl SqliteStore {
         policy: SharedLoginPolicy,
     ) -> Result<Option<Principal>, StoreError> {
         let now = self.now_us();
+        // ACL-4: a session is accepted only by the interface (audience) it was issued for.
+        let audience = policy.audience.as_str();
         let row: Option<(String, String, i64, i64)> = self.inner.engine.read_now(|c| {
             Ok(c.prepare_cached(
                 "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
-                 JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL",
+                 JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL \
+                 AND s.audience = ?2",
             )?
-            .query_row([&token.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![&token.0[..], audience], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?)
         })?;
         let Some((account, role, last_used, expires)) = row else { return Ok(None) };
@@ -984,6 +1001,9 @@ impl SqliteStore {
             return Ok(None);
         }
         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
+        if !policy.admits(role) {
+            return Ok(None);
+        }
         if now - last_used >= TOUCH_EVERY_US {
             let account_name = account.clone();
             self.inner

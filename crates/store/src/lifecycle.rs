@@ -140,6 +140,9 @@ pub struct AccountReportRow {
     pub sessions: i64,
     pub api_tokens: i64,
     pub pending_requests: Vec<PendingRequest>,
+    /// The Patient a patient account is linked to (ACL-4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
 }
 
 /// What a lifecycle sweep did.
@@ -283,6 +286,13 @@ impl SqliteStore {
                 let Some(current) = current else { return Err(StoreError::NotFound(format!("account '{name}'"))) };
                 if current == role.as_str() {
                     return Err(StoreError::invalid("business-rule", format!("'{name}' already has the role {role}")));
+                }
+                // ACL-4: a patient account never becomes a staff account, nor the reverse.
+                if role == Role::Patient || current == Role::Patient.as_str() {
+                    return Err(StoreError::invalid(
+                        "business-rule",
+                        "patient accounts and staff accounts are separate: no role request turns one into the other",
+                    ));
                 }
                 tx.conn.execute(
                     "INSERT INTO role_request (account, role, reason, requested_by, requested_us, status) \
@@ -582,7 +592,8 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
          a.disabled_us, a.disabled_reason, \
          (SELECT locked_until_us FROM login_throttle l WHERE l.kind = 'account' AND l.key = a.name AND l.locked_until_us > ?1), \
          (SELECT count(*) FROM login_session s WHERE s.account = a.name AND s.expires_us > ?1), \
-         (SELECT count(*) FROM api_token k WHERE k.account = a.name AND k.expires_us > ?1) \
+         (SELECT count(*) FROM api_token k WHERE k.account = a.name AND k.expires_us > ?1), \
+         (SELECT pa.patient FROM patient_account pa WHERE pa.account = a.name) \
          FROM account a ORDER BY a.name",
     )?;
     let rows = stmt
@@ -603,6 +614,7 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
                 locked_until: opt_instant(r.get(10)?),
                 sessions: r.get(11)?,
                 api_tokens: r.get(12)?,
+                patient: r.get(13)?,
                 name,
             })
         })?

@@ -6,6 +6,7 @@ use mamori_fhir::resource_type::ResourceType;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::StoreError;
+use crate::category::Visibility;
 use crate::keyring::{KeyRing, scope_for};
 use crate::model::VersionRecord;
 
@@ -109,7 +110,7 @@ pub(crate) fn load_current(
     rtype: ResourceType,
     id: &str,
 ) -> Result<Option<VersionRecord>, StoreError> {
-    Ok(match load_current_visible(conn, keys, protect, rtype, id, &[])? {
+    Ok(match load_current_visible(conn, keys, protect, rtype, id, &Visibility::default())? {
         Current::Found(r) => Some(r),
         Current::Missing | Current::Hidden => None,
     })
@@ -123,17 +124,18 @@ pub(crate) enum Current {
     Found(VersionRecord),
 }
 
-/// The current version, unless it carries one of the `hidden` categories. One statement, so one
-/// read snapshot: the category check rides on the row lookup and a read under a policy costs
-/// about what an unrestricted one does.
+/// The current version, unless the request may not see it (a hidden category, or outside the
+/// compartment it is confined to). One statement, so one read snapshot: the category check rides
+/// on the row lookup and a read under a policy costs about what an unrestricted one does.
 pub(crate) fn load_current_visible(
     conn: &Connection,
     keys: &KeyRing,
     protect: Protection,
     rtype: ResourceType,
     id: &str,
-    hidden: &[String],
+    vis: &Visibility,
 ) -> Result<Current, StoreError> {
+    let hidden = &vis.hidden;
     let check = if hidden.is_empty() {
         "0".to_string()
     } else {
@@ -157,8 +159,8 @@ pub(crate) fn load_current_visible(
     match row {
         None => Ok(Current::Missing),
         Some((row, pointer, _)) if pointer != row.version => Err(StoreError::Tampered(row.what())),
-        Some((_, _, true)) => Ok(Current::Hidden),
-        Some((row, _, false)) => open_row(conn, keys, protect, row).map(Current::Found),
+        Some((row, _, hidden)) if hidden || vis.outside(&row.patients) => Ok(Current::Hidden),
+        Some((row, _, _)) => open_row(conn, keys, protect, row).map(Current::Found),
     }
 }
 

@@ -197,7 +197,7 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
-                let hidden = ctx.rights.hidden_names();
+                let hidden = crate::category::Visibility::of(&ctx.rights);
                 let tx = Tx {
                     conn,
                     keys: &inner.keys,
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
             let row: Option<(String, String, Option<i64>)> = inner.engine.read_now(move |c| {
                 Ok(c.prepare_cached(
                     "SELECT a.name, a.role, t.last_used_us FROM api_token t JOIN account a ON a.name = t.account \
-                         WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL",
+                         WHERE t.hash = ?1 AND t.expires_us > ?2 AND a.disabled_us IS NULL AND a.role != 'patient'",
                 )?
                 .query_row(params![&token.0[..], now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?)
@@ -377,7 +377,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let lookup_id = id.clone();
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Visibility::of(&ctx.rights);
             let found = self.inner.engine.read_now(move |c| {
                 // ACL-3: a resource in a category the caller may not view does not exist for them.
                 let Some(v) = version else {
@@ -389,7 +389,7 @@ impl Store for SqliteStore {
                         },
                     );
                 };
-                if crate::category::is_hidden(c, &hidden, rtype.as_str(), &lookup_id, version)? {
+                if crate::category::is_invisible(c, &hidden, rtype.as_str(), &lookup_id, version)? {
                     return Ok(Err(()));
                 }
                 Ok(Ok(rows::load_version(c, &inner.keys, inner.protect, rtype, &lookup_id, v)?))
@@ -428,7 +428,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let s = scope.clone();
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Visibility::of(&ctx.rights);
             let result = self.inner.engine.read(move |c| history_page(c, &inner, &s, &q, &hidden)).await;
             let (action, rtype, rid) = match &scope {
                 HistoryScope::System => (Action::HistorySystem, None, None),
@@ -455,7 +455,7 @@ impl Store for SqliteStore {
             q.rtype = rtype;
             let inner = Arc::clone(&self.inner);
             let now_us = to_micros(self.inner.clock.now());
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Visibility::of(&ctx.rights);
             let result = self
                 .inner
                 .engine
@@ -623,7 +623,7 @@ fn history_page(
     inner: &Inner,
     scope: &HistoryScope,
     q: &HistoryQuery,
-    hidden: &[String],
+    hidden: &crate::category::Visibility,
 ) -> Result<Page, StoreError> {
     use rusqlite::types::Value as SqlValue;
     let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE 1 = 1");

@@ -114,7 +114,7 @@ pub(crate) struct Tx<'a> {
     /// What the caller may do, per operation and category (ACL-2, ACL-3).
     pub rights: &'a mamori_access::Rights,
     /// Categories the caller may not view: resources in them are treated as absent.
-    pub hidden: &'a [String],
+    pub hidden: &'a category::Visibility,
 }
 
 /// A server-assigned id: a UUIDv7 (time-ordered, 74 random bits) from the store's clock.
@@ -159,7 +159,7 @@ impl Tx<'_> {
             WriteOp::Patch { rtype, id, patch, if_match } => self.patch(rtype, &id, &patch, if_match),
             WriteOp::Delete { rtype, id, if_match } => {
                 // Invisible to the caller: absent, whatever If-Match says (no 412 to reveal it).
-                if category::is_hidden(self.conn, self.hidden, rtype.as_str(), &id, None)? {
+                if category::is_invisible(self.conn, self.hidden, rtype.as_str(), &id, None)? {
                     return Ok(WriteOutcome::Deleted(None));
                 }
                 if let Some(expected) = if_match {
@@ -214,7 +214,7 @@ impl Tx<'_> {
     /// caller → NotFound; visible but not permitted for `op` → Forbidden. Returns its categories.
     fn guard_existing(&self, rtype: ResourceType, id: &str, op: Operation) -> Result<Vec<String>, StoreError> {
         let Some(seq) = category::current_seq(self.conn, rtype.as_str(), id)? else { return Ok(Vec::new()) };
-        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+        if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         let names = category::of_seq(self.conn, seq)?;
@@ -255,7 +255,7 @@ impl Tx<'_> {
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
         // Invisible to the caller: answer as for a missing resource before If-Match can tell.
-        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+        if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         if let Some(expected) = if_match {
@@ -278,7 +278,7 @@ impl Tx<'_> {
         patch: &json_patch::Patch,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
-        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+        if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         if let Some(expected) = if_match {
@@ -303,7 +303,7 @@ impl Tx<'_> {
         match rows::current_state(self.conn, rtype, id)? {
             Some((v, false)) => {
                 // A resource the caller cannot see is, to the caller, absent.
-                if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+                if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
                     return Ok(None);
                 }
                 let names = self.guard_existing(rtype, id, Operation::Delete)?;
@@ -363,6 +363,10 @@ impl Tx<'_> {
             return Err(StoreError::Forbidden);
         }
         let patients = patient_ids(&body, rtype);
+        // ACL-4: a patient (if allowed to write at all) writes only into their own compartment.
+        if category::writes_outside(self.hidden, &patients) {
+            return Err(StoreError::Forbidden);
+        }
         let rec = VersionRecord {
             rtype,
             id: id.to_string(),

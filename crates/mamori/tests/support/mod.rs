@@ -3,7 +3,7 @@
 //! store except through the server (or, to play an insider, the database file itself).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -32,6 +32,24 @@ pub fn ok(args: &[&str]) -> String {
     let (code, out, err) = mamori(args);
     assert_eq!(code, 0, "mamori {args:?} failed: {err}");
     out
+}
+
+/// `mamori user password NAME` with the password on standard input: (exit code, output).
+pub fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(["user", "password", "--data-dir", dir.arg(), name])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 pub struct DataDir {
@@ -107,21 +125,34 @@ impl Server {
     }
 
     pub fn start_in(dir: DataDir, token: String) -> Server {
+        Server::start_with(dir, token, &["--dev"], 1).0
+    }
+
+    /// Starts the server with extra `serve` arguments and returns the base URLs of the first
+    /// `listeners` lines it prints (the internal listener first, then e.g. the patient portal).
+    pub fn start_with(dir: DataDir, token: String, extra: &[&str], listeners: usize) -> (Server, Vec<String>) {
         let mut child = Command::new(BIN)
-            .args(["serve", "--data-dir", dir.arg(), "--listen", "127.0.0.1:0", "--dev"])
+            .args(["serve", "--data-dir", dir.arg(), "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mamori serve");
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("mamori listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_string();
+        let mut reader = BufReader::new(stdout);
+        let mut bases = Vec::new();
+        for _ in 0..listeners {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let base = line
+                .trim()
+                .split_once(" listening on ")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_else(|| panic!("unexpected line from serve: {line:?}"));
+            bases.push(base);
+        }
+        let base = bases[0].clone();
         // The server closes a keep-alive connection that sends no request head for 30 s (hyper's
         // header-read timeout); a client must not reuse connections idle that long, or a request
         // can race the close (seen as IncompleteMessage on a loaded machine).
@@ -130,7 +161,7 @@ impl Server {
             .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .unwrap();
-        Server { dir, child: Some(child), base, token, http }
+        (Server { dir, child: Some(child), base, token, http }, bases)
     }
 
     pub fn url(&self, path: &str) -> String {

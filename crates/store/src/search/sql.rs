@@ -51,7 +51,7 @@ pub(crate) struct Ctx<'a> {
     pub now_us: i64,
     /// Categories the caller may not view (ACL-3): resources in them are left out of matches,
     /// totals, chains, `_has`, includes and `$everything`.
-    pub hidden: &'a [String],
+    pub hidden: &'a crate::category::Visibility,
 }
 
 /// A WHERE clause under construction.
@@ -194,9 +194,10 @@ impl Where<'_> {
         }
     }
 
-    /// Leaves out resources (alias `a`) whose current version carries a hidden category.
+    /// Leaves out resources (alias `a`) the request may not see: a hidden category, or outside
+    /// the confining compartment (ACL-4) — in matches, totals, chains, `_has` and `$everything`.
     fn hidden(&mut self, a: &str) {
-        let filter = crate::category::seq_filter(&format!("{a}.seq"), self.ctx.hidden, &mut self.args);
+        let filter = crate::category::current_filter(&format!("{a}."), self.ctx.hidden, &mut self.args);
         self.sql.push_str(&filter);
     }
 
@@ -733,7 +734,7 @@ fn includes(ctx: &Ctx<'_>, q: &SearchQuery, page: &[(VersionRecord, i64)]) -> Re
             }
             let mut args = vec![Sql::Text(t.clone()), Sql::Text(id.clone())];
             // ACL-3: an include never brings in what the caller may not view.
-            let filter = crate::category::seq_filter("seq", ctx.hidden, &mut args);
+            let filter = crate::category::current_filter("", ctx.hidden, &mut args);
             let rid: Option<i64> = ctx
                 .conn
                 .prepare_cached(&format!(
