@@ -124,6 +124,8 @@ impl Shared {
             forwarding: None,
             witness: None,
             lifecycle: Arc::clone(&self.lifecycle),
+            #[cfg(feature = "bench-baseline")]
+            policy_bypass: std::sync::atomic::AtomicBool::new(false),
             capability: self.capability.clone(),
         }
     }
