@@ -173,6 +173,7 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         source,
         rights,
         emergency,
+        client: None,
     };
     req.extensions_mut().insert(Authenticated { principal, ctx, session, zone, purpose });
     with_request_id(next.run(req).await, &request_id)

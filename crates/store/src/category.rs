@@ -45,6 +45,37 @@ pub(crate) fn current_seq(conn: &Connection, rtype: &str, id: &str) -> Result<Op
         .optional()?)
 }
 
+/// What one request may not see: resources in hidden information categories (ACL-2, ACL-3) and,
+/// under SMART scopes, resources of types the scopes do not let it read or search (AUTH-6).
+/// Built once per request from its [`mamori_access::Rights`]; every read path applies it.
+#[derive(Clone, Debug, Default)]
+pub struct Hidden {
+    pub categories: Vec<String>,
+    /// `None`: every type is viewable.
+    pub types: Option<Vec<String>>,
+}
+
+impl Hidden {
+    pub fn of(rights: &mamori_access::Rights) -> Hidden {
+        Hidden { categories: rights.hidden_names(), types: rights.viewable_types() }
+    }
+
+    /// Whether resources of `rtype` are invisible to the request whatever their category.
+    pub fn hides_type(&self, rtype: &str) -> bool {
+        self.types.as_ref().is_some_and(|t| !t.iter().any(|v| v == rtype))
+    }
+}
+
+/// SQL keeping only viewable types (by the type column `col`); empty when every type is.
+pub(crate) fn type_filter(col: &str, hidden: &Hidden, args: &mut Vec<Sql>) -> String {
+    match &hidden.types {
+        None => String::new(),
+        Some(t) if t.is_empty() => " AND 0".to_string(),
+        // Unary + keeps the planner from choosing the type index for this test.
+        Some(t) => format!(" AND +{col} IN {}", list(t, args)),
+    }
+}
+
 /// `(?, ?, …)` with the hidden names as arguments.
 fn list(hidden: &[String], args: &mut Vec<Sql>) -> String {
     let mut s = String::from("(");
@@ -61,7 +92,8 @@ fn list(hidden: &[String], args: &mut Vec<Sql>) -> String {
 
 /// SQL excluding versions (by the seq column `col`) that carry a hidden category: empty when
 /// nothing is hidden (the common case costs nothing).
-pub(crate) fn seq_filter(col: &str, hidden: &[String], args: &mut Vec<Sql>) -> String {
+pub(crate) fn seq_filter(col: &str, hidden: &Hidden, args: &mut Vec<Sql>) -> String {
+    let hidden = &hidden.categories;
     if hidden.is_empty() {
         return String::new();
     }
@@ -70,11 +102,13 @@ pub(crate) fn seq_filter(col: &str, hidden: &[String], args: &mut Vec<Sql>) -> S
 
 /// SQL excluding history rows (alias `v`) whose version or whose resource's current version
 /// carries a hidden category.
-pub(crate) fn history_filter(hidden: &[String], args: &mut Vec<Sql>) -> String {
-    if hidden.is_empty() {
-        return String::new();
+pub(crate) fn history_filter(hidden: &Hidden, args: &mut Vec<Sql>) -> String {
+    let mut s = type_filter("v.rtype", hidden, args);
+    if hidden.categories.is_empty() {
+        return s;
     }
-    let mut s = seq_filter("v.seq", hidden, args);
+    s.push_str(&seq_filter("v.seq", hidden, args));
+    let hidden = &hidden.categories;
     s.push_str(&format!(
         " AND NOT EXISTS (SELECT 1 FROM resource_current hc JOIN resource_category hk ON hk.seq = hc.seq \
          WHERE hc.rtype = v.rtype AND hc.id = v.id AND hk.category IN {})",
@@ -86,11 +120,15 @@ pub(crate) fn history_filter(hidden: &[String], args: &mut Vec<Sql>) -> String {
 /// Whether a resource (its current version), or one version of it, is hidden from the request.
 pub(crate) fn is_hidden(
     conn: &Connection,
-    hidden: &[String],
+    hidden: &Hidden,
     rtype: &str,
     id: &str,
     version: Option<u64>,
 ) -> Result<bool, StoreError> {
+    if hidden.hides_type(rtype) {
+        return Ok(true);
+    }
+    let hidden = &hidden.categories;
     if hidden.is_empty() {
         return Ok(false);
     }

@@ -197,7 +197,7 @@ impl SqliteStore {
             .engine
             .write(move |conn| {
                 let now = inner.next_time();
-                let hidden = ctx.rights.hidden_names();
+                let hidden = crate::category::Hidden::of(&ctx.rights);
                 let tx = Tx {
                     conn,
                     keys: &inner.keys,
@@ -377,7 +377,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let lookup_id = id.clone();
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Hidden::of(&ctx.rights);
             let found = self.inner.engine.read_now(move |c| {
                 // ACL-3: a resource in a category the caller may not view does not exist for them.
                 if crate::category::is_hidden(c, &hidden, rtype.as_str(), &lookup_id, version)? {
@@ -422,7 +422,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);
             let s = scope.clone();
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Hidden::of(&ctx.rights);
             let result = self.inner.engine.read(move |c| history_page(c, &inner, &s, &q, &hidden)).await;
             let (action, rtype, rid) = match &scope {
                 HistoryScope::System => (Action::HistorySystem, None, None),
@@ -449,7 +449,7 @@ impl Store for SqliteStore {
             q.rtype = rtype;
             let inner = Arc::clone(&self.inner);
             let now_us = to_micros(self.inner.clock.now());
-            let hidden = ctx.rights.hidden_names();
+            let hidden = crate::category::Hidden::of(&ctx.rights);
             let result = self
                 .inner
                 .engine
@@ -617,7 +617,7 @@ fn history_page(
     inner: &Inner,
     scope: &HistoryScope,
     q: &HistoryQuery,
-    hidden: &[String],
+    hidden: &crate::category::Hidden,
 ) -> Result<Page, StoreError> {
     use rusqlite::types::Value as SqlValue;
     let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE 1 = 1");

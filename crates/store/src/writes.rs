@@ -114,7 +114,7 @@ pub(crate) struct Tx<'a> {
     /// What the caller may do, per operation and category (ACL-2, ACL-3).
     pub rights: &'a mamori_access::Rights,
     /// Categories the caller may not view: resources in them are treated as absent.
-    pub hidden: &'a [String],
+    pub hidden: &'a category::Hidden,
 }
 
 /// A server-assigned id: a UUIDv7 (time-ordered, 74 random bits) from the store's clock.
@@ -218,7 +218,9 @@ impl Tx<'_> {
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         let names = category::of_seq(self.conn, seq)?;
-        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+        if !self.rights.permits_type(op, rtype.as_str())
+            || !self.rights.permits_names(op, names.iter().map(String::as_str))
+        {
             return Err(StoreError::Forbidden);
         }
         Ok(names)
@@ -359,7 +361,10 @@ impl Tx<'_> {
         if live {
             self.guard_existing(rtype, id, Operation::Update)?;
         }
-        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+        // AUTH-6: under SMART scopes the type must be in scope for the operation too.
+        if !self.rights.permits_type(op, rtype.as_str())
+            || !self.rights.permits_names(op, names.iter().map(String::as_str))
+        {
             return Err(StoreError::Forbidden);
         }
         let patients = patient_ids(&body, rtype);

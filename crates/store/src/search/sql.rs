@@ -51,7 +51,7 @@ pub(crate) struct Ctx<'a> {
     pub now_us: i64,
     /// Categories the caller may not view (ACL-3): resources in them are left out of matches,
     /// totals, chains, `_has`, includes and `$everything`.
-    pub hidden: &'a [String],
+    pub hidden: &'a crate::category::Hidden,
 }
 
 /// A WHERE clause under construction.
@@ -196,6 +196,8 @@ impl Where<'_> {
 
     /// Leaves out resources (alias `a`) whose current version carries a hidden category.
     fn hidden(&mut self, a: &str) {
+        let types = crate::category::type_filter(&format!("{a}.rtype"), self.ctx.hidden, &mut self.args);
+        self.sql.push_str(&types);
         let filter = crate::category::seq_filter(&format!("{a}.seq"), self.ctx.hidden, &mut self.args);
         self.sql.push_str(&filter);
     }
@@ -728,7 +730,7 @@ fn includes(ctx: &Ctx<'_>, q: &SearchQuery, page: &[(VersionRecord, i64)]) -> Re
         }
         let mut next = Vec::new();
         for (t, id) in found {
-            if !seen.insert((t.clone(), id.clone())) {
+            if !seen.insert((t.clone(), id.clone())) || ctx.hidden.hides_type(&t) {
                 continue;
             }
             let mut args = vec![Sql::Text(t.clone()), Sql::Text(id.clone())];
