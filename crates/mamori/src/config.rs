@@ -33,6 +33,51 @@ pub struct Config {
     pub policy: mamori_access::PolicyConfig,
     #[serde(default)]
     pub lifecycle: LifecycleSection,
+    #[serde(default)]
+    pub oauth: OAuthSection,
+}
+
+/// `[oauth]`: OAuth 2.0 / SMART on FHIR (AUTH-6); docs/oauth.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSection {
+    /// Public base URL of the server (`https://emr.example.jp`): the issuer and the base of the
+    /// endpoint URLs; client assertions must name `<issuer>/oauth/token` as their audience.
+    /// Unset: derived from each request's Host header.
+    pub issuer: Option<String>,
+    /// Lifetime of an access token (1m-1h).
+    pub access_token_lifetime: String,
+    /// A refresh token's own limit; the login session's idle and absolute limits apply too.
+    pub refresh_token_lifetime: String,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        OAuthSection { issuer: None, access_token_lifetime: "5m".into(), refresh_token_lifetime: "10h".into() }
+    }
+}
+
+impl OAuthSection {
+    pub fn settings(&self) -> anyhow::Result<mamori_server::oauth_api::OAuthSettings> {
+        let access = parse_duration(&self.access_token_lifetime)?;
+        let refresh = parse_duration(&self.refresh_token_lifetime)?;
+        if access < time::Duration::minutes(1) || access > time::Duration::hours(1) {
+            bail!("oauth.access_token_lifetime must be between 1m and 1h");
+        }
+        if refresh < access {
+            bail!("oauth.refresh_token_lifetime must not be shorter than oauth.access_token_lifetime");
+        }
+        if let Some(i) = &self.issuer {
+            let host = i.strip_prefix("https://").unwrap_or("");
+            if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+                bail!("oauth.issuer must be an https:// URL without a path, such as https://emr.example.jp");
+            }
+        }
+        Ok(mamori_server::oauth_api::OAuthSettings {
+            issuer: self.issuer.clone(),
+            lifetimes: mamori_store::oauth::Lifetimes { access, refresh },
+        })
+    }
 }
 
 /// `[lifecycle]`: account lifecycle (AUTH-7).
@@ -638,6 +683,7 @@ impl Config {
         self.login_policy()?;
         self.access_policy()?;
         self.lifecycle_policy()?;
+        self.oauth.settings()?;
         Ok(())
     }
 

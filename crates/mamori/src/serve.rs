@@ -54,6 +54,7 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     );
     shared.clock_status = ntp.to_string();
     shared.policy = Arc::new(cfg.access_policy()?);
+    shared.oauth = cfg.oauth.settings()?;
     let login = Arc::new(cfg.login_policy()?);
     // The dummy hash that unknown accounts are verified against, computed before the first login.
     let warm = Arc::clone(&login);

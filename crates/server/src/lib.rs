@@ -16,6 +16,7 @@ pub mod error;
 mod fhir_api;
 mod lifecycle_api;
 pub mod listener;
+pub mod oauth_api;
 pub mod respond;
 pub mod syslog;
 pub mod tls;
@@ -66,6 +67,10 @@ pub struct Shared {
     pub witness: Option<witness::WitnessStatus>,
     /// Account lifecycle rules (AUTH-7): who approves role requests, request expiry.
     pub lifecycle: mamori_store::lifecycle::SharedLifecyclePolicy,
+    /// OAuth 2.0 / SMART settings (AUTH-6): issuer URL, token lifetimes.
+    pub oauth: oauth_api::OAuthSettings,
+    /// Sign-ins in progress on the authorisation page.
+    pub(crate) oauth_pending: oauth_api::PendingRequests,
     capability: Vec<u8>,
 }
 
@@ -92,6 +97,8 @@ impl Shared {
             forwarding: None,
             witness: None,
             lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
+            oauth: oauth_api::OAuthSettings::default(),
+            oauth_pending: oauth_api::PendingRequests::default(),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
@@ -151,8 +158,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/{name}/enable", post(lifecycle_api::enable))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
+    let oauth = Router::new()
+        .route("/authorize", get(oauth_api::authorize_get).post(oauth_api::authorize_post))
+        .route("/token", post(oauth_api::token))
+        .route("/revoke", post(oauth_api::revoke))
+        .fallback(outside_fhir);
     Router::new()
         .nest("/auth", auth_api::routes())
+        .nest("/oauth", oauth)
+        // SMART discovery is public (apps read it before they have a token).
+        .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
         .nest("/admin", admin)
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(
@@ -177,6 +192,9 @@ async fn security_headers(mut resp: axum::response::Response) -> axum::response:
     h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    // A page that set its own policy (the OAuth sign-in page: form-action) keeps it.
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    }
     resp
 }
