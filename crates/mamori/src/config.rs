@@ -611,6 +611,17 @@ temporary_credential_ttl = "24h"
 # Issuer name shown in authenticator apps.
 totp_issuer = "mamori"
 
+[oauth]
+# OAuth 2.0 / SMART on FHIR (AUTH-6; docs/oauth.md). Public base URL of this server, the issuer
+# and base of /oauth/authorize, /oauth/token, /oauth/revoke; backend services sign their client
+# assertions for "<issuer>/oauth/token". Unset: taken from each request's Host header.
+# issuer = "https://emr.example.jp"
+# Access tokens are short-lived (1m-1h).
+access_token_lifetime = "5m"
+# A refresh token's own limit; the sign-in session behind it (idle and absolute limits, the
+# per-account session limit) ends it sooner.
+refresh_token_lifetime = "10h"
+
 # The access policy (ACL-1..3, ACL-5): who may do what with which information category, from
 # which network zone, for which purpose. Without this section the built-in default applies (see
 # docs/access-control.md). Each list given here (`zone`, `category`, `grant`) replaces the

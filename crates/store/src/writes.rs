@@ -256,8 +256,15 @@ impl Tx<'_> {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
-        // Invisible to the caller: answer as for a missing resource before If-Match can tell.
-        if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+        // AUTH-6: a type outside the token's read scopes can at most be created (`.c` alone).
+        if self.hidden.hides_type(rtype.as_str()) {
+            if rows::current_state(self.conn, rtype, id)?.is_some()
+                || !self.rights.permits_type(Operation::Create, rtype.as_str())
+            {
+                return Err(StoreError::Forbidden);
+            }
+        } else if category::is_hidden(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            // Invisible to the caller: answer as for a missing resource before If-Match can tell.
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         if let Some(expected) = if_match {
