@@ -29,7 +29,7 @@ use mamori_access::client_assertion::{self, ClientKeys};
 use mamori_access::scope::ScopeSet;
 use mamori_access::secret::{IssuedSecret, SecretKind, presented};
 use mamori_store::identity::{LoginOutcome, SecondFactor};
-use mamori_store::oauth::{ClientKind, CodeGrant, Refusal, Tokens};
+use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Refusal, Tokens};
 use mamori_store::{AccessContext, StoreError};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -595,10 +595,12 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                 .store
                 .exchange_code(
                     ctx_of(conn, Some(client_id)),
-                    client_id.to_string(),
-                    Zeroizing::new(code.to_string()),
-                    redirect_uri.to_string(),
-                    verifier,
+                    CodeExchange {
+                        client_id: client_id.to_string(),
+                        code: Zeroizing::new(code.to_string()),
+                        redirect_uri: redirect_uri.to_string(),
+                        verifier,
+                    },
                     Arc::clone(&s.login),
                     s.oauth.lifetimes,
                 )

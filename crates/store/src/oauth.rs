@@ -143,6 +143,14 @@ pub struct CodeGrant {
     pub scope: ScopeSet,
 }
 
+/// A token request with an authorisation code (RFC 6749 §4.1.3, RFC 7636 §4.5).
+pub struct CodeExchange {
+    pub client_id: String,
+    pub code: Zeroizing<String>,
+    pub redirect_uri: String,
+    pub verifier: Zeroizing<String>,
+}
+
 /// Tokens handed to a client (RFC 6749 §5.1).
 pub struct Tokens {
     pub access_token: Zeroizing<String>,
@@ -213,10 +221,7 @@ pub trait OAuth: Send + Sync {
     fn exchange_code(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        code: Zeroizing<String>,
-        redirect_uri: String,
-        verifier: Zeroizing<String>,
+        req: CodeExchange,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
@@ -455,35 +460,27 @@ impl SqliteStore {
     async fn exchange_code_now(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        code: Zeroizing<String>,
-        redirect_uri: String,
-        verifier: Zeroizing<String>,
+        req: CodeExchange,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> Result<Result<Tokens, Refusal>, StoreError> {
-        let ctx = client_ctx(&ctx, &client_id);
-        self.identity_job(move |tx, ev| {
-            Ok(Ok(exchange(tx, ev, &ctx, &client_id, &code, &redirect_uri, &verifier, &policy, lifetimes)?))
-        })
-        .await
+        let ctx = client_ctx(&ctx, &req.client_id);
+        self.identity_job(move |tx, ev| Ok(Ok(exchange(tx, ev, &ctx, &req, &policy, lifetimes)?))).await
     }
 }
 
 type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>);
 
-#[allow(clippy::too_many_arguments)]
 fn exchange(
     tx: &Tx<'_>,
     ev: &mut Events,
     ctx: &AccessContext,
-    client_id: &str,
-    code: &str,
-    redirect_uri: &str,
-    verifier: &str,
+    req: &CodeExchange,
     policy: &mamori_access::LoginPolicy,
     lifetimes: Lifetimes,
 ) -> Result<Result<Tokens, Refusal>, StoreError> {
+    let (client_id, code, redirect_uri, verifier) =
+        (req.client_id.as_str(), req.code.as_str(), req.redirect_uri.as_str(), req.verifier.as_str());
     let now = tx.now_us;
     let refuse = |reason: &'static str, ev: &mut Events| -> Result<Result<Tokens, Refusal>, StoreError> {
         ev.push(ctx, refusal_event(reason));
@@ -603,14 +600,11 @@ impl OAuth for SqliteStore {
     fn exchange_code(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        code: Zeroizing<String>,
-        redirect_uri: String,
-        verifier: Zeroizing<String>,
+        req: CodeExchange,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
-        Box::pin(self.exchange_code_now(ctx, client_id, code, redirect_uri, verifier, policy, lifetimes))
+        Box::pin(self.exchange_code_now(ctx, req, policy, lifetimes))
     }
 
     fn refresh(
