@@ -5,10 +5,12 @@
 //! operation × zone × purpose.
 #![forbid(unsafe_code)]
 
+pub mod client_assertion;
 pub mod login;
 pub mod password;
 pub mod policy;
 pub mod role;
+pub mod scope;
 pub mod secret;
 pub mod token;
 pub mod totp;

@@ -643,7 +643,7 @@ impl Policy {
                 allowed[i] = self.allowed(who.role, op, zone, purpose);
             }
         }
-        Rights { allowed, policy: Some(Arc::clone(self)), compartment: None }
+        Rights { allowed, policy: Some(Arc::clone(self)), compartment: None, scope: None }
     }
 
     /// The rights of a patient at the patient interface (ACL-4): the operations of
@@ -658,7 +658,7 @@ impl Policy {
                 *slot = visible;
             }
         }
-        Rights { allowed, policy: Some(Arc::clone(self)), compartment: Some(Arc::from(patient_id)) }
+        Rights { allowed, policy: Some(Arc::clone(self)), compartment: Some(Arc::from(patient_id)), scope: None }
     }
 
     // ---- zones ----
@@ -814,13 +814,22 @@ pub struct Rights {
     /// ACL-4: confined to the compartment of this Patient (a patient's own requests); resources
     /// outside it do not exist for the request.
     compartment: Option<Arc<str>>,
+    /// The SMART scopes of an OAuth access token (AUTH-6): they narrow the rights to resource
+    /// types × interactions; `None` for API tokens and sessions (no narrowing).
+    scope: Option<Arc<crate::scope::ScopeSet>>,
 }
 
 impl fmt::Debug for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.policy {
             None => f.write_str("Rights(unrestricted)"),
-            Some(_) => write!(f, "Rights(view hides {:?}, compartment {:?})", self.hidden_names(), self.compartment),
+            Some(_) => write!(
+                f,
+                "Rights(view hides {:?}, compartment {:?}, scope {:?})",
+                self.hidden_names(),
+                self.compartment,
+                self.scope
+            ),
         }
     }
 }
@@ -828,12 +837,17 @@ impl fmt::Debug for Rights {
 impl Rights {
     /// No restriction: operator commands run by whoever holds the data directory and its key.
     pub fn unrestricted() -> Rights {
-        Rights { allowed: [CategorySet(u64::MAX); 6], policy: None, compartment: None }
+        Rights { allowed: [CategorySet(u64::MAX); 6], policy: None, compartment: None, scope: None }
     }
 
     /// Nothing at all (unauthenticated requests).
     pub fn none() -> Rights {
-        Rights { allowed: [CategorySet::EMPTY; 6], policy: Some(Arc::new(Policy::deny_all())), compartment: None }
+        Rights {
+            allowed: [CategorySet::EMPTY; 6],
+            policy: Some(Arc::new(Policy::deny_all())),
+            compartment: None,
+            scope: None,
+        }
     }
 
     /// The Patient whose compartment the request is confined to (ACL-4), if any.
@@ -841,9 +855,44 @@ impl Rights {
         self.compartment.as_deref()
     }
 
-    /// Whether the operation is allowed on at least one category (the request-level gate).
+    /// These rights narrowed by SMART scopes: only the resource types × interactions the scopes
+    /// name remain; nothing the policy denies becomes allowed (AUTH-6).
+    pub fn narrowed(mut self, scope: Arc<crate::scope::ScopeSet>) -> Rights {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Whether scopes narrow these rights (an OAuth access token).
+    pub fn is_scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+
+    /// Whether the operation is allowed on at least one category (the request-level gate), and,
+    /// under scopes, on at least one resource type.
     pub fn any(&self, op: Operation) -> bool {
         op.clinical_index().is_some_and(|i| !self.allowed[i].is_empty())
+            && self.scope.as_ref().is_none_or(|s| scope_bits(op) & s.perms_any().0 != 0)
+    }
+
+    /// Whether the scopes (if any) allow `op` on resources of `rtype`; the categories are
+    /// checked separately ([`Rights::permits_names`]).
+    pub fn permits_type(&self, op: Operation, rtype: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| scope_bits(op) & s.perms_for(rtype).0 != 0)
+    }
+
+    /// Whether the scopes (if any) allow one SMART interaction, on `rtype` or (`None`) on some
+    /// type.
+    pub fn scope_permits(&self, i: crate::scope::Interaction, rtype: Option<&str>) -> bool {
+        self.scope.as_ref().is_none_or(|s| match rtype {
+            Some(t) => s.perms_for(t).has(i),
+            None => s.perms_any().has(i),
+        })
+    }
+
+    /// The resource types whose resources may be disclosed; `None`: every type (no scope, or a
+    /// `*` scope that reads or searches).
+    pub fn viewable_types(&self) -> Option<Vec<String>> {
+        self.scope.as_ref().and_then(|s| s.viewable_types())
     }
 
     /// Categories (by name) the request may not view: resources in any of them are invisible.
@@ -867,6 +916,19 @@ impl Rights {
             }
         }
         any
+    }
+}
+
+/// The SMART interactions that carry a clinical operation: viewing is read or search; confirming
+/// is an update; export has no scope and is never allowed under scopes.
+fn scope_bits(op: Operation) -> u8 {
+    use crate::scope::Interaction as I;
+    match op {
+        Operation::View => I::Read.bit() | I::Search.bit(),
+        Operation::Create => I::Create.bit(),
+        Operation::Update | Operation::Confirm => I::Update.bit(),
+        Operation::Delete => I::Delete.bit(),
+        _ => 0,
     }
 }
 
@@ -1219,6 +1281,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn auth6_scopes_narrow_and_never_widen() {
+        let pol = default();
+        let his = zone(&pol, "his");
+        let all: Arc<crate::scope::ScopeSet> = Arc::new("user/*.cruds".parse().unwrap());
+        // A clerk with every scope still has only the clerk's rights.
+        let clerk = pol.rights(&p(Role::Clerk), his, Purpose::Treatment).narrowed(Arc::clone(&all));
+        assert!(!clerk.permits_names(Operation::View, ["general"]));
+        assert!(clerk.permits_names(Operation::View, ["administrative"]));
+        // A physician limited to reading Patients.
+        let only: Arc<crate::scope::ScopeSet> = Arc::new("user/Patient.rs".parse().unwrap());
+        let dr = pol.rights(&p(Role::Physician), his, Purpose::Treatment).narrowed(only);
+        assert!(dr.any(Operation::View));
+        assert!(!dr.any(Operation::Create) && !dr.any(Operation::Update) && !dr.any(Operation::Delete));
+        assert!(dr.permits_type(Operation::View, "Patient"));
+        assert!(!dr.permits_type(Operation::View, "Observation"));
+        assert_eq!(dr.viewable_types(), Some(vec!["Patient".to_string()]));
+        assert!(!dr.any(Operation::Export), "export has no scope");
+        // Administrators get nothing clinical with scopes either.
+        let admin = pol.rights(&p(Role::Administrator), his, Purpose::Treatment).narrowed(all);
+        assert!(!admin.any(Operation::View));
     }
 
     #[test]

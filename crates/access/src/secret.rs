@@ -18,6 +18,14 @@ pub enum SecretKind {
     /// A short-lived, single-use step of a login (`mamorit_…`): second factor, password change,
     /// enrolment.
     Ticket,
+    /// An OAuth 2.0 access token (`mamoria_…`, AUTH-6): short-lived, scoped.
+    OAuthAccess,
+    /// An OAuth 2.0 refresh token (`mamorir_…`): rotated on every use.
+    OAuthRefresh,
+    /// An OAuth 2.0 authorisation code (`mamoric_…`): single use, 60 s.
+    OAuthCode,
+    /// The anti-forgery token of a login page form (`mamorif_…`).
+    FormToken,
 }
 
 impl SecretKind {
@@ -25,6 +33,10 @@ impl SecretKind {
         match self {
             SecretKind::Session => "mamoris_",
             SecretKind::Ticket => "mamorit_",
+            SecretKind::OAuthAccess => "mamoria_",
+            SecretKind::OAuthRefresh => "mamorir_",
+            SecretKind::OAuthCode => "mamoric_",
+            SecretKind::FormToken => "mamorif_",
         }
     }
 }

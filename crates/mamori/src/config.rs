@@ -35,6 +35,8 @@ pub struct Config {
     pub lifecycle: LifecycleSection,
     /// `[patient_portal]`: the patient interface's own listener (ACL-4); off unless configured.
     pub patient_portal: Option<PatientPortalSection>,
+    #[serde(default)]
+    pub oauth: OAuthSection,
 }
 
 /// `[patient_portal]`: a listener separate from the internal one, serving the FHIR API and the
@@ -49,6 +51,49 @@ pub struct PatientPortalSection {
     pub private_key: Option<PathBuf>,
     /// Public base URL of the patient interface's FHIR endpoint (default: from the Host header).
     pub base_url: Option<String>,
+}
+
+/// `[oauth]`: OAuth 2.0 / SMART on FHIR (AUTH-6); docs/oauth.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSection {
+    /// Public base URL of the server (`https://emr.example.jp`): the issuer and the base of the
+    /// endpoint URLs; client assertions must name `<issuer>/oauth/token` as their audience.
+    /// Unset: derived from each request's Host header.
+    pub issuer: Option<String>,
+    /// Lifetime of an access token (1m-1h).
+    pub access_token_lifetime: String,
+    /// A refresh token's own limit; the login session's idle and absolute limits apply too.
+    pub refresh_token_lifetime: String,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        OAuthSection { issuer: None, access_token_lifetime: "5m".into(), refresh_token_lifetime: "10h".into() }
+    }
+}
+
+impl OAuthSection {
+    pub fn settings(&self) -> anyhow::Result<mamori_server::oauth_api::OAuthSettings> {
+        let access = parse_duration(&self.access_token_lifetime)?;
+        let refresh = parse_duration(&self.refresh_token_lifetime)?;
+        if access < time::Duration::minutes(1) || access > time::Duration::hours(1) {
+            bail!("oauth.access_token_lifetime must be between 1m and 1h");
+        }
+        if refresh < access {
+            bail!("oauth.refresh_token_lifetime must not be shorter than oauth.access_token_lifetime");
+        }
+        if let Some(i) = &self.issuer {
+            let host = i.strip_prefix("https://").unwrap_or("");
+            if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+                bail!("oauth.issuer must be an https:// URL without a path, such as https://emr.example.jp");
+            }
+        }
+        Ok(mamori_server::oauth_api::OAuthSettings {
+            issuer: self.issuer.clone(),
+            lifetimes: mamori_store::oauth::Lifetimes { access, refresh },
+        })
+    }
 }
 
 /// `[lifecycle]`: account lifecycle (AUTH-7).
@@ -582,6 +627,17 @@ temporary_credential_ttl = "24h"
 # Issuer name shown in authenticator apps.
 totp_issuer = "mamori"
 
+[oauth]
+# OAuth 2.0 / SMART on FHIR (AUTH-6; docs/oauth.md). Public base URL of this server, the issuer
+# and base of /oauth/authorize, /oauth/token, /oauth/revoke; backend services sign their client
+# assertions for "<issuer>/oauth/token". Unset: taken from each request's Host header.
+# issuer = "https://emr.example.jp"
+# Access tokens are short-lived (1m-1h).
+access_token_lifetime = "5m"
+# A refresh token's own limit; the sign-in session behind it (idle and absolute limits, the
+# per-account session limit) ends it sooner.
+refresh_token_lifetime = "10h"
+
 # The access policy (ACL-1..3, ACL-5): who may do what with which information category, from
 # which network zone, for which purpose. Without this section the built-in default applies (see
 # docs/access-control.md). Each list given here (`zone`, `category`, `grant`) replaces the
@@ -680,6 +736,7 @@ impl Config {
         self.login_policy()?;
         self.access_policy()?;
         self.lifecycle_policy()?;
+        self.oauth.settings()?;
         Ok(())
     }
 

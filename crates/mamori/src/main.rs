@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod client;
 mod clock;
 mod commands;
 mod config;
@@ -59,6 +60,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage OAuth clients: SMART apps and backend services (AUTH-6; docs/oauth.md).
+    Client {
+        #[command(subcommand)]
+        command: client::ClientCommand,
     },
     /// The tamper-evident audit trail: verify and export (AUD-2).
     Audit {
@@ -335,6 +341,7 @@ fn main() -> ExitCode {
             Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
                 commands::token_create(&data_dir, &user, ttl.as_deref()).await
             }
+            Command::Client { command } => client::run(command).await,
             Command::Check { data_dir } => commands::check(&data_dir).await,
             Command::Audit { command: AuditCommand::Verify { file, data_dir, key, checkpoint } } => {
                 match (file, data_dir) {

@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use mamori_access::scope::Interaction;
 use mamori_access::secret::{SecretKind, presented};
 use mamori_access::{CategorySet, Decision, Operation, Principal, Purpose, Rights, TokenHash, ZoneId};
 use mamori_store::{AccessContext, Action, Actor, AuditEvent};
@@ -94,7 +95,12 @@ impl Authenticated {
         // Clinical operations: the request-level gate is "allowed on some category"; the store
         // applies the per-category rights to each resource. Other operations are decided here.
         let decision = if Operation::CLINICAL.contains(&op) {
-            if self.ctx.rights.any(op) { Decision::Permit } else { Decision::Deny }
+            // AUTH-6: under SMART scopes the interaction must be in scope for the type too.
+            let in_scope = interaction_of(action).is_none_or(|i| self.ctx.rights.scope_permits(i, rtype));
+            if self.ctx.rights.any(op) && in_scope { Decision::Permit } else { Decision::Deny }
+        } else if self.ctx.rights.is_scoped() && op != Operation::Capabilities {
+            // An OAuth token carries clinical scopes only: nothing administrative.
+            Decision::Deny
         } else {
             state.policy.decide(&self.principal, op, CategorySet::EMPTY, self.zone, self.purpose)
         };
@@ -122,6 +128,19 @@ impl Authenticated {
     }
 }
 
+/// The SMART interaction a request's action is, for the scope check at the gate; `None` for a
+/// Bundle, whose entries the store checks one by one.
+fn interaction_of(action: Action) -> Option<Interaction> {
+    match action {
+        Action::Read | Action::Vread | Action::HistoryInstance => Some(Interaction::Read),
+        Action::Search | Action::HistoryType | Action::HistorySystem => Some(Interaction::Search),
+        Action::Create => Some(Interaction::Create),
+        Action::Update | Action::Patch => Some(Interaction::Update),
+        Action::Delete => Some(Interaction::Delete),
+        _ => None,
+    }
+}
+
 pub(crate) fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -133,10 +152,19 @@ pub(crate) fn source_of(req: &Request) -> String {
 pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id();
     let source = source_of(&req);
-    let (principal, session) = match bearer_principal(&state, req.headers()).await {
-        Ok(Some((p, session))) => (Some(p), session),
-        Ok(None) => (None, None),
+    // An OAuth access token (AUTH-6) names its client and carries scopes; otherwise an API
+    // token or a login session.
+    let oauth = match oauth_bearer(&state, req.headers()).await {
+        Ok(g) => g,
         Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
+    };
+    let (principal, session, scope, client) = match oauth {
+        Some(g) => (Some(g.principal), None, Some(Arc::new(g.scope)), Some(g.client_id)),
+        None => match bearer_principal(&state, req.headers()).await {
+            Ok(Some((p, session))) => (Some(p), session, None, None),
+            Ok(None) => (None, None, None, None),
+            Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
+        },
     };
     let Some(principal) = principal else {
         // AUD-1: failed authentication is recorded too (no name: the token identified nobody).
@@ -158,6 +186,7 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         Err(err) => {
             let mut ctx = AccessContext::anonymous(request_id.clone(), source);
             ctx.actor = Actor::Person(principal);
+            ctx.client = client;
             let (status, code) = err.audit_detail();
             let ev = AuditEvent::new(Action::Refused, status).with_detail(format!("{code}: purpose"));
             let resp = match state.store.record_event(ctx, ev).await {
@@ -169,7 +198,11 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     };
     // ACL-1: one decision per request, from job type, zone and purpose; the store applies it per
     // resource (information category).
-    let rights: Rights = request_rights(&state, &principal, zone, purpose);
+    let mut rights: Rights = request_rights(&state, &principal, zone, purpose);
+    // AUTH-6: scopes narrow what the policy allows, never widen it.
+    if let Some(scope) = scope {
+        rights = rights.narrowed(scope);
+    }
     if let Some(reason) = &emergency {
         tracing::warn!(
             target: "security",
@@ -185,6 +218,7 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         source,
         rights,
         emergency,
+        client,
     };
     req.extensions_mut().insert(Authenticated { principal, ctx, session, zone, purpose });
     with_request_id(next.run(req).await, &request_id)
@@ -203,6 +237,22 @@ fn request_rights(state: &crate::Shared, who: &Principal, zone: ZoneId, purpose:
         Rights::unrestricted()
     } else {
         state.policy.rights(who, zone, purpose)
+    }
+}
+
+/// Resolves an OAuth access token (`mamoria_…`), if the request presents one.
+async fn oauth_bearer(
+    state: &crate::Shared,
+    headers: &HeaderMap,
+) -> Result<Option<mamori_store::oauth::OAuthGrant>, mamori_store::StoreError> {
+    let hash = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|raw| presented(SecretKind::OAuthAccess, raw.trim()));
+    match hash {
+        Some(h) => state.store.authenticate_oauth(h, Arc::clone(&state.login)).await,
+        None => Ok(None),
     }
 }
 

@@ -119,10 +119,19 @@ fn if_match(h: &HeaderMap) -> Result<Option<u64>> {
         .transpose()
 }
 
-pub async fn metadata(State(s): St, Extension(auth): Auth) -> Result<Response> {
+pub async fn metadata(State(s): St, Extension(auth): Auth, Extension(conn): Conn, h: HeaderMap) -> Result<Response> {
     let ctx = auth.permit(&s, Operation::Capabilities, Action::Capabilities, None).await?;
     s.store.record_event(ctx, mamori_store::AuditEvent::new(Action::Capabilities, 200)).await?;
-    Ok(crate::respond::json_response(StatusCode::OK, s.capability.clone()))
+    // AUTH-6: the SMART OAuth endpoints in the security section (their URLs depend on the host).
+    let root = crate::oauth_api::root(&s, &h, Some(&conn));
+    let body = match serde_json::from_slice::<serde_json::Value>(&s.capability) {
+        Ok(mut cap) => {
+            cap["rest"][0]["security"] = crate::oauth_api::capability_security(&root);
+            serde_json::to_vec(&cap).unwrap_or_else(|_| s.capability.clone())
+        }
+        Err(_) => s.capability.clone(),
+    };
+    Ok(crate::respond::json_response(StatusCode::OK, body))
 }
 
 pub async fn read(

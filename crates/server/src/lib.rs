@@ -16,6 +16,7 @@ pub mod error;
 mod fhir_api;
 mod lifecycle_api;
 pub mod listener;
+pub mod oauth_api;
 mod patient;
 pub mod respond;
 pub mod syslog;
@@ -75,6 +76,10 @@ pub struct Shared {
     /// decision costs on the same server and data (BENCHMARKS.md, policy overhead).
     #[cfg(feature = "bench-baseline")]
     pub policy_bypass: std::sync::atomic::AtomicBool,
+    /// OAuth 2.0 / SMART settings (AUTH-6): issuer URL, token lifetimes.
+    pub oauth: oauth_api::OAuthSettings,
+    /// Sign-ins in progress on the authorisation page.
+    pub(crate) oauth_pending: oauth_api::PendingRequests,
     capability: Vec<u8>,
 }
 
@@ -104,6 +109,8 @@ impl Shared {
             lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
+            oauth: oauth_api::OAuthSettings::default(),
+            oauth_pending: oauth_api::PendingRequests::default(),
             capability: serde_json::to_vec(&cap).unwrap_or_default(),
         }
     }
@@ -126,6 +133,9 @@ impl Shared {
             lifecycle: Arc::clone(&self.lifecycle),
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
+            // The patient interface has no OAuth endpoints (no patient-facing SMART apps yet).
+            oauth: oauth_api::OAuthSettings::default(),
+            oauth_pending: oauth_api::PendingRequests::default(),
             capability: self.capability.clone(),
         }
     }
@@ -191,8 +201,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/{name}/enable", post(lifecycle_api::enable))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
+    let oauth = Router::new()
+        .route("/authorize", get(oauth_api::authorize_get).post(oauth_api::authorize_post))
+        .route("/token", post(oauth_api::token))
+        .route("/revoke", post(oauth_api::revoke))
+        .fallback(outside_fhir);
     Router::new()
         .nest("/auth", auth_api::routes())
+        .nest("/oauth", oauth)
+        // SMART discovery is public (apps read it before they have a token).
+        .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
         .nest("/admin", admin)
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(
@@ -236,6 +254,9 @@ async fn security_headers(mut resp: axum::response::Response) -> axum::response:
     h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    // A page that set its own policy (the OAuth sign-in page: form-action) keeps it.
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    }
     resp
 }

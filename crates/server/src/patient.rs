@@ -61,6 +61,7 @@ pub(crate) async fn require_patient(
         source,
         rights,
         emergency: None,
+        client: None,
     };
     req.extensions_mut().insert(Authenticated { principal, ctx, session, zone, purpose: Purpose::Treatment });
     with_request_id(next.run(req).await, &request_id)

@@ -8,10 +8,16 @@ use crate::model::{AccessContext, AuditEvent};
 
 /// The row's detail; break-glass requests are flagged with their reason (AUD-4 reviews them).
 fn detail(ctx: &AccessContext, ev: &AuditEvent) -> Option<String> {
-    match (&ctx.emergency, &ev.detail) {
+    let d = match (&ctx.emergency, &ev.detail) {
         (None, d) => d.clone(),
         (Some(reason), None) => Some(format!("emergency: {reason}")),
         (Some(reason), Some(d)) => Some(format!("{d}; emergency: {reason}")),
+    };
+    // AUTH-6: the OAuth client a request came through is named in every row.
+    match (&ctx.client, d) {
+        (None, d) => d,
+        (Some(c), None) => Some(format!("client: {c}")),
+        (Some(c), Some(d)) => Some(format!("{d}; client: {c}")),
     }
 }
 

@@ -522,9 +522,8 @@ pub fn audit_event_resource(e: &AuditEntry) -> serde_json::Value {
     // get their DICOM event types.
     let rest = match e.action.as_str() {
         "initialise" | "account-create" | "account-list" | "token-create" | "audit-review" | "audit-export"
-        | "integrity-check" | "clock-step" | "clock-status" | "status" | "role-request-list" | "account-report" => {
-            false
-        }
+        | "integrity-check" | "clock-step" | "clock-status" | "status" | "role-request-list" | "account-report"
+        | "oauth-client-list" => false,
         a if crate::identity::is_identity_action(a) => false,
         "refused" => e.outcome != 401,
         _ => true,

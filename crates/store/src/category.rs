@@ -18,20 +18,32 @@ use crate::StoreError;
 use crate::keyring::KeyRing;
 use crate::rows::{self, Protection, SealedRow, VERSION_COLUMNS};
 
-/// What a request may not see: resources in its hidden categories (ACL-2, ACL-3) and, for a
-/// patient's own request, everything outside their Patient compartment (ACL-4). Every read path
-/// and every write guard takes one.
+/// What a request may not see: resources in its hidden categories (ACL-2, ACL-3), for a
+/// patient's own request everything outside their Patient compartment (ACL-4), and under SMART
+/// scopes resources of types the scopes do not let it read or search (AUTH-6). Built once per
+/// request from its [`mamori_access::Rights`]; every read path and every write guard takes one.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Visibility {
     /// Categories the request may not view.
     pub hidden: Vec<String>,
     /// The Patient whose compartment the request is confined to.
     pub compartment: Option<String>,
+    /// The resource types the request may view; `None`: every type.
+    pub types: Option<Vec<String>>,
 }
 
 impl Visibility {
     pub(crate) fn of(rights: &mamori_access::Rights) -> Visibility {
-        Visibility { hidden: rights.hidden_names(), compartment: rights.compartment().map(str::to_string) }
+        Visibility {
+            hidden: rights.hidden_names(),
+            compartment: rights.compartment().map(str::to_string),
+            types: rights.viewable_types(),
+        }
+    }
+
+    /// Whether resources of `rtype` are invisible to the request whatever their category.
+    pub(crate) fn hides_type(&self, rtype: &str) -> bool {
+        self.types.as_ref().is_some_and(|t| !t.iter().any(|v| v == rtype))
     }
 
     /// Whether a resource whose version names the patients `patients` (the version's
@@ -68,6 +80,16 @@ pub(crate) fn current_seq(conn: &Connection, rtype: &str, id: &str) -> Result<Op
         .optional()?)
 }
 
+/// SQL keeping only viewable types (by the type column `col`); empty when every type is.
+pub(crate) fn type_filter(col: &str, vis: &Visibility, args: &mut Vec<Sql>) -> String {
+    match &vis.types {
+        None => String::new(),
+        Some(t) if t.is_empty() => " AND 0".to_string(),
+        // Unary + keeps the planner from choosing the type index for this test.
+        Some(t) => format!(" AND +{col} IN {}", list(t, args)),
+    }
+}
+
 /// `(?, ?, …)` with the hidden names as arguments.
 fn list(hidden: &[String], args: &mut Vec<Sql>) -> String {
     let mut s = String::from("(");
@@ -94,7 +116,8 @@ pub(crate) fn seq_filter(col: &str, hidden: &[String], args: &mut Vec<Sql>) -> S
 /// SQL excluding current resources (`resource_current` columns prefixed `p`, e.g. `c.`) the
 /// request may not see: a hidden category, or outside the confining compartment.
 pub(crate) fn current_filter(p: &str, vis: &Visibility, args: &mut Vec<Sql>) -> String {
-    let mut s = seq_filter(&format!("{p}seq"), &vis.hidden, args);
+    let mut s = type_filter(&format!("{p}rtype"), vis, args);
+    s.push_str(&seq_filter(&format!("{p}seq"), &vis.hidden, args));
     if let Some(patient) = &vis.compartment {
         s.push_str(&format!(" AND {p}first_seq IN (SELECT rid FROM idx_compartment WHERE patient = ?)"));
         args.push(Sql::Text(patient.clone()));
@@ -111,9 +134,9 @@ fn names_patient(col: &str, patient: &str, args: &mut Vec<Sql>) -> String {
 /// SQL excluding history rows (alias `v`) whose version or whose resource's current version
 /// carries a hidden category or lies outside the confining compartment.
 pub(crate) fn history_filter(vis: &Visibility, args: &mut Vec<Sql>) -> String {
-    let mut s = String::new();
+    let mut s = type_filter("v.rtype", vis, args);
     if !vis.hidden.is_empty() {
-        s = seq_filter("v.seq", &vis.hidden, args);
+        s.push_str(&seq_filter("v.seq", &vis.hidden, args));
         s.push_str(&format!(
             " AND NOT EXISTS (SELECT 1 FROM resource_current hc JOIN resource_category hk ON hk.seq = hc.seq \
              WHERE hc.rtype = v.rtype AND hc.id = v.id AND hk.category IN {})",
@@ -145,7 +168,7 @@ pub(crate) fn is_invisible(
     id: &str,
     version: Option<u64>,
 ) -> Result<bool, StoreError> {
-    if is_hidden(conn, &vis.hidden, rtype, id, version)? {
+    if vis.hides_type(rtype) || is_hidden(conn, &vis.hidden, rtype, id, version)? {
         return Ok(true);
     }
     if vis.compartment.is_none() {

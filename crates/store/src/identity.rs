@@ -106,6 +106,11 @@ pub(crate) fn is_authentication_action(a: &str) -> bool {
             | "session-evict"
             | "recovery-code-use"
             | "temporary-credential-use"
+            | "oauth-authorize"
+            | "oauth-token"
+            | "oauth-refresh"
+            | "oauth-revoke"
+            | "oauth-failure"
     )
 }
 
@@ -126,6 +131,8 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
                 | "role-approve"
                 | "role-reject"
                 | "role-request-expire"
+                | "oauth-client-register"
+                | "oauth-client-remove"
         )
 }
 
@@ -218,28 +225,29 @@ pub(crate) const TOUCH_EVERY_US: i64 = 60_000_000;
 
 /// Audit rows a writer job collects; appended after its data changes, in the same transaction.
 #[derive(Default)]
-struct Events(Vec<(AccessContext, AuditEvent)>);
+pub(crate) struct Events(Vec<(AccessContext, AuditEvent)>);
 
 impl Events {
-    fn push(&mut self, ctx: &AccessContext, ev: AuditEvent) {
+    pub(crate) fn push(&mut self, ctx: &AccessContext, ev: AuditEvent) {
         self.0.push((ctx.clone(), ev));
     }
 }
 
 /// An outcome that is a failure but whose bookkeeping (counters, audit) must be kept.
-type Kept<T> = Result<T, StoreError>;
+pub(crate) type Kept<T> = Result<T, StoreError>;
 
-fn dur_us(d: time::Duration) -> i64 {
+pub(crate) fn dur_us(d: time::Duration) -> i64 {
     (d.whole_microseconds()).clamp(0, i128::from(i64::MAX)) as i64
 }
 
-fn person(ctx: &AccessContext, account: &str, role: Role) -> AccessContext {
+pub(crate) fn person(ctx: &AccessContext, account: &str, role: Role) -> AccessContext {
     AccessContext {
         request_id: ctx.request_id.clone(),
         actor: Actor::Person(Principal { account: account.to_string(), role }),
         source: ctx.source.clone(),
         rights: mamori_access::Rights::none(),
         emergency: None,
+        client: ctx.client.clone(),
     }
 }
 
@@ -251,7 +259,7 @@ fn acting(ctx: &AccessContext, account: &str, role: Option<Role>) -> AccessConte
     }
 }
 
-fn account_target(ev: AuditEvent, account: &str) -> AuditEvent {
+pub(crate) fn account_target(ev: AuditEvent, account: &str) -> AuditEvent {
     ev.with_target("account", Some(account.to_string()))
 }
 
@@ -473,7 +481,7 @@ impl SqliteStore {
     /// Runs `f` as one writer job: its data changes in a savepoint (undone if it fails with the
     /// outer error), then the audit rows it collected, in the same transaction. The inner result
     /// is a failure whose bookkeeping is kept (failed logins count).
-    async fn identity_job<T: Send + 'static>(
+    pub(crate) async fn identity_job<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Tx<'_>, &mut Events) -> Result<Kept<T>, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -508,7 +516,7 @@ impl SqliteStore {
             .and_then(|kept| kept)
     }
 
-    fn now_us(&self) -> i64 {
+    pub(crate) fn now_us(&self) -> i64 {
         to_micros(self.inner.clock.now())
     }
 

@@ -21,6 +21,7 @@ mod keyring;
 pub mod keys;
 pub mod lifecycle;
 pub mod model;
+pub mod oauth;
 pub mod patients;
 pub mod query;
 mod rows;
@@ -67,7 +68,9 @@ pub struct Page {
 
 /// The storage contract the request path is written against. The SQLite store implements it
 /// today; a PostgreSQL store implements the same trait and passes the same conformance tests.
-pub trait Store: identity::Identity + lifecycle::Lifecycle + patients::PatientAccounts + Send + Sync + 'static {
+pub trait Store:
+    identity::Identity + lifecycle::Lifecycle + patients::PatientAccounts + oauth::OAuth + Send + Sync + 'static
+{
     /// Resolves a bearer token to its (enabled, unexpired) account.
     fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>>;
     /// Records an event that touches no record: a refused request (no token, denied, bad

@@ -48,6 +48,10 @@ pub struct AccessContext {
     pub rights: Rights,
     /// Break-glass (purpose `emergency`): the stated reason, recorded with every audit row.
     pub emergency: Option<String>,
+    /// The OAuth client the request came through (AUTH-6), recorded with every audit row: for a
+    /// user's token the actor is the person and this names the app; for a system client both
+    /// name the client.
+    pub client: Option<String>,
 }
 
 impl AccessContext {
@@ -59,6 +63,7 @@ impl AccessContext {
             source: source.into(),
             rights: Rights::none(),
             emergency: None,
+            client: None,
         }
     }
 
@@ -70,6 +75,7 @@ impl AccessContext {
             source: "local".into(),
             rights: Rights::unrestricted(),
             emergency: None,
+            client: None,
         }
     }
 
@@ -162,6 +168,22 @@ pub enum Action {
     RoleRequestList,
     /// Someone produced the account review report (AUTH-7).
     AccountReport,
+    /// An OAuth client was registered (AUTH-6).
+    OAuthClientRegister,
+    /// An OAuth client was removed; its tokens stopped working.
+    OAuthClientRemove,
+    /// Someone listed the OAuth clients.
+    OAuthClientList,
+    /// An authorisation code was issued to an app after a person signed in.
+    OAuthAuthorize,
+    /// Tokens were issued (code exchange or client credentials).
+    OAuthToken,
+    /// A refresh token was exchanged for new tokens (rotation).
+    OAuthRefresh,
+    /// Tokens were revoked (by the client, or on reuse of a code or refresh token).
+    OAuthRevoke,
+    /// A token request was refused; the detail says why.
+    OAuthFailure,
 }
 
 impl Action {
@@ -212,6 +234,14 @@ impl Action {
             Action::RoleRequestExpire => "role-request-expire",
             Action::RoleRequestList => "role-request-list",
             Action::AccountReport => "account-report",
+            Action::OAuthClientRegister => "oauth-client-register",
+            Action::OAuthClientRemove => "oauth-client-remove",
+            Action::OAuthClientList => "oauth-client-list",
+            Action::OAuthAuthorize => "oauth-authorize",
+            Action::OAuthToken => "oauth-token",
+            Action::OAuthRefresh => "oauth-refresh",
+            Action::OAuthRevoke => "oauth-revoke",
+            Action::OAuthFailure => "oauth-failure",
         }
     }
 }

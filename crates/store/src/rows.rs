@@ -135,6 +135,9 @@ pub(crate) fn load_current_visible(
     id: &str,
     vis: &Visibility,
 ) -> Result<Current, StoreError> {
+    if vis.hides_type(rtype.as_str()) {
+        return Ok(Current::Hidden);
+    }
     let hidden = &vis.hidden;
     let check = if hidden.is_empty() {
         "0".to_string()

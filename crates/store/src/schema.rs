@@ -172,6 +172,7 @@ CREATE TABLE patient_flag (
 ) WITHOUT ROWID;
 "#,
     crate::patients::MIGRATION,
+    crate::oauth::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

@@ -218,7 +218,9 @@ impl Tx<'_> {
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         let names = category::of_seq(self.conn, seq)?;
-        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+        if !self.rights.permits_type(op, rtype.as_str())
+            || !self.rights.permits_names(op, names.iter().map(String::as_str))
+        {
             return Err(StoreError::Forbidden);
         }
         Ok(names)
@@ -254,8 +256,15 @@ impl Tx<'_> {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
-        // Invisible to the caller: answer as for a missing resource before If-Match can tell.
-        if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
+        // AUTH-6: a type outside the token's read scopes can at most be created (`.c` alone).
+        if self.hidden.hides_type(rtype.as_str()) {
+            if rows::current_state(self.conn, rtype, id)?.is_some()
+                || !self.rights.permits_type(Operation::Create, rtype.as_str())
+            {
+                return Err(StoreError::Forbidden);
+            }
+        } else if category::is_invisible(self.conn, self.hidden, rtype.as_str(), id, None)? {
+            // Invisible to the caller: answer as for a missing resource before If-Match can tell.
             return Err(StoreError::NotFound(format!("{rtype}/{id}")));
         }
         if let Some(expected) = if_match {
@@ -359,7 +368,10 @@ impl Tx<'_> {
         if live {
             self.guard_existing(rtype, id, Operation::Update)?;
         }
-        if !self.rights.permits_names(op, names.iter().map(String::as_str)) {
+        // AUTH-6: under SMART scopes the type must be in scope for the operation too.
+        if !self.rights.permits_type(op, rtype.as_str())
+            || !self.rights.permits_names(op, names.iter().map(String::as_str))
+        {
             return Err(StoreError::Forbidden);
         }
         let patients = patient_ids(&body, rtype);

@@ -23,6 +23,7 @@ fn ctx() -> AccessContext {
         source: "127.0.0.1".into(),
         rights: mamori_access::Rights::unrestricted(),
         emergency: None,
+        client: None,
     }
 }
 

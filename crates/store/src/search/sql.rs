@@ -729,7 +729,7 @@ fn includes(ctx: &Ctx<'_>, q: &SearchQuery, page: &[(VersionRecord, i64)]) -> Re
         }
         let mut next = Vec::new();
         for (t, id) in found {
-            if !seen.insert((t.clone(), id.clone())) {
+            if !seen.insert((t.clone(), id.clone())) || ctx.hidden.hides_type(&t) {
                 continue;
             }
             let mut args = vec![Sql::Text(t.clone()), Sql::Text(id.clone())];

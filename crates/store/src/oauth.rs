@@ -1,0 +1,861 @@
+//! OAuth 2.0 for SMART on FHIR (AUTH-6): the client registry, authorisation codes (PKCE S256),
+//! access and refresh tokens, revocation and the `private_key_jwt` replay cache.
+//!
+//! Every secret (code, access token, refresh token) is random, shown once, and stored as its
+//! SHA-256 only. Tokens belong to a *family*: the tokens issued from one code (or one client
+//! credentials grant) and every rotation of them. A family of a person's app is bound to the
+//! login session the person created on the authorisation page, so the session's idle and
+//! absolute timeouts, the per-account session limit, logout, password change and account
+//! disabling end the app's tokens too. Reusing a spent code or a rotated refresh token revokes
+//! the whole family (OAuth 2.0 Security BCP §4.14).
+//!
+//! Protocol refusals (`invalid_grant`, …) are the inner error of [`Refusal`]; they are audited
+//! as `oauth-failure` rows with the reason, while the client only learns the RFC 6749 code.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mamori_access::scope::ScopeSet;
+use mamori_access::secret::{IssuedSecret, SecretKind, presented};
+use mamori_access::{Principal, Role, SharedLoginPolicy, TokenHash};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::identity::{Events, Kept, dur_us, person};
+use crate::model::{AccessContext, Action, AuditEvent};
+use crate::writes::Tx;
+use crate::{SqliteStore, StoreError, StoreFuture};
+
+/// Schema of the OAuth tables, appended to the records database's migration chain.
+pub(crate) const MIGRATION: &str = r#"
+-- Registered clients (no dynamic registration): 'public' SMART apps with exact redirect URIs,
+-- 'system' backend services with a JWK Set of public keys and a job type for the policy.
+CREATE TABLE oauth_client (
+    client_id     TEXT PRIMARY KEY,
+    kind          TEXT    NOT NULL,
+    name          TEXT    NOT NULL,
+    redirect_uris TEXT    NOT NULL,
+    scope         TEXT    NOT NULL,
+    jwks          TEXT,
+    role          TEXT,
+    created_us    INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Authorisation codes: single use, short-lived, bound to client, redirect URI, PKCE challenge
+-- and the login session. family: the tokens the code was exchanged for (revoked on replay).
+CREATE TABLE oauth_code (
+    hash         BLOB PRIMARY KEY,
+    client_id    TEXT    NOT NULL,
+    account      TEXT    NOT NULL,
+    session      BLOB    NOT NULL,
+    redirect_uri TEXT    NOT NULL,
+    challenge    TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    expires_us   INTEGER NOT NULL,
+    used_us      INTEGER,
+    family       TEXT
+) WITHOUT ROWID;
+-- Token families: one grant and its rotations. account/session NULL for system clients.
+CREATE TABLE oauth_family (
+    id         TEXT PRIMARY KEY,
+    client_id  TEXT    NOT NULL,
+    account    TEXT,
+    session    BLOB,
+    scope      TEXT    NOT NULL,
+    created_us INTEGER NOT NULL,
+    revoked_us INTEGER
+) WITHOUT ROWID;
+CREATE INDEX oauth_family_by_client ON oauth_family (client_id);
+-- Access and refresh tokens (SHA-256). used_us: a refresh token's rotation.
+CREATE TABLE oauth_token (
+    hash       BLOB PRIMARY KEY,
+    family     TEXT    NOT NULL REFERENCES oauth_family(id),
+    kind       TEXT    NOT NULL,
+    scope      TEXT    NOT NULL,
+    created_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    used_us    INTEGER
+) WITHOUT ROWID;
+CREATE INDEX oauth_token_by_family ON oauth_token (family);
+-- private_key_jwt replay cache: a jti is refused until its assertion has expired.
+CREATE TABLE oauth_jti (
+    client_id  TEXT    NOT NULL,
+    jti        TEXT    NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (client_id, jti)
+) WITHOUT ROWID;
+"#;
+
+/// How long an authorisation code may be exchanged.
+pub const CODE_TTL_US: i64 = 60_000_000;
+
+/// Token lifetimes, from `[oauth]` in the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    pub access: time::Duration,
+    /// A refresh token's own limit; the login session's idle and absolute limits apply as well.
+    pub refresh: time::Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes { access: time::Duration::minutes(5), refresh: time::Duration::hours(10) }
+    }
+}
+
+/// A registered client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub client_id: String,
+    pub kind: ClientKind,
+    pub name: String,
+    pub scope: ScopeSet,
+    pub created_us: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum ClientKind {
+    /// A SMART app used by people: authorisation code + PKCE, exact redirect URIs.
+    Public { redirect_uris: Vec<String> },
+    /// A backend service: client credentials with `private_key_jwt`; acts with `role`.
+    System { jwks: String, role: Role },
+}
+
+impl ClientKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClientKind::Public { .. } => "public",
+            ClientKind::System { .. } => "system",
+        }
+    }
+}
+
+/// What an authorisation code binds.
+pub struct CodeGrant {
+    /// The login session the person created on the authorisation page.
+    pub session: TokenHash,
+    pub account: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// PKCE S256 challenge: BASE64URL(SHA-256(verifier)).
+    pub challenge: String,
+    pub scope: ScopeSet,
+}
+
+/// A token request with an authorisation code (RFC 6749 §4.1.3, RFC 7636 §4.5).
+pub struct CodeExchange {
+    pub client_id: String,
+    pub code: Zeroizing<String>,
+    pub redirect_uri: String,
+    pub verifier: Zeroizing<String>,
+}
+
+/// Tokens handed to a client (RFC 6749 §5.1).
+pub struct Tokens {
+    pub access_token: Zeroizing<String>,
+    pub expires_in: i64,
+    pub refresh_token: Option<Zeroizing<String>>,
+    pub scope: ScopeSet,
+    /// The person, for user tokens.
+    pub account: Option<String>,
+}
+
+/// A protocol refusal: the RFC 6749 §5.2 error code, and the reason for the audit trail (not
+/// shown to the client beyond a generic description).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: &'static str,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    fn grant(reason: &'static str) -> Refusal {
+        Refusal { error: "invalid_grant", reason }
+    }
+}
+
+/// What an access token stands for at request time.
+#[derive(Clone, Debug)]
+pub struct OAuthGrant {
+    /// The person, or for a system client `client:<id>` with the client's job type.
+    pub principal: Principal,
+    pub client_id: String,
+    pub scope: ScopeSet,
+}
+
+/// The principal name a system client acts under: account names cannot contain ':', so it
+/// never collides with a person.
+pub fn client_principal_name(client_id: &str) -> String {
+    format!("client:{client_id}")
+}
+
+/// Client ids: short and plain, like account names.
+pub fn check_client_id(raw: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&raw.len())
+        && raw.as_bytes()[0].is_ascii_alphanumeric()
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "invalid",
+            "client ids are 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ))
+    }
+}
+
+/// PKCE S256: BASE64URL(SHA-256(ASCII(verifier))) (RFC 7636 §4.2). Verifiers are 43-128
+/// unreserved characters (§4.1).
+pub fn pkce_s256(verifier: &str) -> Option<String> {
+    let ok = (43..=128).contains(&verifier.len())
+        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    ok.then(|| URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())))
+}
+
+/// The OAuth operations; each is audited.
+pub trait OAuth: Send + Sync {
+    /// A client by id (no audit: used to validate a request before anything is issued).
+    fn oauth_client(&self, client_id: String) -> StoreFuture<'_, Option<Client>>;
+    fn issue_code(&self, ctx: AccessContext, grant: CodeGrant) -> StoreFuture<'_, Zeroizing<String>>;
+    fn exchange_code(
+        &self,
+        ctx: AccessContext,
+        req: CodeExchange,
+        policy: SharedLoginPolicy,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
+    fn refresh(
+        &self,
+        ctx: AccessContext,
+        client_id: String,
+        refresh_token: Zeroizing<String>,
+        scope: Option<ScopeSet>,
+        policy: SharedLoginPolicy,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
+    /// Issues a system client's token after its assertion was verified; `jti` until `jti_exp_s`
+    /// is remembered and refused if seen again.
+    fn client_credentials(
+        &self,
+        ctx: AccessContext,
+        client_id: String,
+        jti: String,
+        jti_exp_s: i64,
+        scope: ScopeSet,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
+    /// RFC 7009: revokes an access token, or a refresh token and its whole family. Unknown
+    /// tokens are not an error (the answer is the same).
+    fn revoke_token(&self, ctx: AccessContext, client_id: String, token: Zeroizing<String>) -> StoreFuture<'_, ()>;
+    /// Records a refused token request (bad client, bad assertion, bad parameters).
+    fn oauth_failure(&self, ctx: AccessContext, client_id: Option<String>, reason: String) -> StoreFuture<'_, ()>;
+    /// Resolves an access token: unexpired, family not revoked, client registered, and for a
+    /// person's token the login session alive (idle and absolute limits) and the account enabled.
+    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>>;
+}
+
+fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
+    let client_id: String = r.get(0)?;
+    let kind: String = r.get(1)?;
+    let name: String = r.get(2)?;
+    let uris: String = r.get(3)?;
+    let scope: String = r.get(4)?;
+    let jwks: Option<String> = r.get(5)?;
+    let role: Option<String> = r.get(6)?;
+    let created_us: i64 = r.get(7)?;
+    let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
+    let kind = match (kind.as_str(), jwks, role.and_then(|r| r.parse::<Role>().ok())) {
+        ("public", _, _) => ClientKind::Public { redirect_uris: serde_json::from_str(&uris).unwrap_or_default() },
+        ("system", Some(jwks), Some(role)) => ClientKind::System { jwks, role },
+        _ => return Ok(None),
+    };
+    Ok(Some(Client { client_id, kind, name, scope, created_us }))
+}
+
+const CLIENT_COLUMNS: &str = "client_id, kind, name, redirect_uris, scope, jwks, role, created_us";
+
+fn load_client(c: &Connection, client_id: &str) -> Result<Option<Client>, StoreError> {
+    Ok(c.prepare_cached(&format!("SELECT {CLIENT_COLUMNS} FROM oauth_client WHERE client_id = ?1"))?
+        .query_row([client_id], client_from_row)
+        .optional()?
+        .flatten())
+}
+
+fn client_ctx(ctx: &AccessContext, client_id: &str) -> AccessContext {
+    AccessContext { client: Some(client_id.to_string()), ..ctx.clone() }
+}
+
+fn refusal_event(reason: &str) -> AuditEvent {
+    AuditEvent::new(Action::OAuthFailure, 400).with_detail(reason.to_string())
+}
+
+/// Whether a login session is alive now: present, within its absolute and idle limits, and its
+/// account enabled. Returns the account's role.
+fn session_alive(
+    c: &Connection,
+    session: &[u8],
+    now: i64,
+    policy: &mamori_access::LoginPolicy,
+) -> Result<Option<(String, Role, i64)>, StoreError> {
+    let row: Option<(String, String, i64, i64)> = c
+        .prepare_cached(
+            "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
+             JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL",
+        )?
+        .query_row([session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((account, role, last_used, expires)) = row else { return Ok(None) };
+    if now >= expires || now >= last_used + dur_us(policy.sessions.idle_timeout) {
+        return Ok(None);
+    }
+    Ok(role.parse::<Role>().ok().map(|r| (account, r, last_used)))
+}
+
+struct Issued {
+    access: Zeroizing<String>,
+    refresh: Option<Zeroizing<String>>,
+}
+
+fn issue_tokens(
+    c: &Connection,
+    family: &str,
+    scope: &ScopeSet,
+    now: i64,
+    lifetimes: Lifetimes,
+    with_refresh: bool,
+) -> Result<Issued, StoreError> {
+    let scope_s = scope.to_string();
+    let a = IssuedSecret::generate(SecretKind::OAuthAccess);
+    let mut ins = c.prepare_cached(
+        "INSERT INTO oauth_token (hash, family, kind, scope, created_us, expires_us, used_us) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+    )?;
+    ins.execute(params![&a.hash().0[..], family, "access", scope_s, now, now + dur_us(lifetimes.access)])?;
+    let refresh = if with_refresh {
+        let r = IssuedSecret::generate(SecretKind::OAuthRefresh);
+        ins.execute(params![&r.hash().0[..], family, "refresh", scope_s, now, now + dur_us(lifetimes.refresh)])?;
+        Some(Zeroizing::new(r.text().to_string()))
+    } else {
+        None
+    };
+    Ok(Issued { access: Zeroizing::new(a.text().to_string()), refresh })
+}
+
+/// Revokes a family (every token in it stops working at once); returns whether it was live.
+fn revoke_family(c: &Connection, family: &str, now: i64) -> Result<bool, StoreError> {
+    let n = c.execute(
+        "UPDATE oauth_family SET revoked_us = ?1 WHERE id = ?2 AND revoked_us IS NULL",
+        params![now, family],
+    )?;
+    Ok(n == 1)
+}
+
+impl SqliteStore {
+    // ---- operator actions (CLI), audited ----------------------------------------------------
+
+    /// Registers a client. The scopes are what the client may ever be granted.
+    pub async fn register_client(
+        &self,
+        ctx: AccessContext,
+        client_id: String,
+        name: String,
+        kind: ClientKind,
+        scope: ScopeSet,
+    ) -> Result<(), StoreError> {
+        check_client_id(&client_id)?;
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(StoreError::invalid("invalid", "the client name must be 1-100 printable characters"));
+        }
+        match &kind {
+            ClientKind::Public { redirect_uris } if redirect_uris.is_empty() => {
+                return Err(StoreError::invalid(
+                    "invalid",
+                    "a public (SMART app) client needs at least one redirect URI",
+                ));
+            }
+            ClientKind::Public { .. } if scope.has_context(mamori_access::scope::Context::System) => {
+                return Err(StoreError::invalid("invalid", "system/ scopes are for system clients"));
+            }
+            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::User) => {
+                return Err(StoreError::invalid("invalid", "user/ scopes are for apps used by people"));
+            }
+            _ => {}
+        }
+        let (uris, jwks, role) = match &kind {
+            ClientKind::Public { redirect_uris } => {
+                (serde_json::to_string(redirect_uris).map_err(StoreError::internal)?, None, None)
+            }
+            ClientKind::System { jwks, role } => ("[]".to_string(), Some(jwks.clone()), Some(role.as_str())),
+        };
+        let kind_s = kind.as_str();
+        let scope_s = scope.to_string();
+        self.identity_job(move |tx, ev| {
+            let exists: bool = tx.conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM oauth_client WHERE client_id = ?1)",
+                [&client_id],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Ok(Err(StoreError::PreconditionFailed(format!("client '{client_id}' already exists"))));
+            }
+            tx.conn.execute(
+                "INSERT INTO oauth_client (client_id, kind, name, redirect_uris, scope, jwks, role, created_us) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![client_id, kind_s, name, uris, scope_s, jwks, role, tx.now_us],
+            )?;
+            ev.push(
+                &ctx,
+                AuditEvent::new(Action::OAuthClientRegister, 201)
+                    .with_target("oauth-client", Some(client_id.clone()))
+                    .with_detail(format!("{kind_s}; scope {scope_s}")),
+            );
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Removes a client: every token it holds stops working at once.
+    pub async fn remove_client(&self, ctx: AccessContext, client_id: String) -> Result<(), StoreError> {
+        self.identity_job(move |tx, ev| {
+            let n = tx.conn.execute("DELETE FROM oauth_client WHERE client_id = ?1", [&client_id])?;
+            if n == 0 {
+                return Ok(Err(StoreError::NotFound(format!("client '{client_id}'"))));
+            }
+            let revoked = tx.conn.execute(
+                "UPDATE oauth_family SET revoked_us = ?1 WHERE client_id = ?2 AND revoked_us IS NULL",
+                params![tx.now_us, client_id],
+            )?;
+            tx.conn.execute("DELETE FROM oauth_code WHERE client_id = ?1", [&client_id])?;
+            ev.push(
+                &ctx,
+                AuditEvent::new(Action::OAuthClientRemove, 200)
+                    .with_target("oauth-client", Some(client_id.clone()))
+                    .with_detail(format!("{revoked} token famil(ies) revoked")),
+            );
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Every registered client.
+    pub async fn list_clients(&self, ctx: AccessContext) -> Result<Vec<Client>, StoreError> {
+        let clients = self.inner.engine.read_now(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {CLIENT_COLUMNS} FROM oauth_client ORDER BY client_id"))?;
+            let rows = stmt.query_map([], client_from_row)?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let Some(cl) = r? {
+                    out.push(cl);
+                }
+            }
+            Ok(out)
+        })?;
+        self.audit(ctx, AuditEvent::new(Action::OAuthClientList, 200)).await?;
+        Ok(clients)
+    }
+
+    // ---- protocol ---------------------------------------------------------------------------
+
+    async fn exchange_code_now(
+        &self,
+        ctx: AccessContext,
+        req: CodeExchange,
+        policy: SharedLoginPolicy,
+        lifetimes: Lifetimes,
+    ) -> Result<Result<Tokens, Refusal>, StoreError> {
+        let ctx = client_ctx(&ctx, &req.client_id);
+        self.identity_job(move |tx, ev| Ok(Ok(exchange(tx, ev, &ctx, &req, &policy, lifetimes)?))).await
+    }
+}
+
+type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>);
+
+fn exchange(
+    tx: &Tx<'_>,
+    ev: &mut Events,
+    ctx: &AccessContext,
+    req: &CodeExchange,
+    policy: &mamori_access::LoginPolicy,
+    lifetimes: Lifetimes,
+) -> Result<Result<Tokens, Refusal>, StoreError> {
+    let (client_id, code, redirect_uri, verifier) =
+        (req.client_id.as_str(), req.code.as_str(), req.redirect_uri.as_str(), req.verifier.as_str());
+    let now = tx.now_us;
+    let refuse = |reason: &'static str, ev: &mut Events| -> Result<Result<Tokens, Refusal>, StoreError> {
+        ev.push(ctx, refusal_event(reason));
+        Ok(Err(Refusal::grant(reason)))
+    };
+    let Some(hash) = presented(SecretKind::OAuthCode, code) else { return refuse("malformed code", ev) };
+    let row: Option<Row> = tx
+        .conn
+        .prepare_cached(
+            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family \
+             FROM oauth_code WHERE hash = ?1",
+        )?
+        .query_row([&hash.0[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        })
+        .optional()?;
+    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family)) = row else {
+        return refuse("unknown code", ev);
+    };
+    if used.is_some() {
+        // A replayed code: whatever it was exchanged for is revoked (RFC 6749 §4.1.2).
+        if let Some(f) = &family
+            && revoke_family(tx.conn, f, now)?
+        {
+            tracing::warn!(target: "security", client = %code_client, "authorisation code replayed; its tokens revoked");
+            ev.push(
+                ctx,
+                AuditEvent::new(Action::OAuthRevoke, 200)
+                    .with_target("account", Some(account.clone()))
+                    .with_detail("code replayed: tokens issued for it revoked"),
+            );
+        }
+        return refuse("code replayed", ev);
+    }
+    if code_client != client_id {
+        return refuse("code issued to another client", ev);
+    }
+    if now >= expires {
+        return refuse("code expired", ev);
+    }
+    if code_redirect != redirect_uri {
+        return refuse("redirect_uri differs from the authorisation request", ev);
+    }
+    // The code is spent on any further attempt, right or wrong (no verifier guessing).
+    tx.conn.execute("UPDATE oauth_code SET used_us = ?1 WHERE hash = ?2", params![now, &hash.0[..]])?;
+    if pkce_s256(verifier).as_deref() != Some(challenge.as_str()) {
+        return refuse("PKCE code_verifier does not match", ev);
+    }
+    let Some((acct, role, _)) = session_alive(tx.conn, &session, now, policy)? else {
+        return refuse("the login session has ended", ev);
+    };
+    let Ok(scope) = scope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
+    let family = uuid::Uuid::new_v4().to_string();
+    tx.conn.execute(
+        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+        params![family, client_id, acct, session, scope.to_string(), now],
+    )?;
+    tx.conn.execute("UPDATE oauth_code SET family = ?1 WHERE hash = ?2", params![family, &hash.0[..]])?;
+    let with_refresh = scope.offline_access || scope.online_access;
+    let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, with_refresh)?;
+    let who = person(ctx, &acct, role);
+    ev.push(
+        &who,
+        AuditEvent::new(Action::OAuthToken, 200)
+            .with_target("account", Some(acct.clone()))
+            .with_detail(format!("authorization_code; scope {scope}")),
+    );
+    Ok(Ok(Tokens {
+        access_token: issued.access,
+        expires_in: lifetimes.access.whole_seconds(),
+        refresh_token: issued.refresh,
+        scope,
+        account: Some(acct),
+    }))
+}
+
+impl OAuth for SqliteStore {
+    fn oauth_client(&self, client_id: String) -> StoreFuture<'_, Option<Client>> {
+        Box::pin(async move { self.inner.engine.read_now(move |c| load_client(c, &client_id)) })
+    }
+
+    fn issue_code(&self, ctx: AccessContext, grant: CodeGrant) -> StoreFuture<'_, Zeroizing<String>> {
+        Box::pin(async move {
+            let ctx = client_ctx(&ctx, &grant.client_id);
+            self.identity_job(move |tx, ev| {
+                let now = tx.now_us;
+                tx.conn.execute("DELETE FROM oauth_code WHERE expires_us <= ?1 AND used_us IS NULL", [now])?;
+                let code = IssuedSecret::generate(SecretKind::OAuthCode);
+                let scope = grant.scope.to_string();
+                tx.conn.execute(
+                    "INSERT INTO oauth_code (hash, client_id, account, session, redirect_uri, challenge, scope, \
+                     expires_us, used_us, family) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)",
+                    params![
+                        &code.hash().0[..],
+                        grant.client_id,
+                        grant.account,
+                        &grant.session.0[..],
+                        grant.redirect_uri,
+                        grant.challenge,
+                        scope,
+                        now + CODE_TTL_US
+                    ],
+                )?;
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthAuthorize, 200)
+                        .with_target("account", Some(grant.account.clone()))
+                        .with_detail(format!("code issued; scope {scope}")),
+                );
+                Ok(Ok(Zeroizing::new(code.text().to_string())))
+            })
+            .await
+        })
+    }
+
+    fn exchange_code(
+        &self,
+        ctx: AccessContext,
+        req: CodeExchange,
+        policy: SharedLoginPolicy,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
+        Box::pin(self.exchange_code_now(ctx, req, policy, lifetimes))
+    }
+
+    fn refresh(
+        &self,
+        ctx: AccessContext,
+        client_id: String,
+        refresh_token: Zeroizing<String>,
+        scope: Option<ScopeSet>,
+        policy: SharedLoginPolicy,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
+        let ctx = client_ctx(&ctx, &client_id);
+        Box::pin(self.identity_job(move |tx, ev| {
+            let now = tx.now_us;
+            let refuse = |reason: &'static str, ev: &mut Events| -> Result<Kept<Result<Tokens, Refusal>>, StoreError> {
+                ev.push(&ctx, refusal_event(reason));
+                Ok(Ok(Err(Refusal::grant(reason))))
+            };
+            let Some(hash) = presented(SecretKind::OAuthRefresh, &refresh_token) else {
+                return refuse("malformed refresh token", ev);
+            };
+            type R = (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>);
+            let row: Option<R> = tx
+                .conn
+                .prepare_cached(
+                    "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us \
+                     FROM oauth_token t JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1 AND t.kind = 'refresh'",
+                )?
+                .query_row([&hash.0[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })
+                .optional()?;
+            let Some((family, tscope, expires, used, fclient, account, session, revoked)) = row else {
+                return refuse("unknown refresh token", ev);
+            };
+            if fclient != client_id {
+                return refuse("refresh token issued to another client", ev);
+            }
+            if revoked.is_some() {
+                return refuse("token family revoked", ev);
+            }
+            if used.is_some() {
+                // Reuse of a rotated refresh token: someone holds a copy. End the whole family.
+                revoke_family(tx.conn, &family, now)?;
+                tracing::warn!(target: "security", client = %client_id, "rotated refresh token reused; token family revoked");
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthRevoke, 200)
+                        .with_target("account", account.clone())
+                        .with_detail("refresh token reused: token family revoked"),
+                );
+                return refuse("refresh token reused", ev);
+            }
+            if now >= expires {
+                return refuse("refresh token expired", ev);
+            }
+            let (Some(account), Some(session)) = (account, session) else {
+                return refuse("not a person's token", ev);
+            };
+            // AUTH-6: the login session behind the app must still be alive.
+            let Some((acct, role, _)) = session_alive(tx.conn, &session, now, &policy)? else {
+                return refuse("the login session has ended", ev);
+            };
+            if acct != account {
+                return refuse("session belongs to another account", ev);
+            }
+            let Ok(current) = tscope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
+            let scope = match scope {
+                Some(s) if !s.within(&current) => {
+                    ev.push(&ctx, refusal_event("refresh asked for scopes beyond the grant"));
+                    return Ok(Ok(Err(Refusal { error: "invalid_scope", reason: "scope beyond the grant" })));
+                }
+                Some(s) => ScopeSet { offline_access: current.offline_access, online_access: current.online_access, ..s },
+                None => current,
+            };
+            tx.conn.execute("UPDATE oauth_token SET used_us = ?1 WHERE hash = ?2", params![now, &hash.0[..]])?;
+            // A refresh is use of the session (its idle timeout restarts).
+            tx.conn.execute("UPDATE login_session SET last_used_us = ?1 WHERE hash = ?2", params![now, session])?;
+            let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, true)?;
+            let who = person(&ctx, &acct, role);
+            ev.push(
+                &who,
+                AuditEvent::new(Action::OAuthRefresh, 200)
+                    .with_target("account", Some(acct.clone()))
+                    .with_detail(format!("rotated; scope {scope}")),
+            );
+            Ok(Ok(Ok(Tokens {
+                access_token: issued.access,
+                expires_in: lifetimes.access.whole_seconds(),
+                refresh_token: issued.refresh,
+                scope,
+                account: Some(acct),
+            })))
+        }))
+    }
+
+    fn client_credentials(
+        &self,
+        ctx: AccessContext,
+        client_id: String,
+        jti: String,
+        jti_exp_s: i64,
+        scope: ScopeSet,
+        lifetimes: Lifetimes,
+    ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
+        let ctx = client_ctx(&ctx, &client_id);
+        Box::pin(self.identity_job(move |tx, ev| {
+            let now = tx.now_us;
+            let Some(client) = load_client(tx.conn, &client_id)? else {
+                ev.push(&ctx, refusal_event("unknown client"));
+                return Ok(Ok(Err(Refusal { error: "invalid_client", reason: "unknown client" })));
+            };
+            let ClientKind::System { role, .. } = client.kind else {
+                ev.push(&ctx, refusal_event("not a system client"));
+                return Ok(Ok(Err(Refusal { error: "unauthorized_client", reason: "not a system client" })));
+            };
+            tx.conn.execute("DELETE FROM oauth_jti WHERE expires_us <= ?1", [now])?;
+            let fresh = tx.conn.execute(
+                "INSERT OR IGNORE INTO oauth_jti (client_id, jti, expires_us) VALUES (?1, ?2, ?3)",
+                params![client_id, jti, jti_exp_s.saturating_mul(1_000_000)],
+            )?;
+            if fresh == 0 {
+                ev.push(&ctx, refusal_event("client assertion replayed (jti seen before)"));
+                return Ok(Ok(Err(Refusal { error: "invalid_client", reason: "assertion replayed" })));
+            }
+            let family = uuid::Uuid::new_v4().to_string();
+            tx.conn.execute(
+                "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us) \
+                 VALUES (?1, ?2, NULL, NULL, ?3, ?4, NULL)",
+                params![family, client_id, scope.to_string(), now],
+            )?;
+            let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, false)?;
+            let who = person(&ctx, &client_principal_name(&client_id), role);
+            ev.push(
+                &who,
+                AuditEvent::new(Action::OAuthToken, 200)
+                    .with_target("oauth-client", Some(client_id.clone()))
+                    .with_detail(format!("client_credentials; scope {scope}")),
+            );
+            Ok(Ok(Ok(Tokens {
+                access_token: issued.access,
+                expires_in: lifetimes.access.whole_seconds(),
+                refresh_token: None,
+                scope,
+                account: None,
+            })))
+        }))
+    }
+
+    fn revoke_token(&self, ctx: AccessContext, client_id: String, token: Zeroizing<String>) -> StoreFuture<'_, ()> {
+        let ctx = client_ctx(&ctx, &client_id);
+        Box::pin(self.identity_job(move |tx, ev| {
+            let now = tx.now_us;
+            let hash =
+                presented(SecretKind::OAuthRefresh, &token).or_else(|| presented(SecretKind::OAuthAccess, &token));
+            let row: Option<(String, String, String, Option<String>)> = match hash {
+                Some(h) => tx
+                    .conn
+                    .prepare_cached(
+                        "SELECT t.family, t.kind, f.client_id, f.account FROM oauth_token t \
+                         JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1",
+                    )?
+                    .query_row([&h.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()?,
+                None => None,
+            };
+            let (Some(h), Some((family, kind, fclient, account))) = (hash, row) else {
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthRevoke, 200).with_detail("unknown token: nothing to revoke"),
+                );
+                return Ok(Ok(()));
+            };
+            if fclient != client_id {
+                // RFC 7009 §2.1: a client may only revoke its own tokens; the answer does not say.
+                ev.push(&ctx, refusal_event("revocation of another client's token refused"));
+                return Ok(Ok(()));
+            }
+            let detail = if kind == "refresh" {
+                revoke_family(tx.conn, &family, now)?;
+                "refresh token: token family revoked"
+            } else {
+                tx.conn.execute("UPDATE oauth_token SET expires_us = ?1 WHERE hash = ?2", params![now, &h.0[..]])?;
+                "access token revoked"
+            };
+            ev.push(
+                &ctx,
+                AuditEvent::new(Action::OAuthRevoke, 200).with_target("account", account).with_detail(detail),
+            );
+            Ok(Ok(()))
+        }))
+    }
+
+    fn oauth_failure(&self, ctx: AccessContext, client_id: Option<String>, reason: String) -> StoreFuture<'_, ()> {
+        let ctx = AccessContext { client: client_id, ..ctx };
+        Box::pin(async move { self.audit(ctx, AuditEvent::new(Action::OAuthFailure, 400).with_detail(reason)).await })
+    }
+
+    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>> {
+        Box::pin(async move {
+            let now = self.now_us();
+            type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String);
+            let p = Arc::clone(&policy);
+            let found = self.inner.engine.read_now(move |c| {
+                let row: Option<R> = c
+                    .prepare_cached(
+                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind FROM oauth_token t \
+                         JOIN oauth_family f ON f.id = t.family JOIN oauth_client cl ON cl.client_id = f.client_id \
+                         WHERE t.hash = ?1 AND t.kind = 'access' AND t.expires_us > ?2 AND f.revoked_us IS NULL",
+                    )?
+                    .query_row(params![&token.0[..], now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })
+                    .optional()?;
+                let Some((scope, client_id, account, session, role, kind)) = row else { return Ok(None) };
+                let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
+                match (kind.as_str(), account, session, role) {
+                    ("public", Some(account), Some(session), _) => {
+                        let Some((acct, role, last_used)) = session_alive(c, &session, now, &p)? else {
+                            return Ok(None);
+                        };
+                        if acct != account {
+                            return Ok(None);
+                        }
+                        let touch = (now - last_used >= crate::identity::TOUCH_EVERY_US).then_some(session);
+                        Ok(Some((OAuthGrant { principal: Principal { account, role }, client_id, scope }, touch)))
+                    }
+                    ("system", None, None, Some(role)) => {
+                        let Ok(role) = role.parse::<Role>() else { return Ok(None) };
+                        let principal = Principal { account: client_principal_name(&client_id), role };
+                        Ok(Some((OAuthGrant { principal, client_id, scope }, None)))
+                    }
+                    _ => Ok(None),
+                }
+            })?;
+            let Some((grant, touch)) = found else { return Ok(None) };
+            // Using the app is use of the login session behind it (idle timeout), at most once a minute.
+            if let Some(session) = touch {
+                let account = grant.principal.account.clone();
+                self.inner
+                    .engine
+                    .write(move |c| {
+                        c.prepare_cached("UPDATE login_session SET last_used_us = ?1 WHERE hash = ?2")?
+                            .execute(params![now, session])?;
+                        c.prepare_cached("UPDATE account SET last_used_us = ?1 WHERE name = ?2")?
+                            .execute(params![now, account])?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Ok(Some(grant))
+        })
+    }
+}
