@@ -12,6 +12,7 @@ pub mod role;
 pub mod secret;
 pub mod token;
 pub mod totp;
+pub mod webauthn;
 
 pub use login::{LoginPolicy, SharedLoginPolicy};
 pub use policy::{CategorySet, Decision, Operation, Policy, PolicyConfig, PolicyError, Purpose, Rights, ZoneId};

@@ -125,7 +125,8 @@ pub(crate) fn source_of(req: &Request) -> String {
 pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id();
     let source = source_of(&req);
-    let (principal, session) = match bearer_principal(&state, req.headers()).await {
+    let zone = zone_of(&state.policy, req.extensions().get::<ConnInfo>());
+    let (principal, session) = match bearer_principal(&state, req.headers(), zone).await {
         Ok(Some((p, session))) => (Some(p), session),
         Ok(None) => (None, None),
         Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
@@ -140,7 +141,6 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         };
         return with_request_id(resp, &request_id);
     };
-    let zone = zone_of(&state.policy, req.extensions().get::<ConnInfo>());
     let (purpose, emergency) = match purpose_of(req.headers()) {
         Ok(p) => p,
         Err(err) => {
@@ -179,10 +179,12 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
 }
 
 /// Resolves the bearer credential of a request: an API token (`mamori_…`) or a login session
-/// (`mamoris_…`); both give the same kind of principal and meet the same policy.
+/// (`mamoris_…`); both give the same kind of principal and meet the same policy. A session
+/// opened with a password alone is not valid from a zone where the role needs two factors.
 pub(crate) async fn bearer_principal(
     state: &crate::Shared,
     headers: &HeaderMap,
+    zone: ZoneId,
 ) -> Result<Option<(Principal, Option<TokenHash>)>, mamori_store::StoreError> {
     let Some(raw) = headers
         .get(header::AUTHORIZATION)
@@ -196,7 +198,8 @@ pub(crate) async fn bearer_principal(
         return Ok(state.store.authenticate(hash).await?.map(|p| (p, None)));
     }
     if let Some(hash) = presented(SecretKind::Session, raw) {
-        let p = state.store.authenticate_session(hash, std::sync::Arc::clone(&state.login)).await?;
+        let zone = Some(state.policy.zone_name(zone).to_string());
+        let p = state.store.authenticate_session_from(hash, zone, std::sync::Arc::clone(&state.login)).await?;
         return Ok(p.map(|p| (p, Some(hash))));
     }
     Ok(None)

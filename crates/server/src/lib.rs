@@ -19,6 +19,7 @@ pub mod listener;
 pub mod respond;
 pub mod syslog;
 pub mod tls;
+mod webauthn_api;
 pub mod witness;
 
 use std::sync::Arc;

@@ -171,6 +171,7 @@ CREATE TABLE patient_flag (
     flag    TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    crate::webauthn::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits
