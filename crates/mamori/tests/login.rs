@@ -7,29 +7,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
-
-fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
-    let mut child = Command::new(BIN)
-        .args(["user", "password", "--data-dir", dir.arg(), name])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
 
 fn base32_decode(s: &str) -> Vec<u8> {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -59,18 +39,6 @@ fn totp(secret: &[u8], unix: u64) -> String {
 #[allow(clippy::disallowed_methods)] // the test plays the authenticator app, which reads the real clock
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn root(s: &Server) -> String {
-    s.base.trim_end_matches("/fhir").to_string()
-}
-
-async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
-    let mut r = s.http.post(format!("{}{path}", root(s))).json(body);
-    if let Some(b) = bearer {
-        r = r.bearer_auth(b);
-    }
-    json(r.send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

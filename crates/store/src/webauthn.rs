@@ -239,8 +239,15 @@ struct Pending {
     user_handle: Option<Vec<u8>>,
 }
 
-/// Takes (deletes) the challenge of a binding and purpose; `None` if there is none or it expired.
-fn take_challenge(c: &Connection, bound: &TokenHash, purpose: &str, now: i64) -> Result<Option<Pending>, StoreError> {
+/// Takes (deletes) the challenge of a binding and purpose for `account`; the audit reason if
+/// there is none or it expired.
+fn take_challenge(
+    c: &Connection,
+    bound: &TokenHash,
+    purpose: &str,
+    account: &str,
+    now: i64,
+) -> Result<Result<Pending, &'static str>, StoreError> {
     let row: Option<(Pending, i64)> = c
         .prepare_cached(
             "SELECT challenge, account, label, user_handle, expires_us FROM webauthn_challenge \
@@ -256,7 +263,11 @@ fn take_challenge(c: &Connection, bound: &TokenHash, purpose: &str, now: i64) ->
     c.prepare_cached("DELETE FROM webauthn_challenge WHERE bound = ?1 AND purpose = ?2")?
         .execute(params![&bound.0[..], purpose])?;
     c.prepare_cached("DELETE FROM webauthn_challenge WHERE expires_us <= ?1")?.execute([now])?;
-    Ok(row.and_then(|(p, exp)| (exp > now).then_some(p)))
+    Ok(match row {
+        Some((p, exp)) if exp > now && p.account == account => Ok(p),
+        Some((p, _)) if p.account == account => Err("challenge-expired"),
+        _ => Err("no-challenge"),
+    })
 }
 
 fn put_challenge(
@@ -439,11 +450,11 @@ impl SqliteStore {
                     "the authenticator's response could not be verified; start the registration again",
                 ))
             };
-            let pending = take_challenge(tx.conn, &bound, PURPOSE_REGISTER, tx.now_us)?;
-            let Some(Pending { challenge, label, user_handle: handle, .. }) = pending.filter(|p| p.account == account)
-            else {
-                return Ok(refuse(ev, "no-challenge"));
-            };
+            let Pending { challenge, label, user_handle: handle, .. } =
+                match take_challenge(tx.conn, &bound, PURPOSE_REGISTER, &account, tx.now_us)? {
+                    Ok(p) => p,
+                    Err(why) => return Ok(refuse(ev, why)),
+                };
             let reg = match wa::verify_registration(&rp, &challenge, &response.client_data_json, &response.attestation_object)
             {
                 Ok(r) => r,
@@ -589,12 +600,13 @@ impl SqliteStore {
                 record_failure(tx, ev, &ctx, Some(&account), reason, &policy)?;
                 Ok(Err(StoreError::InvalidCredentials))
             };
-            let challenge = match presented(SecretKind::Ticket, &ticket) {
-                Some(bound) => take_challenge(tx.conn, &bound, PURPOSE_LOGIN, now)?,
-                None => None,
+            let pending = match presented(SecretKind::Ticket, &ticket) {
+                Some(bound) => take_challenge(tx.conn, &bound, PURPOSE_LOGIN, &account, now)?,
+                None => Err("no-challenge"),
             };
-            let Some(Pending { challenge, .. }) = challenge.filter(|p| p.account == account) else {
-                return fail(ev, "webauthn: no-challenge");
+            let challenge = match pending {
+                Ok(p) => p.challenge,
+                Err(why) => return fail(ev, &format!("webauthn: {why}")),
             };
             let row: Option<(Vec<u8>, i64, Vec<u8>, i64)> = tx
                 .conn

@@ -8,50 +8,38 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-// ---- a minimal CBOR encoder (RFC 8949 major types 0-5) ----
-fn head(major: u8, n: u64, out: &mut Vec<u8>) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend([m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend((n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 26);
-            out.extend((n as u32).to_be_bytes());
-        }
-    }
+#[test]
+fn auth2_es256_registration_and_assertion_from_the_software_authenticator() {
+    let mut a = Authenticator::es256(5);
+    let ch = [4u8; 32];
+    let r = a.register(&ch);
+    let reg = verify_registration(&rp(), &ch, &r.client_data_json, &r.attestation_object).unwrap();
+    assert_eq!((reg.alg, reg.credential_id.clone()), (-7, a.credential_id.clone()));
+    a.fmt = "packed";
+    let r = a.register(&ch);
+    assert_eq!(
+        verify_registration(&rp(), &ch, &r.client_data_json, &r.attestation_object).unwrap().attestation,
+        "packed-self"
+    );
+    let s = a.assert(&ch);
+    let got =
+        verify_assertion(&rp(), &ch, &reg.public_key, 0, &s.client_data_json, &s.authenticator_data, &s.signature);
+    assert_eq!(got, Ok(Assertion { sign_count: 1, user_verified: true }));
 }
-fn int(i: i64, out: &mut Vec<u8>) {
-    if i >= 0 { head(0, i as u64, out) } else { head(1, (-1 - i) as u64, out) }
-}
-fn bstr(b: &[u8], out: &mut Vec<u8>) {
-    head(2, b.len() as u64, out);
-    out.extend_from_slice(b);
-}
-fn tstr(s: &str, out: &mut Vec<u8>) {
-    head(3, s.len() as u64, out);
-    out.extend_from_slice(s.as_bytes());
-}
+
+#[path = "../../../mamori/tests/support/authenticator.rs"]
+mod authenticator;
+
+use authenticator::cbor::{bstr, head, int, tstr};
+use authenticator::{Authenticator, attestation_object as att_object, client_data};
 
 fn ed_key() -> SigningKey {
     SigningKey::from_bytes(&[7u8; 32])
 }
 
-fn cose_ed25519(k: &SigningKey) -> Vec<u8> {
-    let mut o = Vec::new();
-    head(5, 4, &mut o);
-    int(1, &mut o);
-    int(1, &mut o); // kty OKP
-    int(3, &mut o);
-    int(-8, &mut o); // alg EdDSA
-    int(-1, &mut o);
-    int(6, &mut o); // crv Ed25519
-    int(-2, &mut o);
-    bstr(k.verifying_key().as_bytes(), &mut o);
-    o
+/// The Ed25519 test key (seed 7) as the software authenticator encodes it.
+fn cose_ed25519(_k: &SigningKey) -> Vec<u8> {
+    Authenticator::ed25519(7).cose_key()
 }
 
 fn rp() -> RelyingParty {
@@ -78,38 +66,13 @@ fn auth_data(rp_id: &str, flags: u8, count: u32, cred: Option<(&[u8], &[u8])>) -
     a
 }
 
-fn client_data(ty: &str, challenge: &[u8], origin: &str) -> Vec<u8> {
-    format!(r#"{{"type":"{ty}","challenge":"{}","origin":"{origin}","crossOrigin":false}}"#, b64url(challenge))
-        .into_bytes()
-}
-
-fn att_object(fmt: &str, stmt: &[u8], ad: &[u8]) -> Vec<u8> {
-    let mut o = Vec::new();
-    head(5, 3, &mut o);
-    tstr("fmt", &mut o);
-    tstr(fmt, &mut o);
-    tstr("attStmt", &mut o);
-    o.extend_from_slice(stmt);
-    tstr("authData", &mut o);
-    bstr(ad, &mut o);
-    o
-}
-
 fn empty_map() -> Vec<u8> {
     vec![0xa0]
 }
 
 fn packed_self(k: &SigningKey, ad: &[u8], cdj: &[u8]) -> Vec<u8> {
-    let mut signed = ad.to_vec();
-    signed.extend(Sha256::digest(cdj));
-    let sig = k.sign(&signed).to_bytes();
-    let mut o = Vec::new();
-    head(5, 2, &mut o);
-    tstr("alg", &mut o);
-    int(-8, &mut o);
-    tstr("sig", &mut o);
-    bstr(&sig, &mut o);
-    o
+    let seed = k.to_bytes()[0];
+    Authenticator::ed25519(seed).packed_statement(ad, cdj)
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //! store except through the server (or, to play an insider, the database file itself).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod authenticator;
 pub mod synthea;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
@@ -25,6 +26,24 @@ pub fn mamori(args: &[&str]) -> (i32, String, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `mamori user password NAME` with the password on standard input: (exit code, output).
+pub fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(["user", "password", "--data-dir", dir.arg(), name])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
 }
 
@@ -181,6 +200,20 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// The server's root URL (where `/auth/…` and `/admin/…` are).
+pub fn root(s: &Server) -> String {
+    s.base.trim_end_matches("/fhir").to_string()
+}
+
+/// POSTs JSON to a path under the root, with an optional bearer: (status, JSON body).
+pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut r = s.http.post(format!("{}{path}", root(s))).json(body);
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    json(r.send().await.unwrap()).await
 }
 
 /// Status and parsed JSON body of a response.
