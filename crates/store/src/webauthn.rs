@@ -355,6 +355,39 @@ fn remove_one(
     Ok(Ok(()))
 }
 
+/// Who a registration step acts for.
+struct Enrolling {
+    account: String,
+    /// What the step's challenge is bound to (the ticket's or session's hash).
+    bound: TokenHash,
+    who: AccessContext,
+    /// Credentials the account has.
+    credentials: i64,
+}
+
+/// The (enabled) account of an enrolment ticket or session; a bad ticket is a recorded failure.
+fn enrolling(
+    tx: &Tx<'_>,
+    ev: &mut Events,
+    ctx: &AccessContext,
+    subject: &Subject,
+    policy: &mamori_access::LoginPolicy,
+) -> Result<Kept<Enrolling>, StoreError> {
+    let account = match binding(subject) {
+        Some(_) => SqliteStore::subject_account(tx, subject, TICKET_ENROL, false)?,
+        None => None,
+    };
+    let (Some(account), Some(bound)) = (account, binding(subject)) else {
+        record_failure(tx, ev, ctx, None, "bad-ticket", policy)?;
+        return Ok(Err(StoreError::InvalidCredentials));
+    };
+    let Some(st) = account_state(tx.conn, &account)?.filter(|s| !s.disabled) else {
+        return Ok(Err(StoreError::InvalidCredentials));
+    };
+    let who = acting(ctx, &account, st.role);
+    Ok(Ok(Enrolling { account, bound, who, credentials: st.webauthn }))
+}
+
 impl SqliteStore {
     async fn register_begin_now(
         &self,
@@ -366,19 +399,11 @@ impl SqliteStore {
         let rp = rp(&policy)?;
         let label = check_label(&label)?;
         self.identity_job(move |tx, ev| {
-            let account = match binding(&subject) {
-                Some(_) => SqliteStore::subject_account(tx, &subject, TICKET_ENROL, false)?,
-                None => None,
+            let Enrolling { account, bound, who, credentials } = match enrolling(tx, ev, &ctx, &subject, &policy)? {
+                Ok(e) => e,
+                Err(e) => return Ok(Err(e)),
             };
-            let (Some(account), Some(bound)) = (account, binding(&subject)) else {
-                record_failure(tx, ev, &ctx, None, "bad-ticket", &policy)?;
-                return Ok(Err(StoreError::InvalidCredentials));
-            };
-            let Some(st) = account_state(tx.conn, &account)?.filter(|s| !s.disabled) else {
-                return Ok(Err(StoreError::InvalidCredentials));
-            };
-            let who = acting(&ctx, &account, st.role);
-            if st.webauthn >= MAX_CREDENTIALS {
+            if credentials >= MAX_CREDENTIALS {
                 ev.push(
                     &who,
                     account_target(AuditEvent::new(Action::WebauthnEnrol, 409), &account).with_detail("limit reached"),
@@ -430,18 +455,10 @@ impl SqliteStore {
     ) -> Result<CredentialInfo, StoreError> {
         let rp = rp(&policy)?;
         self.identity_job(move |tx, ev| {
-            let account = match binding(&subject) {
-                Some(_) => SqliteStore::subject_account(tx, &subject, TICKET_ENROL, false)?,
-                None => None,
+            let Enrolling { account, bound, who, .. } = match enrolling(tx, ev, &ctx, &subject, &policy)? {
+                Ok(e) => e,
+                Err(e) => return Ok(Err(e)),
             };
-            let (Some(account), Some(bound)) = (account, binding(&subject)) else {
-                record_failure(tx, ev, &ctx, None, "bad-ticket", &policy)?;
-                return Ok(Err(StoreError::InvalidCredentials));
-            };
-            let Some(st) = account_state(tx.conn, &account)?.filter(|s| !s.disabled) else {
-                return Ok(Err(StoreError::InvalidCredentials));
-            };
-            let who = acting(&ctx, &account, st.role);
             let refuse = |ev: &mut Events, why: &str| -> Kept<CredentialInfo> {
                 tracing::info!(target: "security", account = %account, reason = why, "WebAuthn registration refused");
                 ev.push(&who, account_target(AuditEvent::new(Action::WebauthnEnrol, 400), &account).with_detail(why.to_string()));
