@@ -14,6 +14,7 @@ pub mod scope;
 pub mod secret;
 pub mod token;
 pub mod totp;
+pub mod webauthn;
 
 pub use login::Audience;
 pub use login::{LoginPolicy, SharedLoginPolicy};

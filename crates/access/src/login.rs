@@ -59,8 +59,13 @@ pub struct LoginPolicy {
     pub account_lockout: Lockout,
     pub source_lockout: Lockout,
     pub sessions: SessionPolicy,
-    /// Roles that cannot get a session with a password alone (AUTH-2).
+    /// Roles that cannot get a session with a password alone (AUTH-2)…
     pub two_factor_roles: Vec<Role>,
+    /// …except from these network zones (zone name → roles that may use a password alone
+    /// there). A zone not listed, or an unknown zone, grants no exception.
+    pub password_only_from: Vec<(String, Vec<Role>)>,
+    /// The WebAuthn relying party; `None`: WebAuthn is not offered.
+    pub webauthn: Option<crate::webauthn::RelyingParty>,
     /// Lifetime of a login ticket (second-factor step, password change, enrolment).
     pub ticket_ttl: Duration,
     /// Lifetime of an administrator-issued temporary credential (AUTH-8).
@@ -86,6 +91,8 @@ impl LoginPolicy {
                 max_per_account: 3,
             },
             two_factor_roles: Role::ALL.to_vec(),
+            password_only_from: Vec::new(),
+            webauthn: None,
             ticket_ttl: Duration::minutes(5),
             temporary_credential_ttl: Duration::hours(24),
             totp_issuer: "mamori".into(),
@@ -98,10 +105,39 @@ impl LoginPolicy {
         Audience::of(role) == self.audience
     }
 
+    /// Whether `role` needs two factors from every zone (no zone exception considered).
     pub fn requires_two_factors(&self, role: Role) -> bool {
         self.two_factor_roles.contains(&role)
+    }
+
+    /// Whether `role` needs two factors when logging in from `zone` (AUTH-2 per role and zone).
+    /// `None` (zone not known to the caller) is treated as the strictest zone.
+    pub fn requires_two_factors_from(&self, role: Role, zone: Option<&str>) -> bool {
+        if !self.requires_two_factors(role) {
+            return false;
+        }
+        let excepted =
+            zone.is_some_and(|z| self.password_only_from.iter().any(|(n, roles)| n == z && roles.contains(&role)));
+        !excepted
     }
 }
 
 /// Shared by the server and the store's calls.
 pub type SharedLoginPolicy = Arc<LoginPolicy>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth2_two_factors_per_role_and_zone() {
+        let mut p = LoginPolicy::with_hasher(PasswordHasher::floor());
+        p.two_factor_roles = vec![Role::Physician, Role::Clerk];
+        p.password_only_from = vec![("his".into(), vec![Role::Clerk])];
+        assert!(!p.requires_two_factors_from(Role::Clerk, Some("his")));
+        assert!(p.requires_two_factors_from(Role::Clerk, Some("vpn")));
+        assert!(p.requires_two_factors_from(Role::Clerk, None), "an unknown zone is the strictest");
+        assert!(p.requires_two_factors_from(Role::Physician, Some("his")));
+        assert!(!p.requires_two_factors_from(Role::Nurse, Some("internet")), "not a two-factor role");
+    }
+}

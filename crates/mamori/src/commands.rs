@@ -282,6 +282,44 @@ pub async fn user_temp_credential(data_dir: &Path, name: &str) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// `mamori user webauthn list NAME` (AUTH-2; audited).
+pub async fn user_webauthn_list(data_dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.list_webauthn(operator_ctx(), &name).await;
+    store.shutdown();
+    let list = r?;
+    if list.is_empty() {
+        eprintln!("{name} has no WebAuthn credentials.");
+    }
+    for c in list {
+        println!(
+            "{}\t{}\talg {}\t{}\tcreated {}\tlast used {}",
+            c.id,
+            c.label,
+            c.alg,
+            c.attestation,
+            mamori_store::clock::fhir_instant(c.created_us),
+            c.last_used_us.map(mamori_store::clock::fhir_instant).unwrap_or_else(|| "never".into())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori user webauthn remove NAME CREDENTIAL` (AUTH-2; audited).
+pub async fn user_webauthn_remove(data_dir: &Path, name: &str, credential: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let policy = login_policy(&cfg)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.remove_webauthn(operator_ctx(), &name, credential, policy).await;
+    store.shutdown();
+    r?;
+    println!("Removed WebAuthn credential {credential} of {name}.");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `mamori user disable NAME [--reason …]`: immediate; sessions and API tokens stop working (AUTH-7).
 pub async fn user_disable(data_dir: &Path, name: &str, reason: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use mamori_access::login::{Lockout, SessionPolicy};
 use mamori_access::password::{Argon2Params, PasswordHasher, PasswordPolicy};
+use mamori_access::webauthn::{RelyingParty, UserVerification};
 use mamori_access::{LoginPolicy, Role};
 use serde::Deserialize;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub patient_portal: Option<PatientPortalSection>,
     #[serde(default)]
     pub oauth: OAuthSection,
+    /// `[webauthn]`: the WebAuthn relying party (AUTH-2); WebAuthn is off without it.
+    pub webauthn: Option<WebauthnSection>,
 }
 
 /// `[patient_portal]`: a listener separate from the internal one, serving the FHIR API and the
@@ -94,6 +97,34 @@ impl OAuthSection {
             lifetimes: mamori_store::oauth::Lifetimes { access, refresh },
         })
     }
+}
+
+/// `[webauthn]`: who this server is to authenticators and browsers (AUTH-2).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebauthnSection {
+    /// The RP ID: the host name (or a parent domain of it) users reach the server by.
+    pub rp_id: String,
+    /// Origins the browser may report, `https://host[:port]` within the RP ID.
+    pub origins: Vec<String>,
+    #[serde(default = "default_rp_name")]
+    pub rp_name: String,
+    /// `required`, `preferred` or `discouraged`.
+    #[serde(default = "default_user_verification")]
+    pub user_verification: String,
+    /// How long a registration or login challenge may be answered.
+    #[serde(default = "default_challenge_ttl")]
+    pub challenge_ttl: String,
+}
+
+fn default_rp_name() -> String {
+    "mamori".into()
+}
+fn default_user_verification() -> String {
+    "preferred".into()
+}
+fn default_challenge_ttl() -> String {
+    "2m".into()
 }
 
 /// `[lifecycle]`: account lifecycle (AUTH-7).
@@ -168,6 +199,9 @@ pub struct LoginSection {
     pub ticket_ttl: String,
     pub temporary_credential_ttl: String,
     pub totp_issuer: String,
+    /// `[login.password_only_from]`: zone → roles of `two_factor_required` that may log in
+    /// with a password alone from that zone.
+    pub password_only_from: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for LoginSection {
@@ -183,6 +217,7 @@ impl Default for LoginSection {
             ticket_ttl: "5m".into(),
             temporary_credential_ttl: "24h".into(),
             totp_issuer: "mamori".into(),
+            password_only_from: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -626,6 +661,20 @@ ticket_ttl = "5m"
 temporary_credential_ttl = "24h"
 # Issuer name shown in authenticator apps.
 totp_issuer = "mamori"
+# Exceptions per network zone (zones of [policy]): roles of two_factor_required that may log in
+# with a password alone from that zone, e.g. clerks on the internal HIS network only. A
+# session opened that way is not accepted from any other zone. Unknown zones or roles are refused.
+# [login.password_only_from]
+# his = ["clerk"]
+
+# WebAuthn / passkeys as a second factor (AUTH-2); off unless this section is present. See
+# docs/two-factor.md.
+# [webauthn]
+# rp_id = "emr.example.jp"                  # the host name users reach mamori by (or a parent domain)
+# origins = ["https://emr.example.jp"]      # origins browsers report: https://host[:port] within rp_id
+# rp_name = "mamori"                        # shown by the browser
+# user_verification = "preferred"           # required | preferred | discouraged (PIN/biometrics on the device)
+# challenge_ttl = "2m"                      # how long a challenge may be answered (at most 10m)
 
 [oauth]
 # OAuth 2.0 / SMART on FHIR (AUTH-6; docs/oauth.md). Public base URL of this server, the issuer
@@ -733,8 +782,14 @@ impl Config {
         if d > m {
             bail!("tokens.default_ttl is longer than tokens.max_ttl");
         }
-        self.login_policy()?;
-        self.access_policy()?;
+        let login = self.login_policy()?;
+        let access = self.access_policy()?;
+        for (zone, _) in &login.password_only_from {
+            if access.zone_named(zone).is_none() {
+                let known: Vec<&str> = access.zone_names().collect();
+                bail!("login.password_only_from: unknown zone {zone:?} (the policy's zones: {})", known.join(", "));
+            }
+        }
         self.lifecycle_policy()?;
         self.oauth.settings()?;
         Ok(())
@@ -853,6 +908,27 @@ impl Config {
         policy.ticket_ttl = ticket_ttl;
         policy.temporary_credential_ttl = temp_ttl;
         policy.totp_issuer = l.totp_issuer.clone();
+        for (zone, names) in &l.password_only_from {
+            let mut roles = Vec::new();
+            for r in names {
+                let role = r.parse::<Role>().with_context(|| format!("in login.password_only_from.{zone}"))?;
+                if !policy.two_factor_roles.contains(&role) {
+                    bail!(
+                        "login.password_only_from.{zone}: {r} is not in login.two_factor_required (it needs no exception)"
+                    );
+                }
+                roles.push(role);
+            }
+            policy.password_only_from.push((zone.clone(), roles));
+        }
+        if let Some(w) = &self.webauthn {
+            let uv = UserVerification::parse(&w.user_verification)
+                .context("webauthn.user_verification must be required, preferred or discouraged")?;
+            let ttl = parse_duration(&w.challenge_ttl).context("webauthn.challenge_ttl")?;
+            let rp = RelyingParty::new(&w.rp_id, &w.rp_name, &w.origins, uv, ttl)
+                .map_err(|e| anyhow::anyhow!("[webauthn]: {e}"))?;
+            policy.webauthn = Some(rp);
+        }
         Ok(policy)
     }
 }
@@ -967,6 +1043,31 @@ mod tests {
             "url = \"ftp://127.0.0.1/cp\"",
             "url = \"http://127.0.0.1/cp\"\nca_file = \"ca.pem\"",
             "url = \"http://127.0.0.1/cp\"\ncolour = \"blue\"",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auth2_webauthn_and_zone_exceptions_are_checked() {
+        let with = |extra: &str| {
+            let text = initial_file(Argon2Params::FLOOR).replace("[lifecycle]", &format!("{extra}\n[lifecycle]"));
+            toml::from_str::<Config>(&text).map_err(anyhow::Error::from).and_then(|c| c.validate().map(|()| c))
+        };
+        let ok = with("[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\n").unwrap();
+        let rp = ok.login_policy().unwrap().webauthn.unwrap();
+        assert_eq!((rp.id.as_str(), rp.user_verification), ("emr.example.jp", UserVerification::Preferred));
+        let ok = with("[login.password_only_from]\nhis = [\"clerk\"]\n").unwrap();
+        let p = ok.login_policy().unwrap();
+        assert!(!p.requires_two_factors_from(Role::Clerk, Some("his")));
+        assert!(p.requires_two_factors_from(Role::Clerk, Some("vpn")));
+        for bad in [
+            "[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"http://emr.example.jp\"]\n",
+            "[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://other.example.jp\"]\n",
+            "[webauthn]\nrp_id = \"emr.example.jp\"\norigins = []\n",
+            "[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\nuser_verification = \"maybe\"\n",
+            "[login.password_only_from]\nmars = [\"clerk\"]\n",
+            "[login.password_only_from]\nhis = [\"janitor\"]\n",
         ] {
             assert!(with(bad).is_err(), "{bad}");
         }

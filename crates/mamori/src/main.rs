@@ -79,6 +79,24 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum WebauthnCommand {
+    /// List an account's WebAuthn credentials (id, label, algorithm, last use).
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Remove one credential (by the id `list` shows). The last second factor of a role that
+    /// needs two factors is not removed: issue a temporary credential instead.
+    Remove {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        credential: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Add an account for one person.
     Add {
@@ -115,6 +133,11 @@ enum UserCommand {
         #[arg(long)]
         data_dir: PathBuf,
         name: String,
+    },
+    /// List or remove an account's WebAuthn credentials (passkeys, security keys).
+    Webauthn {
+        #[command(subcommand)]
+        command: WebauthnCommand,
     },
     /// Issue a one-time temporary credential for a person who lost a factor (printed once).
     TempCredential {
@@ -310,6 +333,12 @@ fn main() -> ExitCode {
             Command::User { command: UserCommand::Unlock { data_dir, name } } => {
                 commands::user_unlock(&data_dir, &name).await
             }
+            Command::User { command: UserCommand::Webauthn { command: WebauthnCommand::List { data_dir, name } } } => {
+                commands::user_webauthn_list(&data_dir, &name).await
+            }
+            Command::User {
+                command: UserCommand::Webauthn { command: WebauthnCommand::Remove { data_dir, name, credential } },
+            } => commands::user_webauthn_remove(&data_dir, &name, &credential).await,
             Command::User { command: UserCommand::TempCredential { data_dir, name } } => {
                 commands::user_temp_credential(&data_dir, &name).await
             }

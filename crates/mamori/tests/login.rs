@@ -7,7 +7,7 @@
 
 mod support;
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 fn base32_decode(s: &str) -> Vec<u8> {
@@ -38,18 +38,6 @@ fn totp(secret: &[u8], unix: u64) -> String {
 #[allow(clippy::disallowed_methods)] // the test plays the authenticator app, which reads the real clock
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn root(s: &Server) -> String {
-    s.base.trim_end_matches("/fhir").to_string()
-}
-
-async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
-    let mut r = s.http.post(format!("{}{path}", root(s))).json(body);
-    if let Some(b) = bearer {
-        r = r.bearer_auth(b);
-    }
-    json(r.send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,9 @@ pub(crate) fn source_of(req: &Request) -> String {
 pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id();
     let source = source_of(&req);
+    // The zone first: a password-only session is not valid from a zone where its role needs two
+    // factors (AUTH-2).
+    let zone = zone_of(&state, req.extensions().get::<ConnInfo>());
     // An OAuth access token (AUTH-6) names its client and carries scopes; otherwise an API
     // token or a login session.
     let oauth = match oauth_bearer(&state, req.headers()).await {
@@ -160,7 +163,7 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     };
     let (principal, session, scope, client) = match oauth {
         Some(g) => (Some(g.principal), None, Some(Arc::new(g.scope)), Some(g.client_id)),
-        None => match bearer_principal(&state, req.headers()).await {
+        None => match bearer_principal(&state, req.headers(), zone).await {
             Ok(Some((p, session))) => (Some(p), session, None, None),
             Ok(None) => (None, None, None, None),
             Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
@@ -180,7 +183,6 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     if !state.login.admits(principal.role) || state.login.audience == mamori_access::Audience::Patient {
         return crate::patient::require_patient(&state, req, next, principal, session, request_id, source).await;
     }
-    let zone = zone_of(&state, req.extensions().get::<ConnInfo>());
     let (purpose, emergency) = match purpose_of(req.headers()) {
         Ok(p) => p,
         Err(err) => {
@@ -257,10 +259,12 @@ async fn oauth_bearer(
 }
 
 /// Resolves the bearer credential of a request: an API token (`mamori_…`) or a login session
-/// (`mamoris_…`); both give the same kind of principal and meet the same policy.
+/// (`mamoris_…`); both give the same kind of principal and meet the same policy. A session
+/// opened with a password alone is not valid from a zone where the role needs two factors.
 pub(crate) async fn bearer_principal(
     state: &crate::Shared,
     headers: &HeaderMap,
+    zone: ZoneId,
 ) -> Result<Option<(Principal, Option<TokenHash>)>, mamori_store::StoreError> {
     let Some(raw) = headers
         .get(header::AUTHORIZATION)
@@ -274,7 +278,8 @@ pub(crate) async fn bearer_principal(
         return Ok(state.store.authenticate(hash).await?.map(|p| (p, None)));
     }
     if let Some(hash) = presented(SecretKind::Session, raw) {
-        let p = state.store.authenticate_session(hash, std::sync::Arc::clone(&state.login)).await?;
+        let zone = Some(state.policy.zone_name(zone).to_string());
+        let p = state.store.authenticate_session_from(hash, zone, std::sync::Arc::clone(&state.login)).await?;
         return Ok(p.map(|p| (p, Some(hash))));
     }
     Ok(None)

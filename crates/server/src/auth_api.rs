@@ -8,12 +8,20 @@
 //!      → {status: "password-change-required", password_ticket, expires_in}
 //!      → {status: "enrolment-required", enrol_ticket, expires_in}
 //! POST /auth/login/second-factor  {mfa_ticket, totp | recovery_code} → {access_token, …}
+//!                                 {mfa_ticket, method: "webauthn"} → {publicKey: request options}
+//!                                 {mfa_ticket, webauthn: {assertion}} → {access_token, …}
 //! POST /auth/password             {password_ticket, new_password}
 //!                                 or Bearer session + {current_password, new_password}
 //! POST /auth/totp                 {enrol_ticket} or Bearer session → {otpauth_uri, secret}
 //! POST /auth/totp/confirm         {enrol_ticket?, code}: activates the pending enrolment
 //! POST /auth/logout               Bearer session
+//! POST /auth/webauthn/register    {enrol_ticket?, label} or Bearer session → {publicKey: creation options}
+//! POST /auth/webauthn/register/finish  {enrol_ticket?, credential}: stores the credential
+//! POST /auth/webauthn/credentials Bearer session → the caller's credentials
+//! POST /auth/webauthn/remove      Bearer session + {credential}
 //! ```
+//!
+//! The WebAuthn handlers are in [`crate::webauthn_api`].
 //!
 //! Every failed login step answers 401 with the same OperationOutcome ("invalid credentials");
 //! the audit trail records the actual reason.
@@ -26,7 +34,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use mamori_access::{Principal, TokenHash};
+use mamori_access::{Principal, TokenHash, ZoneId};
 use mamori_store::identity::{LoginOutcome, SecondFactor, Subject};
 use mamori_store::{AccessContext, Action, Actor, AuditEvent};
 use serde::Deserialize;
@@ -34,8 +42,9 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::Shared;
-use crate::auth::{bearer_principal, request_id, source_of, with_request_id};
+use crate::auth::{bearer_principal, request_id, source_of, with_request_id, zone_of};
 use crate::error::ApiError;
+use crate::listener::ConnInfo;
 
 /// Login bodies are small; anything larger is refused before parsing (NET-2).
 const MAX_AUTH_BODY: usize = 16 * 1024;
@@ -50,6 +59,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/totp", post(totp_begin))
         .route("/totp/confirm", post(totp_confirm))
         .route("/logout", post(logout))
+        .merge(crate::webauthn_api::routes())
         .fallback(not_found)
 }
 
@@ -58,17 +68,20 @@ async fn not_found() -> ApiError {
 }
 
 /// One parsed request: who is calling (anonymous until a bearer says otherwise) and the body.
-struct AuthRequest {
-    ctx: AccessContext,
+pub(crate) struct AuthRequest {
+    pub(crate) ctx: AccessContext,
     headers: HeaderMap,
-    body: Bytes,
+    pub(crate) body: Bytes,
+    /// The network zone of the connection (ACL-3), for the per-zone two-factor rule.
+    zone: ZoneId,
 }
 
-async fn take(req: Request) -> Result<AuthRequest, (AccessContext, ApiError)> {
+pub(crate) async fn take(s: &Shared, req: Request) -> Result<AuthRequest, (AccessContext, ApiError)> {
     let ctx = AccessContext::anonymous(request_id(), source_of(&req));
+    let zone = zone_of(s, req.extensions().get::<ConnInfo>());
     let (parts, body) = req.into_parts();
     match axum::body::to_bytes(body, MAX_AUTH_BODY).await {
-        Ok(body) => Ok(AuthRequest { ctx, headers: parts.headers, body }),
+        Ok(body) => Ok(AuthRequest { ctx, headers: parts.headers, body, zone }),
         Err(_) => Err((
             ctx,
             ApiError::new(
@@ -81,7 +94,7 @@ async fn take(req: Request) -> Result<AuthRequest, (AccessContext, ApiError)> {
 }
 
 /// Audits a request refused before it reached the store (bad input) and answers it.
-async fn refuse(s: &Shared, ctx: AccessContext, err: ApiError) -> Response {
+pub(crate) async fn refuse(s: &Shared, ctx: AccessContext, err: ApiError) -> Response {
     let (status, code) = err.audit_detail();
     let ev = AuditEvent::new(Action::Refused, status).with_detail(format!("auth: {code}"));
     let id = ctx.request_id.clone();
@@ -93,8 +106,12 @@ async fn refuse(s: &Shared, ctx: AccessContext, err: ApiError) -> Response {
 }
 
 /// The body of an auth request as JSON of shape `T`; every refusal is audited.
-async fn take_json<T: DeserializeOwned>(s: &Shared, req: Request, shape: &str) -> Result<(AuthRequest, T), Response> {
-    let r = match take(req).await {
+pub(crate) async fn take_json<T: DeserializeOwned>(
+    s: &Shared,
+    req: Request,
+    shape: &str,
+) -> Result<(AuthRequest, T), Response> {
+    let r = match take(s, req).await {
         Ok(r) => r,
         Err((ctx, e)) => return Err(refuse(s, ctx, e).await),
     };
@@ -104,7 +121,7 @@ async fn take_json<T: DeserializeOwned>(s: &Shared, req: Request, shape: &str) -
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("the body must be a JSON object {shape}"))
     })
@@ -116,15 +133,15 @@ fn json(status: StatusCode, v: serde_json::Value, request_id: &str) -> Response 
     with_request_id(resp, request_id)
 }
 
-fn outcome_json(o: LoginOutcome) -> serde_json::Value {
+pub(crate) fn outcome_json(o: LoginOutcome) -> serde_json::Value {
     use serde_json::json;
     match o {
         LoginOutcome::Session { token, expires_in } => {
             json!({"access_token": token.as_str(), "token_type": "Bearer", "expires_in": expires_in})
         }
-        LoginOutcome::SecondFactorRequired { ticket, expires_in } => json!({
+        LoginOutcome::SecondFactorRequired { ticket, expires_in, methods } => json!({
             "status": "second-factor-required", "mfa_ticket": ticket.as_str(), "expires_in": expires_in,
-            "methods": ["totp", "recovery_code"]
+            "methods": methods
         }),
         LoginOutcome::PasswordChangeRequired { ticket, expires_in } => json!({
             "status": "password-change-required", "password_ticket": ticket.as_str(), "expires_in": expires_in
@@ -135,7 +152,7 @@ fn outcome_json(o: LoginOutcome) -> serde_json::Value {
     }
 }
 
-fn answer(r: Result<serde_json::Value, mamori_store::StoreError>, request_id: &str) -> Response {
+pub(crate) fn answer(r: Result<serde_json::Value, mamori_store::StoreError>, request_id: &str) -> Response {
     match r {
         Ok(v) => json(StatusCode::OK, v, request_id),
         Err(e) => with_request_id(ApiError::from(e).into_response(), request_id),
@@ -159,7 +176,10 @@ async fn login(State(s): St, req: Request) -> Response {
     let id = r.ctx.request_id.clone();
     let policy = Arc::clone(&s.login);
     let result = match (body.password, body.temporary_credential) {
-        (Some(p), None) => s.store.login_password(r.ctx, body.account, Zeroizing::new(p), policy).await,
+        (Some(p), None) => {
+            let zone = Some(s.policy.zone_name(r.zone).to_string());
+            s.store.login_password_from(r.ctx, zone, body.account, Zeroizing::new(p), policy).await
+        }
         (None, Some(t)) => s.store.login_temporary(r.ctx, body.account, Zeroizing::new(t), policy).await,
         _ => {
             let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("the body must be {SHAPE}"));
@@ -175,17 +195,25 @@ struct SecondFactorBody {
     mfa_ticket: String,
     totp: Option<String>,
     recovery_code: Option<String>,
+    /// `"webauthn"`: asks for a WebAuthn challenge.
+    method: Option<String>,
+    /// A WebAuthn assertion (`PublicKeyCredential.toJSON()` of `navigator.credentials.get`).
+    webauthn: Option<crate::webauthn_api::AssertionJson>,
 }
 
 async fn second_factor(State(s): St, req: Request) -> Response {
-    const SHAPE: &str = "{\"mfa_ticket\": …, \"totp\": \"123456\"} or {\"mfa_ticket\": …, \"recovery_code\": …}";
+    const SHAPE: &str = "{\"mfa_ticket\": …, \"totp\": \"123456\"}, {\"mfa_ticket\": …, \"recovery_code\": …}, {\"mfa_ticket\": …, \"method\": \"webauthn\"} or {\"mfa_ticket\": …, \"webauthn\": {assertion}}";
     let (r, body): (_, SecondFactorBody) = match take_json(&s, req, SHAPE).await {
         Ok(t) => t,
         Err(resp) => return resp,
     };
-    let factor = match (body.totp, body.recovery_code) {
-        (Some(t), None) => SecondFactor::Totp(t),
-        (None, Some(c)) => SecondFactor::RecoveryCode(Zeroizing::new(c)),
+    let factor = match (body.totp, body.recovery_code, body.method, body.webauthn) {
+        (None, None, Some(m), None) if m == "webauthn" => {
+            return crate::webauthn_api::login_begin(&s, r, body.mfa_ticket).await;
+        }
+        (None, None, None, Some(a)) => return crate::webauthn_api::login_finish(&s, r, body.mfa_ticket, a).await,
+        (Some(t), None, None, None) => SecondFactor::Totp(t),
+        (None, Some(c), None, None) => SecondFactor::RecoveryCode(Zeroizing::new(c)),
         _ => {
             let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("the body must be {SHAPE}"));
             return refuse(&s, r.ctx, e).await;
@@ -198,7 +226,7 @@ async fn second_factor(State(s): St, req: Request) -> Response {
 }
 
 /// The caller as a subject acting on their own credentials: a session bearer, else a ticket.
-async fn subject(
+pub(crate) async fn subject(
     s: &Shared,
     r: &mut AuthRequest,
     ticket: Option<String>,
@@ -206,7 +234,7 @@ async fn subject(
     if let Some(t) = ticket {
         return Ok(Some((Subject::Ticket(Zeroizing::new(t)), None)));
     }
-    match bearer_principal(s, &r.headers).await? {
+    match bearer_principal(s, &r.headers, r.zone).await? {
         Some((principal, Some(token))) => {
             r.ctx.actor = Actor::Person(principal.clone());
             Ok(Some((Subject::Session { principal: principal.clone(), token }, Some(principal))))
@@ -243,7 +271,11 @@ async fn password(State(s): St, req: Request) -> Response {
 
 /// Who the request acts for: the holder of `ticket`, else the session's account; neither is an
 /// audited 401.
-async fn ticket_or_session(s: &Shared, r: &mut AuthRequest, ticket: Option<String>) -> Result<Subject, Response> {
+pub(crate) async fn ticket_or_session(
+    s: &Shared,
+    r: &mut AuthRequest,
+    ticket: Option<String>,
+) -> Result<Subject, Response> {
     let id = r.ctx.request_id.clone();
     match subject(s, r, ticket).await {
         Ok(Some((subj, _))) => Ok(subj),
@@ -253,7 +285,7 @@ async fn ticket_or_session(s: &Shared, r: &mut AuthRequest, ticket: Option<Strin
 }
 
 /// No ticket and no session: recorded like any unauthenticated request.
-async fn unauthenticated(s: &Shared, ctx: AccessContext) -> Response {
+pub(crate) async fn unauthenticated(s: &Shared, ctx: AccessContext) -> Response {
     let id = ctx.request_id.clone();
     let ev = AuditEvent::new(Action::Refused, 401).with_detail("login");
     let resp = match s.store.record_event(ctx, ev).await {
@@ -270,7 +302,7 @@ struct TotpBody {
 }
 
 async fn totp_begin(State(s): St, req: Request) -> Response {
-    let mut r = match take(req).await {
+    let mut r = match take(&s, req).await {
         Ok(r) => r,
         Err((ctx, e)) => return refuse(&s, ctx, e).await,
     };
@@ -324,7 +356,7 @@ async fn totp_confirm(State(s): St, req: Request) -> Response {
 }
 
 async fn logout(State(s): St, req: Request) -> Response {
-    let mut r = match take(req).await {
+    let mut r = match take(&s, req).await {
         Ok(r) => r,
         Err((ctx, e)) => return refuse(&s, ctx, e).await,
     };

@@ -21,6 +21,7 @@ mod patient;
 pub mod respond;
 pub mod syslog;
 pub mod tls;
+mod webauthn_api;
 pub mod witness;
 
 use std::sync::Arc;

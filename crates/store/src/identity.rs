@@ -111,6 +111,8 @@ pub(crate) fn is_authentication_action(a: &str) -> bool {
             | "oauth-refresh"
             | "oauth-revoke"
             | "oauth-failure"
+            | "webauthn-challenge"
+            | "webauthn-clone-suspected"
     )
 }
 
@@ -123,6 +125,9 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
                 | "password-set"
                 | "password-change"
                 | "totp-enrol"
+                | "webauthn-enrol"
+                | "webauthn-remove"
+                | "webauthn-list"
                 | "recovery-codes-issue"
                 | "temporary-credential-issue"
                 | "account-disable"
@@ -140,8 +145,9 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
 pub enum LoginOutcome {
     /// Logged in: a session bearer token, shown once.
     Session { token: Zeroizing<String>, expires_in: i64 },
-    /// The password was right; a second factor must follow with this ticket.
-    SecondFactorRequired { ticket: Zeroizing<String>, expires_in: i64 },
+    /// The password was right; a second factor must follow with this ticket, by one of
+    /// `methods` (`totp`, `webauthn`, `recovery_code`).
+    SecondFactorRequired { ticket: Zeroizing<String>, expires_in: i64, methods: Vec<&'static str> },
     /// The password is an initial (or reset) one: only a new password can be set with the ticket.
     PasswordChangeRequired { ticket: Zeroizing<String>, expires_in: i64 },
     /// The role needs two factors and none is enrolled: only enrolment with the ticket.
@@ -212,13 +218,34 @@ pub trait Identity: Send + Sync {
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, ()>;
     /// Resolves a session token to its (enabled) account, within the idle and absolute limits.
+    /// A session opened with a password alone is refused if the role needs two factors in some
+    /// zone (the zone of the request is not known here; see [`Identity::authenticate_session_from`]).
     fn authenticate_session(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<Principal>>;
+    /// As [`Identity::authenticate_session`], for a request from network zone `zone`: a session
+    /// opened with a password alone is refused where the role needs two factors (AUTH-2).
+    fn authenticate_session_from(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<Principal>>;
+    /// As [`Identity::login_password`], from network zone `zone`: whether a password alone
+    /// suffices is decided per role and zone (`[login] password_only_from`). `login_password`
+    /// decides as for the strictest zone.
+    fn login_password_from(
+        &self,
+        ctx: AccessContext,
+        zone: Option<String>,
+        account: String,
+        password: Zeroizing<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, LoginOutcome>;
     fn logout(&self, ctx: AccessContext, token: TokenHash) -> StoreFuture<'_, ()>;
 }
 
-const TICKET_SECOND_FACTOR: &str = "second-factor";
-const TICKET_PASSWORD_CHANGE: &str = "password-change";
-const TICKET_ENROL: &str = "enrol";
+pub(crate) const TICKET_SECOND_FACTOR: &str = "second-factor";
+pub(crate) const TICKET_PASSWORD_CHANGE: &str = "password-change";
+pub(crate) const TICKET_ENROL: &str = "enrol";
 
 /// A session's last use is written at most this often (the idle timeout is this exact).
 pub(crate) const TOUCH_EVERY_US: i64 = 60_000_000;
@@ -252,7 +279,7 @@ pub(crate) fn person(ctx: &AccessContext, account: &str, role: Role) -> AccessCo
 }
 
 /// The person acting if their role is known, else the request's own context (never a guessed role).
-fn acting(ctx: &AccessContext, account: &str, role: Option<Role>) -> AccessContext {
+pub(crate) fn acting(ctx: &AccessContext, account: &str, role: Option<Role>) -> AccessContext {
     match role {
         Some(r) => person(ctx, account, r),
         None => ctx.clone(),
@@ -272,18 +299,40 @@ fn policy_error(p: PasswordProblem) -> StoreError {
 }
 
 /// What a login needs to know about an account, read before hashing.
-struct AccountState {
-    role: Option<Role>,
-    disabled: bool,
+pub(crate) struct AccountState {
+    pub(crate) role: Option<Role>,
+    pub(crate) disabled: bool,
     phc: Option<String>,
     must_change: bool,
-    totp_active: bool,
+    pub(crate) totp_active: bool,
+    /// Registered WebAuthn credentials.
+    pub(crate) webauthn: i64,
 }
 
-fn account_state(c: &Connection, name: &str) -> Result<Option<AccountState>, StoreError> {
+impl AccountState {
+    pub(crate) fn has_second_factor(&self) -> bool {
+        self.totp_active || self.webauthn > 0
+    }
+
+    /// The second-factor methods a login can continue with.
+    fn methods(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.totp_active {
+            m.push("totp");
+        }
+        if self.webauthn > 0 {
+            m.push("webauthn");
+        }
+        m.push("recovery_code");
+        m
+    }
+}
+
+pub(crate) fn account_state(c: &Connection, name: &str) -> Result<Option<AccountState>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT a.role, a.disabled_us IS NOT NULL, p.phc, p.must_change, \
-         (SELECT active FROM credential_totp t WHERE t.account = a.name) \
+         (SELECT active FROM credential_totp t WHERE t.account = a.name), \
+         (SELECT count(*) FROM credential_webauthn w WHERE w.account = a.name) \
          FROM account a LEFT JOIN credential_password p ON p.account = a.name WHERE a.name = ?1",
     )?
     .query_row([name], |r| {
@@ -293,12 +342,13 @@ fn account_state(c: &Connection, name: &str) -> Result<Option<AccountState>, Sto
             phc: r.get(2)?,
             must_change: r.get::<_, Option<bool>>(3)?.unwrap_or(false),
             totp_active: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
+            webauthn: r.get(5)?,
         })
     })
     .optional()?)
 }
 
-fn locked(c: &Connection, kind: &str, key: &str, now: i64) -> Result<bool, StoreError> {
+pub(crate) fn locked(c: &Connection, kind: &str, key: &str, now: i64) -> Result<bool, StoreError> {
     let until: Option<i64> = c
         .prepare_cached("SELECT locked_until_us FROM login_throttle WHERE kind = ?1 AND key = ?2")?
         .query_row([kind, key], |r| r.get(0))
@@ -348,7 +398,7 @@ fn count_failure(
 
 /// Records a failed login step: counters for the account (if it exists) and the source, the
 /// failure and any lockout in the trail.
-fn record_failure(
+pub(crate) fn record_failure(
     tx: &Tx<'_>,
     ev: &mut Events,
     ctx: &AccessContext,
@@ -396,7 +446,7 @@ fn issue_ticket(
 }
 
 /// Looks a ticket up; `consume` deletes it. Expired tickets are deleted and never match.
-fn ticket_account(
+pub(crate) fn ticket_account(
     c: &Connection,
     text: &str,
     purpose: &str,
@@ -416,7 +466,7 @@ fn ticket_account(
 }
 
 /// Creates a session, evicting the account's oldest beyond the limit (audited).
-fn create_session(
+pub(crate) fn create_session(
     tx: &Tx<'_>,
     ev: &mut Events,
     ctx: &AccessContext,
@@ -527,6 +577,7 @@ impl SqliteStore {
     async fn login_password_now(
         &self,
         ctx: AccessContext,
+        zone: Option<String>,
         account: String,
         password: Zeroizing<String>,
         policy: SharedLoginPolicy,
@@ -600,11 +651,11 @@ impl SqliteStore {
                 let (ticket, expires_in) =
                     issue_ticket(tx.conn, &account, TICKET_PASSWORD_CHANGE, now, policy.ticket_ttl)?;
                 LoginOutcome::PasswordChangeRequired { ticket, expires_in }
-            } else if st.totp_active {
+            } else if st.has_second_factor() {
                 let (ticket, expires_in) =
                     issue_ticket(tx.conn, &account, TICKET_SECOND_FACTOR, now, policy.ticket_ttl)?;
-                LoginOutcome::SecondFactorRequired { ticket, expires_in }
-            } else if policy.requires_two_factors(role) {
+                LoginOutcome::SecondFactorRequired { ticket, expires_in, methods: st.methods() }
+            } else if policy.requires_two_factors_from(role, zone.as_deref()) {
                 let (ticket, expires_in) = issue_ticket(tx.conn, &account, TICKET_ENROL, now, policy.ticket_ttl)?;
                 LoginOutcome::EnrolmentRequired { ticket, expires_in }
             } else {
@@ -679,6 +730,7 @@ impl SqliteStore {
             // The lost-factor fallback: the old second factor and recovery codes go, every session
             // ends, and the next step is a new password (then enrolment, if the role needs it).
             tx.conn.execute("DELETE FROM credential_totp WHERE account = ?1", [&account])?;
+            crate::webauthn::delete_all(tx.conn, &account)?;
             tx.conn.execute("DELETE FROM recovery_code WHERE account = ?1", [&account])?;
             tx.conn.execute("DELETE FROM login_session WHERE account = ?1", [&account])?;
             tx.conn.execute("DELETE FROM login_throttle WHERE kind = 'account' AND key = ?1", [&account])?;
@@ -793,7 +845,7 @@ impl SqliteStore {
     }
 
     /// The account a subject acts for (ticket of `purpose`, or the session's principal).
-    fn subject_account(
+    pub(crate) fn subject_account(
         tx: &Tx<'_>,
         subject: &Subject,
         purpose: &str,
@@ -870,7 +922,7 @@ impl SqliteStore {
                     .await;
             }
         }
-        policy.passwords.check(&new, &account, state.totp_active).map_err(policy_error)?;
+        policy.passwords.check(&new, &account, state.has_second_factor()).map_err(policy_error)?;
         let keep = policy.passwords.history;
         let p = Arc::clone(&policy);
         let candidate = new.clone();
@@ -990,26 +1042,32 @@ impl SqliteStore {
     async fn authenticate_session_now(
         &self,
         token: TokenHash,
+        zone: Option<String>,
         policy: SharedLoginPolicy,
     ) -> Result<Option<Principal>, StoreError> {
         let now = self.now_us();
         // ACL-4: a session is accepted only by the interface (audience) it was issued for.
         let audience = policy.audience.as_str();
-        let row: Option<(String, String, i64, i64)> = self.inner.engine.read_now(|c| {
+        let row: Option<(String, String, i64, i64, String)> = self.inner.engine.read_now(|c| {
             Ok(c.prepare_cached(
-                "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
+                "SELECT s.account, a.role, s.last_used_us, s.expires_us, s.factors FROM login_session s \
                  JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL \
                  AND s.audience = ?2",
             )?
-            .query_row(params![&token.0[..], audience], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![&token.0[..], audience], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .optional()?)
         })?;
-        let Some((account, role, last_used, expires)) = row else { return Ok(None) };
+        let Some((account, role, last_used, expires, factors)) = row else { return Ok(None) };
         if now >= expires || now >= last_used + dur_us(policy.sessions.idle_timeout) {
             return Ok(None);
         }
         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
         if !policy.admits(role) {
+            return Ok(None);
+        }
+        // AUTH-2 per zone: a session opened with a password alone (where that was allowed) does
+        // not carry over to a zone where the role needs two factors.
+        if factors == "password" && policy.requires_two_factors_from(role, zone.as_deref()) {
             return Ok(None);
         }
         if now - last_used >= TOUCH_EVERY_US {
@@ -1056,7 +1114,7 @@ impl SqliteStore {
         let n = name.as_str().to_string();
         let state = self.inner.engine.read_now(move |c| account_state(c, &n))?;
         let Some(state) = state else { return Err(StoreError::NotFound(format!("account '{name}'"))) };
-        policy.passwords.check(&password, name.as_str(), state.totp_active).map_err(policy_error)?;
+        policy.passwords.check(&password, name.as_str(), state.has_second_factor()).map_err(policy_error)?;
         let p = Arc::clone(&policy);
         let phc = Self::blocking(move || p.hasher.hash(&password)).await?.map_err(StoreError::internal)?;
         let account = name.as_str().to_string();
@@ -1222,7 +1280,18 @@ impl Identity for SqliteStore {
         password: Zeroizing<String>,
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, LoginOutcome> {
-        Box::pin(self.login_password_now(ctx, account, password, policy))
+        Box::pin(self.login_password_now(ctx, None, account, password, policy))
+    }
+
+    fn login_password_from(
+        &self,
+        ctx: AccessContext,
+        zone: Option<String>,
+        account: String,
+        password: Zeroizing<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, LoginOutcome> {
+        Box::pin(self.login_password_now(ctx, zone, account, password, policy))
     }
 
     fn login_temporary(
@@ -1276,7 +1345,16 @@ impl Identity for SqliteStore {
     }
 
     fn authenticate_session(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<Principal>> {
-        Box::pin(self.authenticate_session_now(token, policy))
+        Box::pin(self.authenticate_session_now(token, None, policy))
+    }
+
+    fn authenticate_session_from(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<Principal>> {
+        Box::pin(self.authenticate_session_now(token, zone, policy))
     }
 
     fn logout(&self, ctx: AccessContext, token: TokenHash) -> StoreFuture<'_, ()> {

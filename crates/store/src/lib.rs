@@ -29,6 +29,7 @@ mod schema;
 mod sealer;
 pub mod search;
 mod sqlite;
+pub mod webauthn;
 mod writes;
 
 pub use accounts::{AccountInfo, AccountName};
@@ -69,7 +70,14 @@ pub struct Page {
 /// The storage contract the request path is written against. The SQLite store implements it
 /// today; a PostgreSQL store implements the same trait and passes the same conformance tests.
 pub trait Store:
-    identity::Identity + lifecycle::Lifecycle + patients::PatientAccounts + oauth::OAuth + Send + Sync + 'static
+    identity::Identity
+    + lifecycle::Lifecycle
+    + patients::PatientAccounts
+    + oauth::OAuth
+    + webauthn::Webauthn
+    + Send
+    + Sync
+    + 'static
 {
     /// Resolves a bearer token to its (enabled, unexpired) account.
     fn authenticate(&self, token: TokenHash) -> StoreFuture<'_, Option<Principal>>;

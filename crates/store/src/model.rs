@@ -144,6 +144,16 @@ pub enum Action {
     PasswordChange,
     /// A TOTP second factor was enrolled (pending, then active on proof of a code).
     TotpEnrol,
+    /// A WebAuthn challenge was issued (registration or the second step of a login).
+    WebauthnChallenge,
+    /// A WebAuthn credential was registered (or its registration refused).
+    WebauthnEnrol,
+    /// A WebAuthn credential was removed (by its holder or an administrator).
+    WebauthnRemove,
+    /// Someone listed an account's WebAuthn credentials.
+    WebauthnList,
+    /// An assertion's signature counter did not increase: possibly a cloned authenticator.
+    WebauthnCloneSuspected,
     /// Recovery codes were issued (AUTH-8).
     RecoveryCodesIssue,
     /// A recovery code was used instead of the second factor (AUTH-8).
@@ -222,6 +232,11 @@ impl Action {
             Action::PasswordSet => "password-set",
             Action::PasswordChange => "password-change",
             Action::TotpEnrol => "totp-enrol",
+            Action::WebauthnChallenge => "webauthn-challenge",
+            Action::WebauthnEnrol => "webauthn-enrol",
+            Action::WebauthnRemove => "webauthn-remove",
+            Action::WebauthnList => "webauthn-list",
+            Action::WebauthnCloneSuspected => "webauthn-clone-suspected",
             Action::RecoveryCodesIssue => "recovery-codes-issue",
             Action::RecoveryCodeUse => "recovery-code-use",
             Action::TemporaryCredentialIssue => "temporary-credential-issue",

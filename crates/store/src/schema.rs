@@ -173,6 +173,7 @@ CREATE TABLE patient_flag (
 "#,
     crate::patients::MIGRATION,
     crate::oauth::MIGRATION,
+    crate::webauthn::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use mamori_access::password::{Argon2Params, PasswordHasher};
 use mamori_access::secret::{SecretKind, presented};
 use mamori_access::totp::TotpSecret;
+use mamori_access::webauthn::{RelyingParty, UserVerification};
 use mamori_access::{LoginPolicy, Principal, Role, SharedLoginPolicy};
 use mamori_store::clock::{Clock, ManualClock};
 use mamori_store::identity::{Identity, LoginOutcome, SecondFactor, Subject};
 use mamori_store::keys::MasterKey;
+use mamori_store::webauthn::{AssertionResponse, RegistrationResponse, Webauthn};
 use mamori_store::{AccessContext, AccountName, Actor, SqliteStore, StoreConfig, StoreError};
 use time::Duration;
 use zeroize::Zeroizing;
@@ -466,6 +468,81 @@ async fn auth7_disable_ends_sessions_at_once() {
     invalid(e.login("dr.sato", CHOSEN).await);
     assert_eq!(e.audit_details("account-disable"), vec!["1 session(s) ended".to_string()]);
     assert!(e.audit_details("login-failure").contains(&"disabled".to_string()));
+    store_shutdown(e);
+}
+
+#[path = "../../mamori/tests/support/authenticator.rs"]
+mod authenticator;
+
+fn with_webauthn(p: &mut LoginPolicy) {
+    let origins = ["https://emr.example.jp".to_string()];
+    let rp = RelyingParty::new("emr.example.jp", "mamori", &origins, UserVerification::Preferred, Duration::minutes(2));
+    p.webauthn = Some(rp.unwrap());
+}
+
+fn registration(r: authenticator::Registration) -> RegistrationResponse {
+    RegistrationResponse {
+        credential_id: r.credential_id,
+        client_data_json: r.client_data_json,
+        attestation_object: r.attestation_object,
+    }
+}
+
+fn assertion(a: authenticator::Assertion) -> AssertionResponse {
+    AssertionResponse {
+        credential_id: a.credential_id,
+        client_data_json: a.client_data_json,
+        authenticator_data: a.authenticator_data,
+        signature: a.signature,
+        user_handle: a.user_handle,
+    }
+}
+
+#[tokio::test]
+async fn auth2_webauthn_challenges_expire_by_clock_and_are_single_use() {
+    let e = env_with(with_webauthn);
+    let src = || from("10.0.0.1");
+    e.account("dr.sato", Role::Physician).await;
+    let (kind, enrol) = e.change_initial("dr.sato").await;
+    assert_eq!(kind, "enrol");
+    let mut key = authenticator::Authenticator::es256(3);
+    let subject = || Subject::Ticket(enrol.clone());
+
+    // A registration answered after the challenge's two minutes is refused.
+    let o = e.store.webauthn_register_begin(src(), subject(), "key".into(), e.policy.clone()).await.unwrap();
+    e.clock.advance(Duration::minutes(2) + Duration::seconds(1));
+    let late = registration(key.register(&o.challenge));
+    let r = e.store.webauthn_register_finish(src(), subject(), late, e.policy.clone()).await;
+    assert!(matches!(r, Err(StoreError::Invalid { .. })), "{r:?}");
+    // A fresh one in time registers.
+    let o = e.store.webauthn_register_begin(src(), subject(), "key".into(), e.policy.clone()).await.unwrap();
+    e.clock.advance(Duration::seconds(119));
+    let again = registration(key.register(&o.challenge));
+    e.store.webauthn_register_finish(src(), subject(), again, e.policy.clone()).await.unwrap();
+
+    // A login assertion after the challenge expired is refused (the ticket itself still valid).
+    let (kind, mfa) = e.login("dr.sato", CHOSEN).await.unwrap();
+    assert_eq!(kind, "second-factor");
+    let o = e.store.webauthn_login_begin(src(), mfa.clone(), e.policy.clone()).await.unwrap();
+    e.clock.advance(Duration::minutes(3));
+    let late = assertion(key.assert(&o.challenge));
+    invalid(e.store.webauthn_login_finish(src(), mfa, late, e.policy.clone()).await.map(ticket));
+    // In time, it logs in; the challenge (and ticket) answer once.
+    let (_, mfa) = e.login("dr.sato", CHOSEN).await.unwrap();
+    let o = e.store.webauthn_login_begin(src(), mfa.clone(), e.policy.clone()).await.unwrap();
+    e.clock.advance(Duration::seconds(90));
+    let a = key.assert(&o.challenge);
+    let (kind, token) =
+        e.store.webauthn_login_finish(src(), mfa.clone(), assertion(a), e.policy.clone()).await.map(ticket).unwrap();
+    assert_eq!(kind, "session");
+    assert!(e.session_of(&token).await.is_some());
+    let replay = assertion(key.assert(&o.challenge));
+    invalid(e.store.webauthn_login_finish(src(), mfa, replay, e.policy.clone()).await.map(ticket));
+
+    assert_eq!(e.audit_details("webauthn-enrol").iter().filter(|d| *d == "challenge-expired").count(), 1);
+    let failures = e.audit_details("login-failure");
+    assert_eq!(failures.iter().filter(|d| *d == "webauthn: challenge-expired").count(), 1, "{failures:?}");
+    assert_eq!(failures.iter().filter(|d| *d == "bad-ticket").count(), 1, "{failures:?}");
     store_shutdown(e);
 }
 

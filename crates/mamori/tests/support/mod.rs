@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod authenticator;
 pub mod synthea;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
@@ -28,12 +29,6 @@ pub fn mamori(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-pub fn ok(args: &[&str]) -> String {
-    let (code, out, err) = mamori(args);
-    assert_eq!(code, 0, "mamori {args:?} failed: {err}");
-    out
-}
-
 /// `mamori user password NAME` with the password on standard input: (exit code, output).
 pub fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) {
     let mut child = Command::new(BIN)
@@ -50,6 +45,12 @@ pub fn set_password(dir: &DataDir, name: &str, password: &str) -> (i32, String) 
         out.status.code().unwrap_or(-1),
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let (code, out, err) = mamori(args);
+    assert_eq!(code, 0, "mamori {args:?} failed: {err}");
+    out
 }
 
 pub struct DataDir {
@@ -212,6 +213,20 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// The server's root URL (where `/auth/…` and `/admin/…` are).
+pub fn root(s: &Server) -> String {
+    s.base.trim_end_matches("/fhir").to_string()
+}
+
+/// POSTs JSON to a path under the root, with an optional bearer: (status, JSON body).
+pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut r = s.http.post(format!("{}{path}", root(s))).json(body);
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    json(r.send().await.unwrap()).await
 }
 
 /// Status and parsed JSON body of a response.
