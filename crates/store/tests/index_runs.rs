@@ -72,7 +72,7 @@ async fn hits(store: &SqliteStore, q: &str) -> Vec<String> {
 /// Every created patient is found by its identifier, each family by prefix with the right count.
 async fn all_found(store: &SqliteStore, ids: &[String]) {
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(hits(store, &format!("identifier=urn:mrn|MRN{i:04}")).await, [id.clone()], "patient {i}");
+        assert_eq!(hits(store, &format!("identifier=urn:mrn|MRN{i:04}")).await, std::slice::from_ref(id), "patient {i}");
     }
     for f in 0..7 {
         let want = (0..ids.len()).filter(|i| i % 7 == f).count();
