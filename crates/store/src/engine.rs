@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::StoreError;
 use crate::schema;
 use crate::sealer::Sealer;
+use crate::search::runs::{IndexRuns, Maintainer};
 
 /// Upper bound on jobs per commit: keeps latency bounded under a flood of writes.
 const MAX_BATCH: usize = 512;
@@ -42,6 +43,7 @@ impl Engine {
         audit: &Path,
         synchronous_full: bool,
         sealer: Option<MakeSealer>,
+        index_runs: IndexRuns,
     ) -> Result<Engine, StoreError> {
         let conn = open_writer(records, audit, synchronous_full)?;
         // WAL checkpoints run on their own connection and thread, not inside a writer's commit.
@@ -51,7 +53,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("mamori-writer".into())
-            .spawn(move || writer_loop(conn, rx, sealer))
+            .spawn(move || writer_loop(conn, rx, sealer, index_runs))
             .map_err(StoreError::internal)?;
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
@@ -252,7 +254,8 @@ fn wal_bytes(wals: &[std::path::PathBuf]) -> u64 {
 /// How often an idle writer wakes to let the sealer make time-based checkpoints.
 const SEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>, index_runs: IndexRuns) {
+    let mut runs = Maintainer::default();
     loop {
         let first = match rx.recv_timeout(SEAL_TICK) {
             Ok(job) => job,
@@ -286,6 +289,14 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sea
                 done
             })
             .collect();
+        if !poisoned {
+            // The token index's runs: seal, merge a step (search/runs.rs). Its own savepoint: a
+            // failure leaves the index as it was and the group's jobs untouched.
+            if let Err(e) = savepoint(&conn, "runs", |c| runs.maintain(c, &index_runs)) {
+                tracing::warn!(error = %e, "search index maintenance failed; retried after the next write");
+                runs = Maintainer::default();
+            }
+        }
         let committed = if poisoned {
             tracing::error!(target: "security", "an audit row could not be written; the whole group is rolled back");
             Err(StoreError::AuditUnavailable)

@@ -174,6 +174,28 @@ CREATE TABLE patient_flag (
     crate::patients::MIGRATION,
     crate::oauth::MIGRATION,
     crate::webauthn::MIGRATION,
+    r#"
+-- The token index as sorted runs (search/runs.rs): new rows go into a small open run, full runs
+-- are merged into larger ones in key order, lookups ask every live run. No by-rid copy: a
+-- resource's old rows are found by extracting its previous version again. Rebuilt at open
+-- (INDEX_VERSION 3).
+DROP TABLE idx_token;
+CREATE TABLE idx_token (
+    run   INTEGER NOT NULL,
+    pid   INTEGER NOT NULL,
+    token BLOB    NOT NULL,
+    rid   INTEGER NOT NULL,
+    PRIMARY KEY (run, pid, token, rid)
+) WITHOUT ROWID;
+-- state: 0 open (takes new rows), 1 sealed, 2 being merged into the run in state 3.
+CREATE TABLE idx_token_run (
+    run   INTEGER PRIMARY KEY,
+    level INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    rows  INTEGER NOT NULL
+);
+INSERT INTO idx_token_run (run, level, state, rows) VALUES (1, 0, 0, 0);
+"#,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

@@ -36,6 +36,8 @@ pub struct StoreConfig {
     pub clock: Arc<dyn Clock>,
     /// The access policy whose category rules classify every version (ACL-2).
     pub policy: Arc<Policy>,
+    /// Shape of the search index's token runs (sealing and merging thresholds).
+    pub index_runs: crate::search::runs::IndexRuns,
 }
 
 impl StoreConfig {
@@ -50,6 +52,7 @@ impl StoreConfig {
             page_limits: PageLimits::default(),
             clock: Arc::new(SystemClock),
             policy: Arc::new(Policy::builtin().unwrap_or_else(|_| Policy::deny_all())),
+            index_runs: crate::search::runs::IndexRuns::default(),
         }
     }
 }
@@ -132,7 +135,7 @@ impl SqliteStore {
             }
             _ => None,
         };
-        let engine = Arc::new(Engine::open(&cfg.path, &cfg.audit_path, cfg.synchronous_full, sealer)?);
+        let engine = Arc::new(Engine::open(&cfg.path, &cfg.audit_path, cfg.synchronous_full, sealer, cfg.index_runs)?);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 engine,

@@ -12,7 +12,7 @@ use crate::keyring::KeyRing;
 use crate::keys::IndexKey;
 use crate::model::VersionRecord;
 use crate::rows::{self, Protection};
-use crate::search::maintain::reindex;
+use crate::search::maintain::{Previous, reindex};
 use crate::search::params::SearchQuery;
 use mamori_access::Operation;
 
@@ -316,6 +316,8 @@ impl Tx<'_> {
                     return Ok(None);
                 }
                 let names = self.guard_existing(rtype, id, Operation::Delete)?;
+                let current = rows::load_current(self.conn, self.keys, self.protect, rtype, id)?;
+                let previous = previous_body(current.as_ref())?;
                 let tombstone = VersionRecord {
                     rtype,
                     id: id.to_string(),
@@ -323,14 +325,12 @@ impl Tx<'_> {
                     last_updated_us: self.now_us,
                     deleted: true,
                     // A tombstone stays in the compartment of the resource it ends.
-                    patients: rows::load_current(self.conn, self.keys, self.protect, rtype, id)?
-                        .map(|r| r.patients)
-                        .unwrap_or_default(),
+                    patients: current.map(|r| r.patients).unwrap_or_default(),
                     body: None,
                 };
                 let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
                 category::store(self.conn, seq, &names)?;
-                reindex(self.conn, self.index, rtype.as_str(), rid, None, &[])?;
+                reindex(self.conn, self.index, rtype.as_str(), rid, Previous::Existing(previous.as_ref()), None, &[])?;
                 crate::flags::update(self.conn, rtype.as_str(), id, None)?;
                 Ok(Some(tombstone))
             }
@@ -388,10 +388,25 @@ impl Tx<'_> {
             patients,
             body: Some(serde_json::to_vec(&body).map_err(StoreError::internal)?),
         };
+        // The body the index holds now, so its token rows can be found and removed.
+        let previous = if live {
+            previous_body(rows::load_current(self.conn, self.keys, self.protect, rtype, id)?.as_ref())?
+        } else {
+            None
+        };
         let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
         category::store(self.conn, seq, &names)?;
-        reindex(self.conn, self.index, rtype.as_str(), rid, Some(&body), &rec.patients)?;
+        let previous = if rid == seq { Previous::Fresh } else { Previous::Existing(previous.as_ref()) };
+        reindex(self.conn, self.index, rtype.as_str(), rid, previous, Some(&body), &rec.patients)?;
         crate::flags::update(self.conn, rtype.as_str(), id, Some(&body))?;
         Ok(rec)
+    }
+}
+
+/// The parsed body of a current version that is not deleted (what the search index holds).
+fn previous_body(current: Option<&VersionRecord>) -> Result<Option<Value>, StoreError> {
+    match current.and_then(|r| r.body.as_deref()) {
+        Some(bytes) => Ok(Some(serde_json::from_slice(bytes).map_err(StoreError::internal)?)),
+        None => Ok(None),
     }
 }

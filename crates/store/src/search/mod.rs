@@ -4,6 +4,7 @@
 //!   SearchParameter expressions; [`maintain`] keeps the index tables in step with current
 //!   versions, in the same transaction as the write.
 //! - [`params`] parses a query into typed clauses; [`sql`] runs them against the index.
+//! - [`runs`] keeps the token rows as sorted runs that are merged in the background of writes.
 //!
 //! Index rows name a resource by `rid`, the sequence number of its first version (stable for the
 //! resource's life, an integer rather than a 36-byte id), and a parameter by `pid`, a 63-bit
@@ -13,6 +14,7 @@ pub(crate) mod extract;
 pub(crate) mod maintain;
 pub mod normalize;
 pub mod params;
+pub mod runs;
 pub(crate) mod sql;
 
 use sha2::{Digest, Sha256};
@@ -34,7 +36,7 @@ pub(crate) fn indexes_contains(rtype: &str, code: &str) -> bool {
 
 /// Bumped whenever extraction changes; a store whose index was built by another version
 /// rebuilds it at open.
-pub(crate) const INDEX_VERSION: i64 = 2;
+pub(crate) const INDEX_VERSION: i64 = 3;
 
 /// The identity of one search parameter of one resource type in the index.
 #[derive(Clone, Debug)]

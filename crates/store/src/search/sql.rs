@@ -186,7 +186,12 @@ impl Where<'_> {
 
     /// `SELECT rid FROM table WHERE pid = ?`, correlated to the probed resource when probing.
     fn rows_of(&mut self, table: &str, pk: &ParamKey) {
-        self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
+        if table == "idx_token" {
+            // Token rows live in sorted runs (search/runs.rs): one seek per live run.
+            self.push(&format!("SELECT rid FROM idx_token WHERE {} AND pid = ", super::runs::LIVE_RUNS));
+        } else {
+            self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
+        }
         self.arg(pk.pid);
         if let Some(a) = &self.correlate {
             let cond = format!(" AND rid = {a}.first_seq");
