@@ -146,8 +146,8 @@ enum Factor<'a> {
     Recovery(&'a str),
 }
 
-/// Signs in on the page like a browser and returns the redirect's query parameters.
-async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
+/// Opens the page like a browser and posts the password form; returns the answer to that.
+async fn password_post(s: &Server, url: &str, account: &str, password: &str) -> reqwest::Response {
     let http = no_redirects();
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -166,6 +166,13 @@ async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: F
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    resp
+}
+
+/// Signs in on the page like a browser and returns the redirect's query parameters.
+async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
+    let http = no_redirects();
+    let resp = password_post(s, url, account, password).await;
     let cookie = set_cookie(&resp);
     let html = resp.text().await.unwrap();
     assert!(html.contains("name=\"method\" value=\"totp\""), "{html}");
@@ -645,21 +652,6 @@ async fn auth6_smart_configuration_and_capability_statement() {
 
 // ---- WebAuthn on the sign-in page (AUTH-2 with AUTH-6) -----------------------------------------
 
-const WEBAUTHN: &str = "\n[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\n";
-
-/// A server with WebAuthn configured (lockout thresholds high enough for the refusals).
-fn start_webauthn() -> Server {
-    let dir = DataDir::init();
-    let cfg = dir.path.join("mamori.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_failures_per_account = 5", "max_failures_per_account = 50")
-        .replace("max_failures_per_source = 20", "max_failures_per_source = 200");
-    std::fs::write(&cfg, format!("{text}{WEBAUTHN}")).unwrap();
-    let token = dir.user_with_token("dr.test", "physician");
-    Server::start_in(dir, token)
-}
-
 /// The text between `open` and the next `</script>`.
 fn element<'a>(html: &'a str, open: &str) -> &'a str {
     let at = html.find(open).unwrap_or_else(|| panic!("{open} in {html}")) + open.len();
@@ -677,19 +669,7 @@ struct SecondFactorPage {
 }
 
 async fn password_step(s: &Server, url: &str, account: &str, password: &str) -> SecondFactorPage {
-    let http = no_redirects();
-    let resp = http.get(url).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let cookie = set_cookie(&resp);
-    let ft = form_token(&resp.text().await.unwrap());
-    let resp = http
-        .post(format!("{}/oauth/authorize", root(s)))
-        .header("cookie", &cookie)
-        .form_(&[("form_token", ft.as_str()), ("step", "password"), ("account", account), ("password", password)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    let resp = password_post(s, url, account, password).await;
     let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
     let cookie = set_cookie(&resp);
     let html = resp.text().await.unwrap();
@@ -718,7 +698,7 @@ async fn post_assertion(s: &Server, page: &SecondFactorPage, assertion: &str) ->
 async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
     use support::authenticator::{Authenticator, b64, unb64};
     const PASSWORD: &str = "Hakone-Maple-42-River";
-    let s = start_webauthn();
+    let s = server_with_webauthn("");
     let (pid, oid) = chart(&s).await;
     register_app(&s);
     // TOTP first, then a security key added with the session that TOTP opened (JSON API).

@@ -15,20 +15,9 @@ use support::*;
 
 const INITIAL: &str = "Initial-Pass-9876!";
 const PASSWORD: &str = "Hakone-Maple-42-River";
-const WEBAUTHN: &str = "\n[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\n";
-
-/// A server with WebAuthn configured (and lockout thresholds high enough for the refusal tests),
-/// plus `extra` configuration.
+/// A server with WebAuthn configured, plus `extra` configuration.
 fn start(extra: &str) -> Server {
-    let dir = DataDir::init();
-    let cfg = dir.path.join("mamori.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_failures_per_account = 5", "max_failures_per_account = 50")
-        .replace("max_failures_per_source = 20", "max_failures_per_source = 200");
-    std::fs::write(&cfg, format!("{text}{WEBAUTHN}{extra}")).unwrap();
-    let token = dir.user_with_token("dr.test", "physician");
-    Server::start_in(dir, token)
+    server_with_webauthn(extra)
 }
 
 async fn login(s: &Server, name: &str) -> Value {
