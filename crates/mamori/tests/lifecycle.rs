@@ -145,6 +145,7 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     let dr = &rep["accounts"][3];
     assert_eq!(dr["role"], "physician");
     assert_eq!(dr["totp"], "none");
+    assert_eq!(dr["webauthn"], 0);
     assert_eq!(dr["api_tokens"], 1);
     assert!(dr["last_used"].is_string(), "token use is recorded: {dr}");
     assert_eq!(dr["pending_requests"][0]["role"], "auditor");

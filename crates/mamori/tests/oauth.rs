@@ -146,8 +146,8 @@ enum Factor<'a> {
     Recovery(&'a str),
 }
 
-/// Signs in on the page like a browser and returns the redirect's query parameters.
-async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
+/// Opens the page like a browser and posts the password form; returns the answer to that.
+async fn password_post(s: &Server, url: &str, account: &str, password: &str) -> reqwest::Response {
     let http = no_redirects();
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -166,6 +166,13 @@ async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: F
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    resp
+}
+
+/// Signs in on the page like a browser and returns the redirect's query parameters.
+async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
+    let http = no_redirects();
+    let resp = password_post(s, url, account, password).await;
     let cookie = set_cookie(&resp);
     let html = resp.text().await.unwrap();
     assert!(html.contains("name=\"method\" value=\"totp\""), "{html}");
@@ -641,4 +648,167 @@ async fn auth6_smart_configuration_and_capability_statement() {
     let ext = &cap["rest"][0]["security"]["extension"][0];
     assert_eq!(ext["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
     assert_eq!(ext["extension"][1]["valueUri"], format!("{r}/oauth/token"));
+}
+
+// ---- WebAuthn on the sign-in page (AUTH-2 with AUTH-6) -----------------------------------------
+
+/// The text between `open` and the next `</script>`.
+fn element<'a>(html: &'a str, open: &str) -> &'a str {
+    let at = html.find(open).unwrap_or_else(|| panic!("{open} in {html}")) + open.len();
+    html[at..].split("</script>").next().unwrap()
+}
+
+/// What the browser has after the password step: the cookie, the form token, the embedded
+/// WebAuthn request options, and the page's CSP.
+struct SecondFactorPage {
+    cookie: String,
+    form_token: String,
+    options: Value,
+    csp: String,
+    html: String,
+}
+
+async fn password_step(s: &Server, url: &str, account: &str, password: &str) -> SecondFactorPage {
+    let resp = password_post(s, url, account, password).await;
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let cookie = set_cookie(&resp);
+    let html = resp.text().await.unwrap();
+    let options: Value =
+        serde_json::from_str(element(&html, "<script type=\"application/json\" id=\"webauthn-options\">")).unwrap();
+    SecondFactorPage { cookie, form_token: form_token(&html), options, csp, html }
+}
+
+/// Posts the WebAuthn form as the page's script would: the assertion JSON in the hidden field.
+async fn post_assertion(s: &Server, page: &SecondFactorPage, assertion: &str) -> reqwest::Response {
+    no_redirects()
+        .post(format!("{}/oauth/authorize", root(s)))
+        .header("cookie", &page.cookie)
+        .form_(&[
+            ("form_token", page.form_token.as_str()),
+            ("step", "second-factor"),
+            ("method", "webauthn"),
+            ("assertion", assertion),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
+    use support::authenticator::{Authenticator, b64, unb64};
+    const PASSWORD: &str = "Hakone-Maple-42-River";
+    let s = server_with_webauthn("");
+    let (pid, oid) = chart(&s).await;
+    register_app(&s);
+    // TOTP first, then a security key added with the session that TOTP opened (JSON API).
+    let (secret, _) = enrolled(&s, "dr.sato", "physician", PASSWORD).await;
+    let r = post_json(&s, "/auth/login", &json!({"account": "dr.sato", "password": PASSWORD})).await;
+    let mfa = r["mfa_ticket"].as_str().unwrap();
+    let r =
+        post_json(&s, "/auth/login/second-factor", &json!({"mfa_ticket": mfa, "totp": totp(&secret, unix_now() + 30)}))
+            .await;
+    let session = r["access_token"].as_str().unwrap().to_string();
+    let mut key = Authenticator::es256(7);
+    let reg = |path: &str, body: Value| {
+        let (s, session, path) = (&s, session.clone(), path.to_string());
+        async move {
+            json(s.http.post(format!("{}{path}", root(s))).bearer_auth(session).json(&body).send().await.unwrap()).await
+        }
+    };
+    let (st, options) = reg("/auth/webauthn/register", json!({"label": "YubiKey"})).await;
+    assert_eq!(st, 200, "{options}");
+    let (st, r) = reg("/auth/webauthn/register/finish", json!({"credential": key.create_json(&options)})).await;
+    assert_eq!(st, 200, "{r}");
+
+    // The page after the password: WebAuthn beside TOTP and the recovery code, its options bound
+    // to this sign-in, its one script allowed by hash and never by 'unsafe-inline'.
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&s, "chart", REDIRECT, "user/Patient.rs", &challenge, "S256");
+    let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+    for method in ["webauthn", "totp", "recovery_code"] {
+        assert!(page.html.contains(&format!("name=\"method\" value=\"{method}\"")), "{method}: {}", page.html);
+    }
+    assert!(page.html.contains("id=\"webauthn-form\" hidden"), "shown only by the script: {}", page.html);
+    assert!(!page.csp.contains("unsafe-inline") && !page.csp.contains("unsafe-eval"), "{}", page.csp);
+    let script = element(&page.html, "<script>");
+    let hash = format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script)));
+    assert!(page.csp.contains(&format!("script-src {hash}")), "{} vs {hash}", page.csp);
+    assert!(page.csp.starts_with("default-src 'none'"), "{}", page.csp);
+    assert_eq!(page.html.matches("<script>").count(), 1, "one executable script");
+    let pk = &page.options["publicKey"];
+    assert_eq!(pk["rpId"], "emr.example.jp");
+    assert_eq!(pk["allowCredentials"][0]["id"], json!(b64(&key.credential_id)));
+    assert_eq!(unb64(pk["challenge"].as_str().unwrap()).len(), 32, "{pk}");
+
+    // The software authenticator answers; the form goes back with the CSRF token; the code
+    // comes, is exchanged with the verifier, and the token reads the chart within its scope.
+    let good = key.get_json(&page.options).to_string();
+    let resp = post_assertion(&s, &page, &good).await;
+    assert_eq!(resp.status().as_u16(), 303, "{:?}", resp.text().await);
+    let p = redirect_params(&resp);
+    assert_eq!(param(&p, "state"), Some("st-42"));
+    let (st, t) = exchange(&s, param(&p, "code").unwrap(), &verifier).await;
+    assert_eq!(st, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(status(&s, &format!("Patient/{pid}"), &access).await, 200);
+    assert_eq!(status(&s, &format!("Observation/{oid}"), &access).await, 403, "scope still narrows");
+
+    // A bad signature, the wrong origin, a replayed assertion and a field that is no assertion:
+    // the same answer each time, no code, all audited.
+    let flip = |v: Value| {
+        let mut v = v;
+        let mut sig = unb64(v["response"]["signature"].as_str().unwrap());
+        let last = sig.len() - 1;
+        sig[last] ^= 1;
+        v["response"]["signature"] = json!(b64(&sig));
+        v.to_string()
+    };
+    for case in ["bad-signature", "wrong-origin", "replay", "malformed"] {
+        let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+        let assertion = match case {
+            "bad-signature" => flip(key.get_json(&page.options)),
+            "wrong-origin" => {
+                key.origin = "https://evil.example".into();
+                let a = key.get_json(&page.options).to_string();
+                key.origin = "https://emr.example.jp".into();
+                a
+            }
+            "replay" => good.clone(),
+            _ => "{\"id\": \"AA\"}".to_string(),
+        };
+        let resp = post_assertion(&s, &page, &assertion).await;
+        assert_eq!(resp.status().as_u16(), 401, "{case}");
+        assert!(resp.headers().get("location").is_none(), "{case}");
+        assert!(!resp.headers()["content-security-policy"].to_str().unwrap().contains("unsafe-inline"));
+        let html = resp.text().await.unwrap();
+        assert!(html.contains("Invalid credentials"), "{case}: {html}");
+        assert!(html.contains("name=\"step\" value=\"password\""), "{case}: back to the start");
+    }
+    // The same key still works afterwards (the refusals changed nothing it relies on).
+    let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+    let resp = post_assertion(&s, &page, &key.get_json(&page.options).to_string()).await;
+    assert_eq!(resp.status().as_u16(), 303);
+
+    let n = |sql: &str| s.dir.audit_i64(sql);
+    assert_eq!(n("SELECT count(*) FROM audit_event WHERE action = 'oauth-authorize' AND outcome = 200"), 2);
+    let failure = |detail: &str| {
+        n(&format!(
+            "SELECT count(*) FROM audit_event WHERE action = 'login-failure' AND detail = '{detail}; client: chart'"
+        ))
+    };
+    assert_eq!(failure("webauthn: bad-signature"), 1);
+    assert_eq!(failure("webauthn: wrong-origin"), 1);
+    assert_eq!(failure("webauthn: wrong-challenge"), 1, "the replay, under a new challenge");
+    assert_eq!(
+        n(
+            "SELECT count(*) FROM audit_event WHERE action = 'oauth-failure' AND detail LIKE '%malformed WebAuthn assertion%'"
+        ),
+        1
+    );
+    assert_eq!(n("SELECT count(*) FROM audit_event WHERE action = 'login' AND detail LIKE 'password+webauthn%'"), 2);
+    assert_eq!(
+        n("SELECT count(*) FROM audit_event WHERE action = 'webauthn-challenge' AND detail = 'login; client: chart'"),
+        6
+    );
 }

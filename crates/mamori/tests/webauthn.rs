@@ -15,20 +15,9 @@ use support::*;
 
 const INITIAL: &str = "Initial-Pass-9876!";
 const PASSWORD: &str = "Hakone-Maple-42-River";
-const WEBAUTHN: &str = "\n[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\n";
-
-/// A server with WebAuthn configured (and lockout thresholds high enough for the refusal tests),
-/// plus `extra` configuration.
+/// A server with WebAuthn configured, plus `extra` configuration.
 fn start(extra: &str) -> Server {
-    let dir = DataDir::init();
-    let cfg = dir.path.join("mamori.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_failures_per_account = 5", "max_failures_per_account = 50")
-        .replace("max_failures_per_source = 20", "max_failures_per_source = 200");
-    std::fs::write(&cfg, format!("{text}{WEBAUTHN}{extra}")).unwrap();
-    let token = dir.user_with_token("dr.test", "physician");
-    Server::start_in(dir, token)
+    server_with_webauthn(extra)
 }
 
 async fn login(s: &Server, name: &str) -> Value {
@@ -161,6 +150,14 @@ async fn auth2_webauthn_registers_and_logs_in_end_to_end() {
     assert_eq!(st, 400);
 
     let dir = s.stop();
+    // The review report (AUTH-7) counts the account's credentials, in JSON and CSV.
+    let report: Value = serde_json::from_str(&ok(&["user", "report", "--data-dir", dir.arg()])).unwrap();
+    let row = report["accounts"].as_array().unwrap().iter().find(|r| r["name"] == "dr.sato").unwrap();
+    assert_eq!((row["webauthn"].as_i64(), row["totp"].as_str()), (Some(2), Some("none")), "{row}");
+    let csv = ok(&["user", "report", "--data-dir", dir.arg(), "--format", "csv"]);
+    let col = csv.lines().next().unwrap().split(',').position(|h| h == "webauthn").unwrap();
+    let line = csv.lines().find(|l| l.starts_with("dr.sato,")).unwrap();
+    assert_eq!(line.split(',').nth(col), Some("2"), "{csv}");
     let n = |sql: &str| dir.audit_i64(sql);
     assert_eq!(n("SELECT count(*) FROM audit_event WHERE action = 'webauthn-enrol' AND outcome = 201"), 2);
     assert_eq!(n("SELECT count(*) FROM audit_event WHERE action = 'login' AND detail LIKE 'password+webauthn%'"), 2);

@@ -17,6 +17,7 @@ mod fhir_api;
 mod lifecycle_api;
 pub mod listener;
 pub mod oauth_api;
+mod oauth_webauthn;
 mod patient;
 pub mod respond;
 pub mod syslog;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! GET  /oauth/authorize   validate client, redirect URI, PKCE S256, scopes → sign-in page
-//! POST /oauth/authorize   form steps: password → second factor (TOTP or recovery code)
+//! POST /oauth/authorize   form steps: password → second factor (TOTP, WebAuthn or recovery code)
 //!                         → 303 to the app's redirect URI with code and state
 //! POST /oauth/token       authorization_code (+code_verifier) | refresh_token (rotation)
 //!                         | client_credentials (private_key_jwt)
@@ -13,7 +13,8 @@
 //!
 //! The page reuses the store's login operations (`Identity::login_password`,
 //! `login_second_factor`): lockouts, the uniform "invalid credentials", forced password change
-//! and the two-factor rules apply exactly as for `/auth/login`. Its state (which app, which
+//! and the two-factor rules apply exactly as for `/auth/login`; WebAuthn uses the store's
+//! `Webauthn` steps (`oauth_webauthn` renders the page part). Its state (which app, which
 //! step, the second-factor ticket) stays on the server, keyed by a random form token that is
 //! both a hidden field and a `SameSite=Strict` cookie (double submit against CSRF).
 
@@ -30,6 +31,7 @@ use mamori_access::scope::ScopeSet;
 use mamori_access::secret::{IssuedSecret, SecretKind, presented};
 use mamori_store::identity::{LoginOutcome, SecondFactor};
 use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Refusal, Tokens};
+use mamori_store::webauthn::RequestOptions;
 use mamori_store::{AccessContext, StoreError};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -37,6 +39,7 @@ use zeroize::Zeroizing;
 use crate::Shared;
 use crate::auth::{request_id, with_request_id};
 use crate::listener::ConnInfo;
+use crate::oauth_webauthn;
 
 type St = State<Arc<Shared>>;
 
@@ -159,6 +162,17 @@ pub(crate) fn root(s: &Shared, h: &HeaderMap, conn: Option<&ConnInfo>) -> String
 }
 
 fn page(status: StatusCode, title: &str, body: &str, form_action: Option<&str>) -> Response {
+    page_with_script(status, title, body, form_action, None)
+}
+
+/// [`page`] whose CSP also allows one inline script, by its hash source (`'sha256-…'`).
+fn page_with_script(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    form_action: Option<&str>,
+    script: Option<&str>,
+) -> Response {
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\"><title>{t} - mamori</title>\
          <meta name=\"viewport\" content=\"width=device-width\"></head>\n<body><main><h1>{t}</h1>\n{body}</main></body></html>\n",
@@ -169,8 +183,9 @@ fn page(status: StatusCode, title: &str, body: &str, form_action: Option<&str>) 
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // The form may post only here, and the redirect after it may go only to the app.
     let extra = form_action.and_then(origin_of).map(|o| format!(" {o}")).unwrap_or_default();
+    let script = script.map(|h| format!("; script-src {h}")).unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "default-src 'none'; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'{script}"
     )) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -202,10 +217,25 @@ fn password_form(p: &Pending, form_token: &str, notice: Option<&str>) -> String 
     )
 }
 
-/// The second-factor step: one form per method the account can use. Each form names its
-/// `method`; a new method (WebAuthn) is another form and another arm in [`second_factor_of`].
-fn second_factor_form(form_token: &str) -> String {
+/// The second-factor step: one form per method the account can use (`methods` of the login
+/// outcome). Each form names its `method`; WebAuthn (with the request options for this sign-in)
+/// is shown by its script only, so without JavaScript the code forms remain.
+fn second_factor_form(form_token: &str, methods: &[&str], webauthn: Option<&RequestOptions>) -> String {
     let ft = html_escape(form_token);
+    let mut out = String::new();
+    if let Some(options) = webauthn {
+        out.push_str(&oauth_webauthn::form(&ft, options));
+    }
+    if methods.contains(&"totp") {
+        out.push_str(&totp_form(&ft));
+    } else if webauthn.is_some() {
+        out.push_str("<noscript><p>Signing in with a security key needs JavaScript.</p></noscript>\n");
+    }
+    out.push_str(&recovery_form(&ft));
+    out
+}
+
+fn totp_form(ft: &str) -> String {
     format!(
         "<p>Enter the code from your authenticator app.</p>\n\
          <form method=\"post\" action=\"/oauth/authorize\">\n\
@@ -213,8 +243,13 @@ fn second_factor_form(form_token: &str) -> String {
          <input type=\"hidden\" name=\"step\" value=\"second-factor\">\n\
          <input type=\"hidden\" name=\"method\" value=\"totp\">\n\
          <label>Code <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required></label>\n\
-         <button type=\"submit\">Sign in</button>\n</form>\n\
-         <p>Lost your device? Use a recovery code instead.</p>\n\
+         <button type=\"submit\">Sign in</button>\n</form>\n"
+    )
+}
+
+fn recovery_form(ft: &str) -> String {
+    format!(
+        "<p>Lost your device? Use a recovery code instead.</p>\n\
          <form method=\"post\" action=\"/oauth/authorize\">\n\
          <input type=\"hidden\" name=\"form_token\" value=\"{ft}\">\n\
          <input type=\"hidden\" name=\"step\" value=\"second-factor\">\n\
@@ -430,11 +465,24 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
                 return error_page(StatusCode::BAD_REQUEST, "unexpected step");
             };
             let method = f.remove("method").unwrap_or_default();
-            let code = f.remove("code").unwrap_or_default();
-            let Some(factor) = second_factor_of(&method, code) else {
-                return error_page(StatusCode::BAD_REQUEST, "unknown second-factor method");
+            let r = if method == "webauthn" && s.login.webauthn.is_some() {
+                // The same store step as `/auth/login/second-factor`; a field that is not an
+                // assertion at all is audited here and answered the same way.
+                match oauth_webauthn::assertion_of(&f.remove("assertion").unwrap_or_default()) {
+                    Some(a) => s.store.webauthn_login_finish(ctx.clone(), ticket, a, Arc::clone(&s.login)).await,
+                    None => {
+                        let why = "authorize: malformed WebAuthn assertion".to_string();
+                        let _ = s.store.oauth_failure(ctx.clone(), Some(p.client_id.clone()), why).await;
+                        Err(StoreError::InvalidCredentials)
+                    }
+                }
+            } else {
+                let code = f.remove("code").unwrap_or_default();
+                let Some(factor) = second_factor_of(&method, code) else {
+                    return error_page(StatusCode::BAD_REQUEST, "unknown second-factor method");
+                };
+                s.store.login_second_factor(ctx.clone(), ticket, factor, Arc::clone(&s.login)).await
             };
-            let r = s.store.login_second_factor(ctx.clone(), ticket, factor, Arc::clone(&s.login)).await;
             r.map(|o| (o, account))
         }
         _ => return error_page(StatusCode::BAD_REQUEST, "unexpected step; start again from the app"),
@@ -461,10 +509,18 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
                 Err(_) => error_page(StatusCode::INTERNAL_SERVER_ERROR, "the sign-in could not be completed"),
             }
         }
-        Ok((LoginOutcome::SecondFactorRequired { ticket, .. }, account)) => {
+        Ok((LoginOutcome::SecondFactorRequired { ticket, methods, .. }, account)) => {
+            // A WebAuthn challenge bound to this sign-in's ticket, as the JSON API issues it.
+            let options = if methods.contains(&"webauthn") && s.login.webauthn.is_some() {
+                s.store.webauthn_login_begin(ctx.clone(), ticket.clone(), Arc::clone(&s.login)).await.ok()
+            } else {
+                None
+            };
             p.step = Step::SecondFactor { ticket, account };
             let token = IssuedSecret::generate(SecretKind::FormToken);
-            let resp = page(StatusCode::OK, "Second factor", &second_factor_form(token.text()), Some(&p.redirect_uri));
+            let body = second_factor_form(token.text(), &methods, options.as_ref());
+            let script = options.is_some().then(oauth_webauthn::script_source);
+            let resp = page_with_script(StatusCode::OK, "Second factor", &body, Some(&p.redirect_uri), script);
             s.oauth_pending.insert(token.hash(), p, now);
             with_cookie(resp, token.text(), tls)
         }

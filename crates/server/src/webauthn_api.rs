@@ -118,7 +118,7 @@ impl RegistrationJson {
 }
 
 impl AssertionJson {
-    fn decode(self) -> Result<AssertionResponse, ApiError> {
+    pub(crate) fn decode(self) -> Result<AssertionResponse, ApiError> {
         const W: &str = "webauthn";
         let user_handle = match self.response.user_handle.as_deref() {
             None | Some("") => None,
@@ -161,7 +161,7 @@ fn creation_json(o: &CreationOptions) -> Value {
 }
 
 /// `PublicKeyCredentialRequestOptionsJSON`.
-fn request_json(o: &RequestOptions) -> Value {
+pub(crate) fn request_json(o: &RequestOptions) -> Value {
     json!({
         "publicKey": {
             "rpId": o.rp.id,

@@ -133,6 +133,8 @@ pub struct AccountReportRow {
     pub password: String,
     /// "active", "pending" or "none".
     pub totp: String,
+    /// Enrolled WebAuthn credentials (security keys, passkeys).
+    pub webauthn: i64,
     pub recovery_codes_left: i64,
     pub disabled_at: Option<String>,
     pub disabled_reason: Option<String>,
@@ -593,7 +595,8 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
          (SELECT locked_until_us FROM login_throttle l WHERE l.kind = 'account' AND l.key = a.name AND l.locked_until_us > ?1), \
          (SELECT count(*) FROM login_session s WHERE s.account = a.name AND s.expires_us > ?1), \
          (SELECT count(*) FROM api_token k WHERE k.account = a.name AND k.expires_us > ?1), \
-         (SELECT pa.patient FROM patient_account pa WHERE pa.account = a.name) \
+         (SELECT pa.patient FROM patient_account pa WHERE pa.account = a.name), \
+         (SELECT count(*) FROM credential_webauthn w WHERE w.account = a.name) \
          FROM account a ORDER BY a.name",
     )?;
     let rows = stmt
@@ -608,6 +611,7 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
                 last_used: opt_instant(r.get(4)?),
                 password: r.get::<_, Option<String>>(5)?.unwrap_or_else(|| "none".into()),
                 totp: r.get::<_, Option<String>>(6)?.unwrap_or_else(|| "none".into()),
+                webauthn: r.get(14)?,
                 recovery_codes_left: r.get(7)?,
                 disabled_at: opt_instant(r.get(8)?),
                 disabled_reason: r.get(9)?,
@@ -629,7 +633,7 @@ fn report_rows(c: &Connection, now: i64) -> Result<Vec<AccountReportRow>, StoreE
 }
 
 /// Columns of the CSV review report, in order.
-pub const REPORT_CSV_HEADER: [&str; 15] = [
+pub const REPORT_CSV_HEADER: [&str; 16] = [
     "name",
     "role",
     "zones",
@@ -638,6 +642,7 @@ pub const REPORT_CSV_HEADER: [&str; 15] = [
     "last_used",
     "password",
     "totp",
+    "webauthn",
     "recovery_codes_left",
     "disabled_at",
     "disabled_reason",
@@ -683,6 +688,7 @@ pub fn report_csv(rows: &[AccountReportRow]) -> String {
             o(&r.last_used),
             r.password.clone(),
             r.totp.clone(),
+            r.webauthn.to_string(),
             r.recovery_codes_left.to_string(),
             o(&r.disabled_at),
             o(&r.disabled_reason),

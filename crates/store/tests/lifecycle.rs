@@ -370,6 +370,7 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     let dr = &rows[2];
     assert_eq!((dr.role.as_str(), dr.totp.as_str(), dr.password.as_str()), ("physician", "none", "none"));
     assert_eq!(dr.recovery_codes_left, 3);
+    assert_eq!(dr.webauthn, 0);
     assert_eq!(dr.pending_requests.len(), 1);
     assert_eq!(dr.pending_requests[0].role, "auditor");
     assert!(dr.zones.is_empty(), "zones come from the access policy, which the server holds");
@@ -381,7 +382,8 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     let csv = report_csv(&rows);
     let lines: Vec<&str> = csv.split("\r\n").collect();
     assert_eq!(lines.len(), 5, "header, 3 accounts, final empty: {csv}");
-    assert!(lines[0].starts_with("name,role,zones,created,last_login,last_used,password,totp,"));
+    assert!(lines[0].starts_with("name,role,zones,created,last_login,last_used,password,totp,webauthn,"));
+    assert!(json[2]["webauthn"] == 0, "{json}");
     assert!(lines[1].contains(",\"on leave, until June (by operator:test)\","), "{}", lines[1]);
     assert!(lines[3].starts_with("dr.a,physician,,"), "{}", lines[3]);
     assert!(lines[3].contains(",#1 auditor by dr.a at 2026-04-01T09:00:00"), "{}", lines[3]);

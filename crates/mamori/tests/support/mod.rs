@@ -266,3 +266,20 @@ pub fn strip_server_fields(v: &Value) -> Value {
     }
     v
 }
+
+/// `[webauthn]` for the relying party `emr.example.jp` that `authenticator::Authenticator` speaks to.
+pub const WEBAUTHN_CONFIG: &str = "\n[webauthn]\nrp_id = \"emr.example.jp\"\norigins = [\"https://emr.example.jp\"]\n";
+
+/// A server with WebAuthn configured (and lockout thresholds high enough for the refusal tests),
+/// plus `extra` configuration.
+pub fn server_with_webauthn(extra: &str) -> Server {
+    let dir = DataDir::init();
+    let cfg = dir.path.join("mamori.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_failures_per_account = 5", "max_failures_per_account = 50")
+        .replace("max_failures_per_source = 20", "max_failures_per_source = 200");
+    std::fs::write(&cfg, format!("{text}{WEBAUTHN_CONFIG}{extra}")).unwrap();
+    let token = dir.user_with_token("dr.test", "physician");
+    Server::start_in(dir, token)
+}
