@@ -773,64 +773,50 @@ pub(crate) async fn revoke(State(s): St, req: Request) -> Response {
 pub(crate) async fn smart_configuration(State(s): St, req: Request) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let root = root(&s, req.headers(), conn.as_ref());
-    let doc = match s.login.audience {
-        Audience::Staff => smart_document(&root),
-        Audience::Patient => smart_patient_document(&root),
-    };
-    let mut resp = token_json(StatusCode::OK, doc);
+    let mut resp = token_json(StatusCode::OK, smart_document(&root, s.login.audience));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
-pub(crate) fn smart_document(root: &str) -> serde_json::Value {
-    json!({
+/// The discovery document of the staff interface (`Audience::Staff`: staff apps with `user/`
+/// scopes, backend services with `system/`) or the patient interface (`Audience::Patient`:
+/// patients' apps, standalone launch with the signed-in patient as the context, `patient/`
+/// scopes, no backend services).
+pub(crate) fn smart_document(root: &str, audience: Audience) -> serde_json::Value {
+    let (grants, auth_methods, mut scopes, context) = match audience {
+        Audience::Staff => (
+            json!(["authorization_code", "refresh_token", "client_credentials"]),
+            json!(["none", "private_key_jwt"]),
+            vec!["user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"],
+            ["client-confidential-asymmetric", "permission-user"],
+        ),
+        Audience::Patient => (
+            json!(["authorization_code", "refresh_token"]),
+            json!(["none"]),
+            vec!["patient/*.cruds", "patient/*.rs"],
+            ["context-standalone-patient", "permission-patient"],
+        ),
+    };
+    scopes.extend(["offline_access", "online_access"]);
+    let mut capabilities = vec!["launch-standalone", "client-public"];
+    capabilities.extend(context);
+    capabilities.extend(["permission-offline", "permission-online", "permission-v1", "permission-v2"]);
+    let mut doc = json!({
         "issuer": root,
         "authorization_endpoint": format!("{root}/oauth/authorize"),
         "token_endpoint": format!("{root}/oauth/token"),
         "revocation_endpoint": format!("{root}/oauth/revoke"),
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": grants,
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": client_assertion::ALGORITHMS,
-        "scopes_supported": ["user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs", "offline_access", "online_access"],
-        "capabilities": [
-            "launch-standalone",
-            "client-public",
-            "client-confidential-asymmetric",
-            "permission-offline",
-            "permission-online",
-            "permission-user",
-            "permission-v1",
-            "permission-v2"
-        ]
-    })
-}
-
-/// SMART discovery at the patient interface (ACL-4): patients' apps, standalone launch with the
-/// signed-in patient as the context, `patient/` scopes; no backend services.
-pub(crate) fn smart_patient_document(root: &str) -> serde_json::Value {
-    json!({
-        "issuer": root,
-        "authorization_endpoint": format!("{root}/oauth/authorize"),
-        "token_endpoint": format!("{root}/oauth/token"),
-        "revocation_endpoint": format!("{root}/oauth/revoke"),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
-        "response_types_supported": ["code"],
-        "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "scopes_supported": ["patient/*.rs", "patient/*.cruds", "offline_access", "online_access"],
-        "capabilities": [
-            "launch-standalone",
-            "client-public",
-            "context-standalone-patient",
-            "permission-offline",
-            "permission-online",
-            "permission-patient",
-            "permission-v1",
-            "permission-v2"
-        ]
-    })
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": scopes,
+        "capabilities": capabilities
+    });
+    if audience == Audience::Staff {
+        doc["token_endpoint_auth_signing_alg_values_supported"] = json!(client_assertion::ALGORITHMS);
+    }
+    doc
 }
 
 /// The SMART OAuth URIs extension for the CapabilityStatement's security section.

@@ -95,11 +95,16 @@ pub fn set_cookie(resp: &reqwest::Response) -> String {
     c.split(';').next().unwrap().to_string()
 }
 
-/// Opens the sign-in page at `url` and posts the password step; returns the response.
+/// Opens the sign-in page at `url` (checking its anti-framing, CSP and caching headers) and
+/// posts the password step; returns the response.
 pub async fn password_step(root: &str, url: &str, account: &str, password: &str) -> reqwest::Response {
     let http = no_redirects();
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{url}");
+    let h = resp.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(h["content-security-policy"].to_str().unwrap().contains("form-action 'self' http://127.0.0.1:9"));
+    assert_eq!(h["cache-control"], "no-store");
     let cookie = set_cookie(&resp);
     let ft = form_token(&resp.text().await.unwrap());
     http.post(format!("{root}/oauth/authorize"))
