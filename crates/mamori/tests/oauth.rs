@@ -6,8 +6,6 @@
 //! `crates/store/tests/oauth.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/oauth_page.rs"]
-mod oauth_page;
 mod support;
 
 use std::io::Write;
@@ -15,12 +13,34 @@ use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use oauth_page::*;
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Digest;
 use support::*;
+
+/// `application/x-www-form-urlencoded` bodies, as a browser or an OAuth client sends them.
+trait FormExt {
+    fn form_(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormExt for reqwest::RequestBuilder {
+    fn form_(self, pairs: &[(&str, &str)]) -> Self {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            ser.append_pair(k, v);
+        }
+        self.header("content-type", "application/x-www-form-urlencoded").body(ser.finish())
+    }
+}
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 fn root(s: &Server) -> String {
     s.base.trim_end_matches("/fhir").to_string()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 fn set_password(dir: &DataDir, name: &str, password: &str) {
@@ -34,6 +54,36 @@ fn set_password(dir: &DataDir, name: &str, password: &str) {
         .unwrap();
     child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
     assert!(child.wait_with_output().unwrap().status.success());
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buf, mut bits, mut out) = (0u64, 0u32, Vec::new());
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|a| *a == c).expect("base32") as u64;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// RFC 6238 (HMAC-SHA-1, 6 digits, 30 s), written out independently of the server's code.
+fn totp(secret: &[u8], unix: u64) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).unwrap();
+    mac.update(&(unix / 30).to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let o = (h[19] & 0x0f) as usize;
+    let n = u32::from_be_bytes([h[o] & 0x7f, h[o + 1], h[o + 2], h[o + 3]]) % 1_000_000;
+    format!("{n:06}")
+}
+
+#[allow(clippy::disallowed_methods)] // the test plays the authenticator app and the backend service
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 async fn post_json(s: &Server, path: &str, body: &Value) -> Value {
@@ -60,6 +110,12 @@ async fn enrolled(s: &Server, name: &str, role: &str, password: &str) -> (Vec<u8
     (secret, codes)
 }
 
+fn pkce() -> (String, String) {
+    let verifier = format!("v{}", uuid::Uuid::new_v4().simple()) + &uuid::Uuid::new_v4().simple().to_string();
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
 fn authorize_url(s: &Server, client: &str, redirect: &str, scope: &str, challenge: &str, method: &str) -> String {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("response_type", "code")
@@ -74,9 +130,70 @@ fn authorize_url(s: &Server, client: &str, redirect: &str, scope: &str, challeng
     format!("{}/oauth/authorize?{q}", root(s))
 }
 
+/// The hidden form token of a page and the cookie that must come with it.
+fn form_token(html: &str) -> String {
+    let at = html.find("name=\"form_token\" value=\"").expect("form token field") + 25;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+fn set_cookie(resp: &reqwest::Response) -> String {
+    let c = resp.headers().get("set-cookie").expect("cookie").to_str().unwrap();
+    c.split(';').next().unwrap().to_string()
+}
+
+enum Factor<'a> {
+    Totp(&'a [u8], u64),
+    Recovery(&'a str),
+}
+
 /// Signs in on the page like a browser and returns the redirect's query parameters.
 async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
-    sign_in_at(&root(s), url, account, password, factor).await
+    let http = no_redirects();
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(h["content-security-policy"].to_str().unwrap().contains("form-action 'self' http://127.0.0.1:9"));
+    assert_eq!(h["cache-control"], "no-store");
+    let cookie = set_cookie(&resp);
+    let html = resp.text().await.unwrap();
+    let ft = form_token(&html);
+    let resp = http
+        .post(format!("{}/oauth/authorize", root(s)))
+        .header("cookie", &cookie)
+        .form_(&[("form_token", ft.as_str()), ("step", "password"), ("account", account), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let cookie = set_cookie(&resp);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("name=\"method\" value=\"totp\""), "{html}");
+    let ft = form_token(&html);
+    let (method, code) = match factor {
+        Factor::Totp(secret, at) => ("totp", totp(secret, at)),
+        Factor::Recovery(c) => ("recovery_code", c.to_string()),
+    };
+    let resp = http
+        .post(format!("{}/oauth/authorize", root(s)))
+        .header("cookie", &cookie)
+        .form_(&[("form_token", ft.as_str()), ("step", "second-factor"), ("method", method), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303, "{:?}", resp.text().await);
+    redirect_params(&resp)
+}
+
+fn redirect_params(resp: &reqwest::Response) -> Vec<(String, String)> {
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let (base, q) = loc.split_once('?').unwrap();
+    assert_eq!(base, REDIRECT);
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+fn param<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
 async fn token(s: &Server, form: &[(&str, &str)]) -> (u16, Value) {

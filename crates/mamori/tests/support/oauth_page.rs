@@ -1,7 +1,7 @@
 //! Browser-free helpers for the OAuth sign-in page (AUTH-6): form posts with the form token and
-//! its cookie, an independent RFC 6238 TOTP, PKCE, and the app's view of the redirect. Shared by
-//! the staff (`oauth.rs`) and patient-interface (`patient_oauth.rs`) tests; every helper takes
-//! the interface's root URL (`http://host:port`).
+//! its cookie, an independent RFC 6238 TOTP, PKCE, and the app's view of the redirect. Used by
+//! the patient-interface tests (`patient_oauth.rs`); every helper takes the interface's root URL
+//! (`http://host:port`), so the staff flow in `oauth.rs` can use them too.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
