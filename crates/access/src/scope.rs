@@ -9,9 +9,12 @@
 //! user/*.* (= .cruds)    offline_access    online_access
 //! ```
 //!
-//! Refused as `invalid_scope` (not silently dropped): anything else, including `patient/…`
-//! (needs a launch patient context, not offered for staff accounts), granular scopes with a
-//! `?query`, `openid`/`fhirUser` (no ID tokens are issued) and `launch…`.
+//! `patient/…` scopes parse here too; which contexts an interface grants is the server's call
+//! (ACL-4: `patient/` only at the patient interface, whose signed-in patient is the context;
+//! `user/` and `system/` only at the staff one).
+//!
+//! Refused as `invalid_scope` (not silently dropped): anything else, including granular scopes
+//! with a `?query`, `openid`/`fhirUser` (no ID tokens are issued) and `launch…`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,6 +92,8 @@ pub enum Context {
     User,
     /// A backend service without a user (client credentials).
     System,
+    /// The signed-in patient's own compartment (patient-facing apps at the patient interface).
+    Patient,
 }
 
 impl Context {
@@ -96,6 +101,7 @@ impl Context {
         match self {
             Context::User => "user",
             Context::System => "system",
+            Context::Patient => "patient",
         }
     }
 }
@@ -172,13 +178,7 @@ fn parse_clinical(w: &str) -> Result<ClinicalScope, ScopeError> {
     let context = match ctx {
         "user" => Context::User,
         "system" => Context::System,
-        "patient" => {
-            return Err(ScopeError(format!(
-                "scope '{}': patient/ scopes need a patient launch context, which staff sign-in does not \
-                 provide; use user/ scopes",
-                clip(w)
-            )));
-        }
+        "patient" => Context::Patient,
         _ => return Err(unknown()),
     };
     let (t, p) = rest.rsplit_once('.').ok_or_else(unknown)?;
@@ -296,13 +296,15 @@ mod tests {
         assert_eq!(set("user/Patient.read").to_string(), "user/Patient.rs");
         assert_eq!(set("user/*.write").to_string(), "user/*.cud");
         assert_eq!(set("user/*.*").to_string(), "user/*.cruds");
+        assert_eq!(set("patient/*.read patient/Observation.rs").to_string(), "patient/*.rs patient/Observation.rs");
+        assert!(set("patient/*.rs").intersect(&set("user/*.rs")).clinical.is_empty());
         for bad in [
             "user/Observation.sr",
             "user/Observation.rr",
             "user/Observation.x",
             "user/Observation.",
             "user/Nonsense.rs",
-            "patient/Observation.rs",
+            "patient/Observation.rs?category=laboratory",
             "user/Observation.rs?category=laboratory",
             "openid",
             "fhirUser",

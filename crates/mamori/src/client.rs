@@ -28,8 +28,9 @@ pub enum ClientCommand {
         /// A human-readable name, shown on the sign-in page.
         #[arg(long)]
         name: String,
-        /// The scopes the client may ever be granted, e.g. "user/*.rs offline_access" or
-        /// "system/Observation.rs".
+        /// The scopes the client may ever be granted, e.g. "user/*.rs offline_access" (a staff
+        /// app), "patient/*.rs offline_access" (a patients' app, signed in to at the patient
+        /// interface) or "system/Observation.rs".
         #[arg(long)]
         scope: String,
         /// An exact redirect URI of a SMART app (repeatable).
@@ -101,7 +102,7 @@ async fn add(
     let cfg = Config::load(data_dir)?;
     let scope: ScopeSet = scope.parse().context("--scope")?;
     if scope.clinical.is_empty() {
-        bail!("--scope names no resource scope (such as user/*.rs or system/Observation.rs)");
+        bail!("--scope names no resource scope (such as user/*.rs, patient/*.rs or system/Observation.rs)");
     }
     let kind = match (redirect_uris.is_empty(), jwks, role) {
         (false, None, None) => {

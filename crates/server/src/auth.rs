@@ -181,7 +181,8 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     };
     // ACL-4: staff credentials work only at the staff interface, patients' only at theirs.
     if !state.login.admits(principal.role) || state.login.audience == mamori_access::Audience::Patient {
-        return crate::patient::require_patient(&state, req, next, principal, session, request_id, source).await;
+        let via = crate::patient::Credential { session, scope, client };
+        return crate::patient::require_patient(&state, req, next, principal, via, request_id, source).await;
     }
     let (purpose, emergency) = match purpose_of(req.headers()) {
         Ok(p) => p,

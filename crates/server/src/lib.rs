@@ -135,8 +135,9 @@ impl Shared {
             lifecycle: Arc::clone(&self.lifecycle),
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
-            // The patient interface has no OAuth endpoints (no patient-facing SMART apps yet).
-            oauth: oauth_api::OAuthSettings::default(),
+            // Patient-facing SMART apps: the same token lifetimes; the issuer is this interface's
+            // own base URL (`[patient_portal] base_url`, else the request's Host).
+            oauth: oauth_api::OAuthSettings { issuer: None, lifetimes: self.oauth.lifetimes },
             oauth_pending: oauth_api::PendingRequests::default(),
             capability: self.capability.clone(),
         }
@@ -203,14 +204,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/{name}/enable", post(lifecycle_api::enable))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
-    let oauth = Router::new()
-        .route("/authorize", get(oauth_api::authorize_get).post(oauth_api::authorize_post))
-        .route("/token", post(oauth_api::token))
-        .route("/revoke", post(oauth_api::revoke))
-        .fallback(outside_fhir);
     Router::new()
         .nest("/auth", auth_api::routes())
-        .nest("/oauth", oauth)
+        .nest("/oauth", oauth_routes())
         // SMART discovery is public (apps read it before they have a token).
         .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
         .nest("/admin", admin)
@@ -226,13 +222,26 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The patient interface (ACL-4): the FHIR API and the login endpoints, served on its own
-/// listener to patient principals only (the middleware refuses every other credential, and the
-/// patient's rights confine every request to their own compartment). No administration routes.
+/// The OAuth 2.0 endpoints (AUTH-6); which people and scopes they serve follows the interface's
+/// login policy (`oauth_api`).
+fn oauth_routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/authorize", get(oauth_api::authorize_get).post(oauth_api::authorize_post))
+        .route("/token", post(oauth_api::token))
+        .route("/revoke", post(oauth_api::revoke))
+        .fallback(outside_fhir)
+}
+
+/// The patient interface (ACL-4): the FHIR API, the login endpoints and OAuth for patients'
+/// SMART apps, served on its own listener to patient principals only (the middleware refuses
+/// every other credential, and the patient's rights confine every request to their own
+/// compartment). No administration routes.
 pub fn patient_app(shared: Arc<Shared>) -> Router {
     let fhir = fhir_routes(&shared);
     Router::new()
         .nest("/auth", auth_api::routes())
+        .nest("/oauth", oauth_routes())
+        .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
         .route(
             "/fhir/",
             post(fhir_api::bundle)

@@ -11,6 +11,12 @@
 //! GET  /fhir/.well-known/smart-configuration
 //! ```
 //!
+//! Both interfaces serve these (ACL-4). At the staff interface people sign in with the staff
+//! login policy and apps get `user/` scopes (`system/` for backend services); at the patient
+//! interface patients sign in with the patient login policy, apps get `patient/` scopes only,
+//! and the token response names the signed-in patient's Patient (`patient`), the compartment the
+//! scopes apply to. Which interface a request is at is `Shared::login.audience`.
+//!
 //! The page reuses the store's login operations (`Identity::login_password`,
 //! `login_second_factor`): lockouts, the uniform "invalid credentials", forced password change
 //! and the two-factor rules apply exactly as for `/auth/login`; WebAuthn uses the store's
@@ -25,9 +31,10 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mamori_access::Audience;
 use mamori_access::TokenHash;
 use mamori_access::client_assertion::{self, ClientKeys};
-use mamori_access::scope::ScopeSet;
+use mamori_access::scope::{Context, ScopeSet};
 use mamori_access::secret::{IssuedSecret, SecretKind, presented};
 use mamori_store::identity::{LoginOutcome, SecondFactor};
 use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Refusal, Tokens};
@@ -332,6 +339,21 @@ fn ctx_of(conn: Option<&ConnInfo>, client: Option<&str>) -> AccessContext {
 
 // ---- /oauth/authorize ------------------------------------------------------------------------
 
+/// ACL-4: the scope contexts this interface grants. `patient/` needs the patient context, which
+/// only the patient interface has (the signed-in patient); `user/` and `system/` are staff's.
+fn scopes_fit_interface(s: &Shared, scope: &ScopeSet) -> Result<(), &'static str> {
+    match s.login.audience {
+        Audience::Patient if scope.has_context(Context::User) || scope.has_context(Context::System) => {
+            Err("only patient/ scopes can be granted at the patient interface")
+        }
+        Audience::Staff if scope.has_context(Context::Patient) => {
+            Err("patient/ scopes need a patient context, which staff sign-in does not provide; use user/ scopes here, \
+             or the patient interface for apps used by patients")
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) async fn authorize_get(State(s): St, req: Request) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let headers = req.headers().clone();
@@ -390,6 +412,11 @@ pub(crate) async fn authorize_get(State(s): St, req: Request) -> Response {
             return fail("invalid_scope", &e.to_string());
         }
     };
+    if let Err(why) = scopes_fit_interface(&s, &requested) {
+        let ctx = ctx_of(conn.as_ref(), Some(client_id));
+        let _ = s.store.oauth_failure(ctx, Some(client_id.into()), format!("authorize: invalid_scope: {why}")).await;
+        return fail("invalid_scope", why);
+    }
     let scope = requested.intersect(&client.scope);
     if scope.clinical.is_empty() {
         return fail("invalid_scope", "none of the requested scopes is registered for this app");
@@ -565,7 +592,7 @@ fn refusal(r: Refusal) -> Response {
     token_error(StatusCode::BAD_REQUEST, r.error, description)
 }
 
-fn tokens_json(t: Tokens) -> Response {
+fn tokens_json(t: Tokens, patient: Option<String>) -> Response {
     let mut v = json!({
         "access_token": t.access_token.as_str(),
         "token_type": "Bearer",
@@ -574,6 +601,10 @@ fn tokens_json(t: Tokens) -> Response {
     });
     if let Some(r) = &t.refresh_token {
         v["refresh_token"] = json!(r.as_str());
+    }
+    // SMART launch context: the Patient whose compartment the patient/ scopes apply to.
+    if let Some(p) = patient {
+        v["patient"] = json!(p);
     }
     token_json(StatusCode::OK, v)
 }
@@ -661,7 +692,7 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                     s.oauth.lifetimes,
                 )
                 .await;
-            answer(r)
+            answer_person(&s, r).await
         }
         Some("refresh_token") => {
             let (Some(client_id), Some(rt)) = (get("client_id"), get("refresh_token")) else {
@@ -689,7 +720,11 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                     s.oauth.lifetimes,
                 )
                 .await;
-            answer(r)
+            answer_person(&s, r).await
+        }
+        Some("client_credentials") if s.login.audience == Audience::Patient => {
+            refused(&s, conn, get("client_id"), "unsupported_grant_type", "backend services use the staff interface")
+                .await
         }
         Some("client_credentials") => {
             let token_url = format!("{}/oauth/token", root(&s, &headers, conn));
@@ -731,9 +766,26 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
     with_request_id(resp, &id)
 }
 
+/// A person's tokens; at the patient interface with the signed-in patient's Patient as the
+/// launch context (the tokens work only while that link exists: `patient::require_patient`).
+async fn answer_person(s: &Shared, r: Result<Result<Tokens, Refusal>, StoreError>) -> Response {
+    match r {
+        Ok(Ok(t)) if s.login.audience == Audience::Patient => {
+            let Some(account) = t.account.clone() else { return answer(Ok(Ok(t))) };
+            match s.store.patient_of(account).await {
+                Ok(patient) => tokens_json(t, patient),
+                Err(_) => {
+                    token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed")
+                }
+            }
+        }
+        r => answer(r),
+    }
+}
+
 fn answer(r: Result<Result<Tokens, Refusal>, StoreError>) -> Response {
     match r {
-        Ok(Ok(t)) => tokens_json(t),
+        Ok(Ok(t)) => tokens_json(t, None),
         Ok(Err(refusal_)) => refusal(refusal_),
         Err(_) => token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed"),
     }
@@ -777,34 +829,50 @@ pub(crate) async fn revoke(State(s): St, req: Request) -> Response {
 pub(crate) async fn smart_configuration(State(s): St, req: Request) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let root = root(&s, req.headers(), conn.as_ref());
-    let mut resp = token_json(StatusCode::OK, smart_document(&root));
+    let mut resp = token_json(StatusCode::OK, smart_document(&root, s.login.audience));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
-pub(crate) fn smart_document(root: &str) -> serde_json::Value {
-    json!({
+/// The discovery document of the staff interface (`Audience::Staff`: staff apps with `user/`
+/// scopes, backend services with `system/`) or the patient interface (`Audience::Patient`:
+/// patients' apps, standalone launch with the signed-in patient as the context, `patient/`
+/// scopes, no backend services).
+pub(crate) fn smart_document(root: &str, audience: Audience) -> serde_json::Value {
+    let (grants, auth_methods, mut scopes, context) = match audience {
+        Audience::Staff => (
+            json!(["authorization_code", "refresh_token", "client_credentials"]),
+            json!(["none", "private_key_jwt"]),
+            vec!["user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"],
+            ["client-confidential-asymmetric", "permission-user"],
+        ),
+        Audience::Patient => (
+            json!(["authorization_code", "refresh_token"]),
+            json!(["none"]),
+            vec!["patient/*.cruds", "patient/*.rs"],
+            ["context-standalone-patient", "permission-patient"],
+        ),
+    };
+    scopes.extend(["offline_access", "online_access"]);
+    let mut capabilities = vec!["launch-standalone", "client-public"];
+    capabilities.extend(context);
+    capabilities.extend(["permission-offline", "permission-online", "permission-v1", "permission-v2"]);
+    let mut doc = json!({
         "issuer": root,
         "authorization_endpoint": format!("{root}/oauth/authorize"),
         "token_endpoint": format!("{root}/oauth/token"),
         "revocation_endpoint": format!("{root}/oauth/revoke"),
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": grants,
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": client_assertion::ALGORITHMS,
-        "scopes_supported": ["user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs", "offline_access", "online_access"],
-        "capabilities": [
-            "launch-standalone",
-            "client-public",
-            "client-confidential-asymmetric",
-            "permission-offline",
-            "permission-online",
-            "permission-user",
-            "permission-v1",
-            "permission-v2"
-        ]
-    })
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": scopes,
+        "capabilities": capabilities
+    });
+    if audience == Audience::Staff {
+        doc["token_endpoint_auth_signing_alg_values_supported"] = json!(client_assertion::ALGORITHMS);
+    }
+    doc
 }
 
 /// The SMART OAuth URIs extension for the CapabilityStatement's security section.

@@ -290,8 +290,10 @@ fn refusal_event(reason: &str) -> AuditEvent {
     AuditEvent::new(Action::OAuthFailure, 400).with_detail(reason.to_string())
 }
 
-/// Whether a login session is alive now: present, within its absolute and idle limits, and its
-/// account enabled. Returns the account's role.
+/// Whether a login session is alive now: present, issued for the interface `policy` serves
+/// (ACL-4: a token of a patient's sign-in works only at the patient interface, a staff one only
+/// at the staff interface), within its absolute and idle limits, and its account enabled and
+/// admitted there. Returns the account's role.
 fn session_alive(
     c: &Connection,
     session: &[u8],
@@ -301,15 +303,16 @@ fn session_alive(
     let row: Option<(String, String, i64, i64)> = c
         .prepare_cached(
             "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
-             JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL",
+             JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL \
+             AND s.audience = ?2",
         )?
-        .query_row([session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row(params![session, policy.audience.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     let Some((account, role, last_used, expires)) = row else { return Ok(None) };
     if now >= expires || now >= last_used + dur_us(policy.sessions.idle_timeout) {
         return Ok(None);
     }
-    Ok(role.parse::<Role>().ok().map(|r| (account, r, last_used)))
+    Ok(role.parse::<Role>().ok().filter(|r| policy.admits(*r)).map(|r| (account, r, last_used)))
 }
 
 struct Issued {
@@ -379,6 +382,20 @@ impl SqliteStore {
             }
             ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::User) => {
                 return Err(StoreError::invalid("invalid", "user/ scopes are for apps used by people"));
+            }
+            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::Patient) => {
+                return Err(StoreError::invalid("invalid", "patient/ scopes are for apps used by patients"));
+            }
+            // ACL-4: an app is either for staff (user/ scopes, staff interface) or for patients
+            // (patient/ scopes, patient interface); one registration is never both.
+            ClientKind::Public { .. }
+                if scope.has_context(mamori_access::scope::Context::User)
+                    && scope.has_context(mamori_access::scope::Context::Patient) =>
+            {
+                return Err(StoreError::invalid(
+                    "invalid",
+                    "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two",
+                ));
             }
             _ => {}
         }

@@ -1,0 +1,235 @@
+//! ACL-4 × AUTH-6 over the real binary: SMART apps for patients at the patient interface. A
+//! patient signs in on the patient listener's `/oauth/authorize` page (password + TOTP, code +
+//! PKCE, no browser), the token response names their Patient, and the app's `patient/` scopes
+//! narrow the patient's compartment rights, never widen them. Tokens work only at the interface
+//! that issued them; `user/` scopes are refused there and `patient/` scopes at the staff one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/oauth_page.rs"]
+mod oauth_page;
+mod support;
+
+use oauth_page::*;
+use serde_json::{Value, json};
+use support::*;
+
+const PASSWORD: &str = "Hakone-Maple-42-River";
+
+fn root_of(base: &str) -> String {
+    base.trim_end_matches("/fhir").to_string()
+}
+
+async fn post_at(root: &str, path: &str, body: &Value) -> Value {
+    let r = reqwest::Client::new().post(format!("{root}{path}")).json(body).send().await.unwrap();
+    json(r).await.1
+}
+
+/// Sets an initial password, changes it, and enrols TOTP through the login API at `root`;
+/// returns the TOTP secret and recovery codes.
+async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
+    let (code, out) = set_password(dir, name, "Initial-Pass-9876!");
+    assert_eq!(code, 0, "{out}");
+    let r = post_at(root, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
+    let t = r["password_ticket"].as_str().expect("password change").to_string();
+    post_at(root, "/auth/password", &json!({"password_ticket": t, "new_password": PASSWORD})).await;
+    let r = post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await;
+    let enrol = r["enrol_ticket"].as_str().expect("TOTP enrolment").to_string();
+    let r = post_at(root, "/auth/totp", &json!({"enrol_ticket": enrol})).await;
+    let secret = base32_decode(r["secret"].as_str().unwrap());
+    let r =
+        post_at(root, "/auth/totp/confirm", &json!({"enrol_ticket": enrol, "code": totp(&secret, unix_now())})).await;
+    assert_eq!(r["status"], "second-factor-active", "{r}");
+    let out = ok(&["user", "recovery-codes", "--data-dir", dir.arg(), name]);
+    (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
+}
+
+async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
+    json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|es| es.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
+    mamori(&[
+        "client",
+        "add",
+        "--data-dir",
+        s.dir.arg(),
+        "--id",
+        id,
+        "--name",
+        id,
+        "--scope",
+        scope,
+        "--redirect-uri",
+        REDIRECT,
+    ])
+}
+
+/// Authorises `client` for `scope` at `root` as `account` and exchanges the code there.
+async fn app_token(root: &str, client: &str, scope: &str, account: &str, factor: Factor<'_>) -> Value {
+    let (verifier, challenge) = pkce();
+    let url = authorize_at(root, client, scope, &challenge);
+    let p = sign_in_at(root, &url, account, PASSWORD, factor).await;
+    assert_eq!(param(&p, "state"), Some("st-42"));
+    let (st, t) = exchange_at(root, client, param(&p, "code").unwrap(), &verifier).await;
+    assert_eq!(st, 200, "{t}");
+    t
+}
+
+/// The error an authorisation request is redirected back with, if any.
+async fn authorize_error(root: &str, client: &str, scope: &str) -> Option<String> {
+    let (_, challenge) = pkce();
+    let resp = no_redirects().get(authorize_at(root, client, scope, &challenge)).send().await.unwrap();
+    if resp.status().as_u16() != 303 {
+        return None;
+    }
+    param(&redirect_params(&resp), "error").map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
+    let dir = DataDir::init();
+    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
+    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
+        .unwrap();
+    let api = dir.user_with_token("dr.test", "physician");
+    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
+    let (staff, portal) = (root_of(&s.base), root_of(&bases[1]));
+    assert_ne!(staff, portal);
+
+    // Two patients' data; alice is linked to Patient A.
+    let create = |v: Value| {
+        let s = &s;
+        async move {
+            let t = v["resourceType"].as_str().unwrap().to_string();
+            let (st, b) = json(s.post_json(&t, &v).send().await.unwrap()).await;
+            assert_eq!(st, 201, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        }
+    };
+    let a = create(json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
+    let b = create(json!({"resourceType": "Patient", "name": [{"family": "Beta"}]})).await;
+    let obs = |p: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "body weight"},
+               "subject": {"reference": format!("Patient/{p}")}})
+    };
+    let oa = create(obs(&a)).await;
+    let ob = create(obs(&b)).await;
+    ok(&["patient-account", "add", "--data-dir", s.dir.arg(), "alice", "--patient", &a]);
+    ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.sato", "--role", "physician"]);
+    let alice = enrol_totp(&s.dir, &portal, "alice").await;
+    let sato = enrol_totp(&s.dir, &staff, "dr.sato").await;
+
+    // Registration: a patients' app has patient/ scopes; one client is never for both.
+    assert_eq!(add_client(&s, "phr", "patient/*.cruds offline_access").0, 0);
+    assert_eq!(add_client(&s, "chart", "user/*.rs").0, 0);
+    let (code, _, err) = add_client(&s, "both", "user/*.rs patient/*.rs");
+    assert_ne!(code, 0);
+    assert!(err.contains("not both"), "{err}");
+
+    // Discovery at each interface says what works there.
+    let (_, d) = json(s.http.get(format!("{portal}/fhir/.well-known/smart-configuration")).send().await.unwrap()).await;
+    assert_eq!(d["issuer"], portal.as_str());
+    assert_eq!(d["authorization_endpoint"], format!("{portal}/oauth/authorize"));
+    let has = |v: &Value, k: &str, x: &str| v[k].as_array().unwrap().iter().any(|e| e == x);
+    assert!(has(&d, "capabilities", "context-standalone-patient") && has(&d, "capabilities", "permission-patient"));
+    assert!(has(&d, "scopes_supported", "patient/*.rs") && !has(&d, "scopes_supported", "user/*.rs"));
+    assert!(!has(&d, "grant_types_supported", "client_credentials"), "{d}");
+    let (_, d) = json(s.http.get(format!("{staff}/fhir/.well-known/smart-configuration")).send().await.unwrap()).await;
+    assert!(!has(&d, "capabilities", "context-standalone-patient") && !has(&d, "scopes_supported", "patient/*.rs"));
+
+    // Scopes by interface: user/ (and system/) refused at the patient interface, patient/ at the staff one.
+    assert_eq!(authorize_error(&portal, "phr", "user/*.rs").await.as_deref(), Some("invalid_scope"));
+    assert_eq!(authorize_error(&portal, "chart", "user/*.rs").await.as_deref(), Some("invalid_scope"));
+    assert_eq!(authorize_error(&portal, "phr", "system/*.rs").await.as_deref(), Some("invalid_scope"));
+    assert_eq!(authorize_error(&portal, "chart", "patient/*.rs").await.as_deref(), Some("invalid_scope"));
+    assert_eq!(authorize_error(&staff, "phr", "patient/*.rs").await.as_deref(), Some("invalid_scope"));
+    assert_eq!(
+        authorize_error(&staff, "chart", "user/*.rs").await,
+        None,
+        "the staff app still works at the staff page"
+    );
+
+    // The page signs in only the interface's own people.
+    let (_, challenge) = pkce();
+    let resp =
+        password_step(&portal, &authorize_at(&portal, "phr", "patient/*.rs", &challenge), "dr.sato", PASSWORD).await;
+    assert_eq!(resp.status().as_u16(), 401, "staff cannot sign in at the patient page");
+    let resp = password_step(&staff, &authorize_at(&staff, "chart", "user/*.rs", &challenge), "alice", PASSWORD).await;
+    assert_eq!(resp.status().as_u16(), 401, "patients cannot sign in at the staff page");
+
+    // The flow: code + PKCE + TOTP at the patient listener; the response names alice's Patient.
+    let t =
+        app_token(&portal, "phr", "patient/*.cruds offline_access", "alice", Factor::Totp(&alice.0, unix_now() + 30))
+            .await;
+    assert_eq!(t["patient"], a.as_str(), "{t}");
+    assert_eq!(t["scope"], "patient/*.cruds offline_access");
+    let token = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&s, &portal, &token, &format!("Observation/{oa}")).await.0, 200);
+    let (st, bundle) = get(&s, &portal, &token, "Observation?_total=accurate").await;
+    assert_eq!((st, ids(&bundle)), (200, vec![oa.clone()]), "{bundle}");
+    // Another patient's resources are invisible.
+    assert_eq!(get(&s, &portal, &token, &format!("Observation/{ob}")).await.0, 404);
+    assert_eq!(get(&s, &portal, &token, &format!("Patient/{b}")).await.0, 404);
+    let (_, bundle) = get(&s, &portal, &token, &format!("Observation?subject=Patient/{b}")).await;
+    assert!(ids(&bundle).is_empty(), "{bundle}");
+    // patient/*.cruds does not widen the read-only [policy.patient]: writes are refused.
+    let r = s.http.post(format!("{portal}/fhir/Observation")).bearer_auth(&token).json(&obs(&a)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = s.http.delete(format!("{portal}/fhir/Observation/{oa}")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // The refresh token keeps the patient context.
+    let (st, r) = token_at(
+        &portal,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "phr"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!((st, r["patient"].as_str()), (200, Some(a.as_str())), "{r}");
+    let token = r["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&s, &portal, &token, &format!("Observation/{oa}")).await.0, 200);
+
+    // A patient's token is refused at the staff listener…
+    assert_eq!(get(&s, &staff, &token, &format!("Observation/{oa}")).await.0, 401);
+    // …and a staff app's token at the patient listener.
+    let st_token = app_token(&staff, "chart", "user/*.rs", "dr.sato", Factor::Totp(&sato.0, unix_now() + 30)).await;
+    assert!(st_token.get("patient").is_none(), "{st_token}");
+    let st_token = st_token["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&s, &staff, &st_token, &format!("Observation/{ob}")).await.0, 200);
+    assert_eq!(get(&s, &portal, &st_token, &format!("Observation/{oa}")).await.0, 401);
+    // A code from the patient page is not exchangeable at the staff token endpoint.
+    let (verifier, challenge) = pkce();
+    let url = authorize_at(&portal, "phr", "patient/*.rs", &challenge);
+    let p = sign_in_at(&portal, &url, "alice", PASSWORD, Factor::Recovery(&alice.1[0])).await;
+    let (st, e) = exchange_at(&staff, "phr", param(&p, "code").unwrap(), &verifier).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")), "{e}");
+    // Backend services are a staff-interface thing.
+    let (st, e) = token_at(&portal, &[("grant_type", "client_credentials")]).await;
+    assert_eq!((st, e["error"].as_str()), (400, Some("unsupported_grant_type")), "{e}");
+
+    // patient/Patient.rs: the Patient resource yes, Observations no.
+    let t = app_token(&portal, "phr", "patient/Patient.rs", "alice", Factor::Recovery(&alice.1[1])).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&s, &portal, &token, &format!("Patient/{a}")).await.0, 200);
+    assert_eq!(get(&s, &portal, &token, &format!("Observation/{oa}")).await.0, 403);
+    assert_eq!(get(&s, &portal, &token, "Observation").await.0, 403);
+    let (_, bundle) = get(&s, &portal, &token, &format!("Patient/{a}/$everything")).await;
+    let types: Vec<&str> =
+        bundle["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["resourceType"].as_str()).collect();
+    assert_eq!(types, vec!["Patient"], "{bundle}");
+
+    // Issue and refusals are in the audit trail, the app's tokens with alice as the actor.
+    assert!(
+        s.dir.audit_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'oauth-token' AND actor = 'alice'") >= 2,
+        "token issues audited"
+    );
+}
