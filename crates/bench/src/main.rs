@@ -69,6 +69,10 @@ struct Opts {
     /// read phase with the access-policy decision, one with it switched off); 0 skips it.
     #[arg(long, default_value_t = 2)]
     policy_rounds: usize,
+    /// Job type of the policy-overhead subject (`nurse`: two categories hidden; `physician`:
+    /// none hidden in the HIS zone).
+    #[arg(long, default_value = "nurse")]
+    policy_role: mamori_access::Role,
     /// Where the temporary databases go (use a real disk: fsync cost is part of the result).
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
@@ -272,6 +276,7 @@ fn run_config(
                 client_rt,
                 &paths,
                 policy_overhead::Shape {
+                    role: opts.policy_role,
                     rounds: opts.policy_rounds,
                     clients: opts.read_clients,
                     warmup: Duration::from_secs_f64(opts.read_warmup),
@@ -324,7 +329,7 @@ fn describe(o: &Opts, server_threads: usize) -> String {
     let configs: Vec<&str> = o.configs.iter().map(|c| Mode::from(*c).name()).collect();
     format!(
         "--resources {} --ingest-clients {} --read-clients {} --read-seconds {} --read-warmup {} \
-         --raw-seconds {} --server-threads {} --client-threads {} --policy-rounds {} --configs {}{}",
+         --raw-seconds {} --server-threads {} --client-threads {} --policy-rounds {} --policy-role {} --configs {}{}",
         o.resources,
         o.ingest_clients,
         o.read_clients,
@@ -334,6 +339,7 @@ fn describe(o: &Opts, server_threads: usize) -> String {
         server_threads,
         o.client_threads,
         o.policy_rounds,
+        o.policy_role,
         configs.join(","),
         if o.no_raw { " --no-raw" } else { "" }
     )

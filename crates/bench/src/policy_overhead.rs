@@ -3,10 +3,11 @@
 //!
 //! Like for like: the same server, database, connections and requests, alternating rounds with
 //! the decision on and switched off (the bench-only bypass makes every request unrestricted).
-//! The subject is a nurse in the HIS zone, for whom the default policy hides the `billing` and
-//! `genetic` categories, so every read also runs the hidden-category check — the costlier case;
-//! a physician in the HIS zone hides nothing and only pays for the decision itself. Reads go to
-//! resources the nurse may see, so both modes answer 200 with the same bodies.
+//! The subject is by default a nurse in the HIS zone, for whom the default policy hides the
+//! `billing` and `genetic` categories, so every read also runs the hidden-category check — the
+//! costlier case; a physician (`--policy-role physician`) in the HIS zone hides nothing and only
+//! pays for the decision itself. Reads go to resources the subject may see, so both modes answer
+//! 200 with the same bodies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,6 +121,7 @@ fn readable(policy: &mamori_access::Policy, rights: &Rights, paths: &[String]) -
 /// How the comparison runs: `rounds` pairs of read phases of `clients` connections, each
 /// `warmup` + `measure` long.
 pub struct Shape {
+    pub role: Role,
     pub rounds: usize,
     pub clients: usize,
     pub warmup: Duration,
@@ -134,8 +136,8 @@ pub fn run(
     paths: &[String],
     shape: Shape,
 ) -> Result<PolicyOverhead> {
-    let Shape { rounds, clients, warmup, measure } = shape;
-    let who = Principal { account: "bench.nurse".into(), role: Role::Nurse };
+    let Shape { role, rounds, clients, warmup, measure } = shape;
+    let who = Principal { account: format!("bench.{role}"), role };
     let token = server_rt.block_on(running.token_for(&who.account, who.role))?;
     let policy = running.policy();
     // The bench connects over loopback, which the default policy puts in the HIS zone.
@@ -143,7 +145,7 @@ pub fn run(
     let rights = policy.rights(&who, zone, Purpose::Treatment);
     let readable = Arc::new(readable(&policy, &rights, paths));
     if readable.is_empty() {
-        bail!("no resource the nurse may read");
+        bail!("no resource a {role} may read");
     }
     let target = Target::new(running.addr, &token)?;
     let mut phases = Vec::new();
@@ -176,7 +178,7 @@ pub fn run(
     running.set_policy_bypass(false);
     Ok(PolicyOverhead {
         subject: format!(
-            "nurse, {} zone, hidden categories: {}",
+            "{role}, {} zone, hidden categories: {}",
             policy.zone_name(zone),
             rights.hidden_names().join(", ")
         ),

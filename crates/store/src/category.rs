@@ -72,6 +72,18 @@ pub(crate) fn store(conn: &Connection, seq: i64, names: &[String]) -> Result<(),
     Ok(())
 }
 
+/// Keeps the current version's categories beside it in `resource_current` (see [`store`]).
+pub(crate) fn store_current(conn: &Connection, rtype: &str, id: &str, names: &[String]) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE resource_current SET categories = ?3 WHERE rtype = ?1 AND id = ?2")?
+        .execute(params![rtype, id, names.join(",")])?;
+    Ok(())
+}
+
+/// Whether the comma-separated category list `stored` names one of `hidden`.
+pub(crate) fn names_hidden(stored: &str, hidden: &[String]) -> bool {
+    !hidden.is_empty() && stored.split(',').any(|c| hidden.iter().any(|h| h == c))
+}
+
 /// The seq of the current version of a resource.
 pub(crate) fn current_seq(conn: &Connection, rtype: &str, id: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
@@ -266,6 +278,11 @@ pub(crate) fn rebuild_if_stale(
             last.insert(key, names);
             count += 1;
         }
+        conn.execute(
+            "UPDATE resource_current SET categories = coalesce((SELECT group_concat(category, ',') \
+             FROM resource_category k WHERE k.seq = resource_current.seq), '')",
+            [],
+        )?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('category_rules', ?1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",

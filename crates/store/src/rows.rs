@@ -125,8 +125,9 @@ pub(crate) enum Current {
 }
 
 /// The current version, unless the request may not see it (a hidden category, or outside the
-/// compartment it is confined to). One statement, so one read snapshot: the category check rides
-/// on the row lookup and a read under a policy costs about what an unrestricted one does.
+/// compartment it is confined to). One statement, so one read snapshot: the current version's
+/// categories sit beside it in `resource_current`, so a read under a policy costs about what an
+/// unrestricted one does.
 pub(crate) fn load_current_visible(
     conn: &Connection,
     keys: &KeyRing,
@@ -138,31 +139,23 @@ pub(crate) fn load_current_visible(
     if vis.hides_type(rtype.as_str()) {
         return Ok(Current::Hidden);
     }
-    let hidden = &vis.hidden;
-    let check = if hidden.is_empty() {
-        "0".to_string()
-    } else {
-        let marks: Vec<String> = (0..hidden.len()).map(|i| format!("?{}", i + 3)).collect();
-        format!(
-            "EXISTS (SELECT 1 FROM resource_category k WHERE k.seq = c.seq AND k.category IN ({}))",
-            marks.join(", ")
-        )
-    };
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS}, c.version, {check} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
-         WHERE c.rtype = ?1 AND c.id = ?2"
-    );
-    let args = [rtype.as_str(), id].into_iter().chain(hidden.iter().map(String::as_str));
     let row = conn
-        .prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(args), |r| {
-            Ok((SealedRow::from_row(r)?, r.get::<_, i64>(9)?, r.get::<_, bool>(10)?))
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS}, c.version, c.categories FROM resource_current c \
+             JOIN resource_version v ON v.seq = c.seq WHERE c.rtype = ?1 AND c.id = ?2"
+        ))?
+        .query_row(params![rtype.as_str(), id], |r| {
+            Ok((SealedRow::from_row(r)?, r.get::<_, i64>(9)?, r.get::<_, String>(10)?))
         })
         .optional()?;
     match row {
         None => Ok(Current::Missing),
         Some((row, pointer, _)) if pointer != row.version => Err(StoreError::Tampered(row.what())),
-        Some((row, _, hidden)) if hidden || vis.outside(&row.patients) => Ok(Current::Hidden),
+        Some((row, _, categories))
+            if crate::category::names_hidden(&categories, &vis.hidden) || vis.outside(&row.patients) =>
+        {
+            Ok(Current::Hidden)
+        }
         Some((row, _, _)) => open_row(conn, keys, protect, row).map(Current::Found),
     }
 }

@@ -196,6 +196,13 @@ CREATE TABLE idx_token_run (
 );
 INSERT INTO idx_token_run (run, level, state, rows) VALUES (1, 0, 0, 0);
 "#,
+    r#"
+-- The current version's categories beside it (comma-separated, as in resource_category): a read
+-- checks the request's hidden categories on the row it already fetches, without a second seek.
+ALTER TABLE resource_current ADD COLUMN categories TEXT NOT NULL DEFAULT '';
+UPDATE resource_current SET categories = coalesce(
+    (SELECT group_concat(category, ',') FROM resource_category k WHERE k.seq = resource_current.seq), '');
+"#,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

@@ -330,6 +330,7 @@ impl Tx<'_> {
                 };
                 let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
                 category::store(self.conn, seq, &names)?;
+                category::store_current(self.conn, tombstone.rtype.as_str(), &tombstone.id, &names)?;
                 reindex(self.conn, self.index, rtype.as_str(), rid, Previous::Existing(previous.as_ref()), None, &[])?;
                 crate::flags::update(self.conn, rtype.as_str(), id, None)?;
                 Ok(Some(tombstone))
@@ -396,6 +397,7 @@ impl Tx<'_> {
         };
         let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
         category::store(self.conn, seq, &names)?;
+        category::store_current(self.conn, rec.rtype.as_str(), &rec.id, &names)?;
         let previous = if rid == seq { Previous::Fresh } else { Previous::Existing(previous.as_ref()) };
         reindex(self.conn, self.index, rtype.as_str(), rid, previous, Some(&body), &rec.patients)?;
         crate::flags::update(self.conn, rtype.as_str(), id, Some(&body))?;
