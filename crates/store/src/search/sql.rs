@@ -189,6 +189,11 @@ impl Where<'_> {
         if table == "idx_token" {
             // Token rows live in sorted runs (search/runs.rs): one seek per live run.
             self.push(&format!("SELECT rid FROM idx_token WHERE {} AND pid = ", super::runs::LIVE_RUNS));
+        } else if self.correlate.is_some() && table != "idx_present" {
+            // A probe of one resource: seek by (rid, pid). Left to itself SQLite may prefer the
+            // value index for a range (`lo < ?`) and walk the parameter's whole range for each
+            // candidate (the `-date` search at 100,000 patients spent 37 ms per page in it).
+            self.push(&format!("SELECT rid FROM {table} INDEXED BY {table}_by_rid WHERE pid = "));
         } else {
             self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
         }
