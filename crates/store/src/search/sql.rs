@@ -111,9 +111,8 @@ impl Where<'_> {
         match clause {
             Clause::Id(_) => self.clause(a, clause),
             Clause::Missing { rtype, code, missing } => {
-                let pk = ParamKey::new(rtype, code);
-                self.push(&format!("{}EXISTS (SELECT 1 FROM idx_present WHERE pid = ", not(*missing)));
-                self.arg(pk.pid);
+                self.push(&format!("{}EXISTS (SELECT 1 FROM idx_present WHERE pid IN ", not(*missing)));
+                self.pids(rtype, code);
                 self.push(&format!(" AND rid = {a}.first_seq)"));
             }
             Clause::Match { rtype, code, negate, values, .. } => {
@@ -165,23 +164,38 @@ impl Where<'_> {
     }
 
     /// The rids matching any of `values` of one parameter, as subqueries joined by `op`.
+    /// A parameter that is a union of others ([`super::unions`]) asks each part's rows.
     fn values(&mut self, rtype: &str, code: &str, values: &[Value], op: &str) {
-        let pk = ParamKey::new(rtype, code);
+        let pks = super::unions::keys(rtype, code);
         let gram_indexed = super::indexes_contains(rtype, code);
         for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                self.push(op);
-            }
             // Compound operators chain left to right: a composite's INTERSECT is nested.
             let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
-            if nest {
-                self.push("SELECT rid FROM (");
-            }
-            self.value(&pk, gram_indexed, v);
-            if nest {
-                self.push(")");
+            for (j, pk) in pks.iter().enumerate() {
+                if i > 0 || j > 0 {
+                    self.push(op);
+                }
+                if nest {
+                    self.push("SELECT rid FROM (");
+                }
+                self.value(pk, gram_indexed, v);
+                if nest {
+                    self.push(")");
+                }
             }
         }
+    }
+
+    /// `(pid, …)`: the parameters whose rows answer `code` of `rtype`.
+    fn pids(&mut self, rtype: &str, code: &str) {
+        self.push("(");
+        for (i, pk) in super::unions::keys(rtype, code).iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.arg(pk.pid);
+        }
+        self.push(")");
     }
 
     /// `SELECT rid FROM table WHERE pid = ?`, correlated to the probed resource when probing.
@@ -224,9 +238,8 @@ impl Where<'_> {
                 self.push(")");
             }
             Clause::Missing { rtype, code, missing } => {
-                let pk = ParamKey::new(rtype, code);
-                self.push(&format!("{a}.first_seq {}IN (SELECT rid FROM idx_present WHERE pid = ", not(*missing)));
-                self.arg(pk.pid);
+                self.push(&format!("{a}.first_seq {}IN (SELECT rid FROM idx_present WHERE pid IN ", not(*missing)));
+                self.pids(rtype, code);
                 self.push(")");
             }
             Clause::Match { rtype, code, negate, values, .. } => {
@@ -510,8 +523,10 @@ fn order_sql(q: &SearchQuery) -> String {
                 _ => ("value", "idx_number INDEXED BY idx_number_by_rid"),
             };
             // The pid is our own hash, an integer: safe to inline (the expression appears twice).
-            let pid = ParamKey::new(q.rtype.as_str(), k.code).pid;
-            format!("(SELECT {agg}({col}) FROM {table} WHERE rid = c.first_seq AND pid = {pid})")
+            let pids: Vec<String> =
+                super::unions::keys(q.rtype.as_str(), k.code).iter().map(|pk| pk.pid.to_string()).collect();
+            let pids = pids.join(", ");
+            format!("(SELECT {agg}({col}) FROM {table} WHERE rid = c.first_seq AND pid IN ({pids}))")
         };
         // Resources without the value sort last in either direction.
         parts.push(format!("({expr}) IS NULL, {expr} {dir}"));
