@@ -534,7 +534,10 @@ fn order_sql(q: &SearchQuery) -> String {
     if q.all_types {
         parts.push("c.rtype ASC".to_string());
     }
-    parts.push("c.id ASC".to_string());
+    // Then creation order (the rid, unique and stable): an unsorted search reads the driving
+    // clause's rids in this order through the rid index and stops after one page, instead of
+    // sorting every match by id first (a 3-letter name prefix at 100,000 patients: 234 matches).
+    parts.push("c.first_seq ASC".to_string());
     parts.join(", ")
 }
 
@@ -597,9 +600,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
         }
         let ids = page_ids(ctx, q, snapshot, offset, q.count + 1)?;
         has_more = ids.len() > q.count;
+        // The last page knows the total without counting (unless a stale cursor overshot it).
+        let counted = (!has_more && (offset == 0 || !ids.is_empty())).then_some((offset + ids.len()) as u64);
         page = load(ctx, ids.into_iter().take(q.count))?;
         if q.total == TotalMode::Accurate {
-            out.total = Some(count(ctx, q, snapshot)?);
+            out.total = Some(match counted {
+                Some(n) => n,
+                None => count(ctx, q, snapshot)?,
+            });
         }
     } else {
         let all = materialize(ctx, q, snapshot, &checks, keyed_sort)?;
