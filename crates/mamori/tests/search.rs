@@ -704,3 +704,81 @@ async fn search_audit_names_every_patient_disclosed_including_via_revinclude() {
         assert!(row.contains(p.split('/').nth(1).unwrap()), "audit row {row:?} must name {p}");
     }
 }
+
+/// The string parts of every HumanName / Address in `v`, lower-cased (FHIR string search parts).
+fn element_parts(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in arr(v) {
+        for k in ["family", "text", "city", "district", "state", "postalCode", "country"] {
+            out.extend(e[k].as_str().map(str::to_lowercase));
+        }
+        for k in ["given", "prefix", "suffix", "line"] {
+            out.extend(arr(&e[k]).iter().filter_map(|x| x.as_str()).map(str::to_lowercase));
+        }
+    }
+    out
+}
+
+/// Parameters answered as unions of other parameters' rows (`combo-*` of Observation, `name` and
+/// `address` over `family`/`given`/`address-*`) give the answers their definitions give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn union_parameters_answer_like_their_parts() {
+    let s = Server::start();
+    let data = Data { all: load(&s, some_bundles(8)).await };
+    let loinc = "http://loinc.org";
+
+    // combo-code = code | component.code (blood pressure panels carry 8480-6 as a component).
+    let expected = data.select("Observation", |o| {
+        has_code(&o["code"], loinc, "8480-6")
+            || arr(&o["component"]).iter().any(|c| has_code(&c["code"], loinc, "8480-6"))
+    });
+    nonempty("combo-code component", &expected);
+    check(&s, "combo-code via component", "Observation?combo-code=http://loinc.org|8480-6", expected).await;
+    let expected = data.select("Observation", |o| has_code(&o["code"], loinc, "8302-2"));
+    nonempty("combo-code code", &expected);
+    check(&s, "combo-code via code", "Observation?combo-code=8302-2", expected).await;
+    let expected = data.select("Observation", |o| !o["code"].is_null() || !o["component"].is_null());
+    check(&s, "combo-code :missing=false", "Observation?combo-code:missing=false", expected).await;
+    // combo-value-quantity = value | component.value.
+    let over = |q: &Value| q["value"].as_f64().is_some_and(|v| v > 100.0);
+    let expected = data.select("Observation", |o| {
+        over(&o["valueQuantity"]) || arr(&o["component"]).iter().any(|c| over(&c["valueQuantity"]))
+    });
+    nonempty("combo-value-quantity", &expected);
+    check(&s, "combo-value-quantity gt", "Observation?combo-value-quantity=gt100", expected).await;
+
+    // name = family | given | prefix | suffix | text, by prefix, :exact and :contains.
+    let patients: Vec<&(Value, String)> = data.of_type("Patient").collect();
+    let (p0, p0key) = patients[0];
+    let name_starts = |p: &Value, x: &str| element_parts(&p["name"]).iter().any(|n| n.starts_with(x));
+    for want in [p0["name"][0]["family"].as_str().unwrap(), p0["name"][0]["given"][0].as_str().unwrap(), "mr"] {
+        let x: String = want.chars().take(4).collect::<String>().to_lowercase();
+        let expected = data.select("Patient", |p| name_starts(p, &x));
+        nonempty("name prefix", &expected);
+        check(&s, "name prefix", &format!("Patient?name={x}"), expected.clone()).await;
+        check(&s, "phonetic is name", &format!("Patient?phonetic={x}"), expected).await;
+    }
+    let mid: String =
+        p0["name"][0]["given"][0].as_str().unwrap().chars().skip(1).take(3).collect::<String>().to_lowercase();
+    let expected = data.select("Patient", |p| element_parts(&p["name"]).iter().any(|n| n.contains(&mid)));
+    nonempty("name contains", &expected);
+    check(&s, "name :contains", &format!("Patient?name:contains={mid}"), expected).await;
+    // address = line | city | district | state | postalCode | country | text.
+    for a in [p0["address"][0]["line"][0].as_str().unwrap(), p0["address"][0]["state"].as_str().unwrap()] {
+        let x: String = a.chars().take(4).collect::<String>().to_lowercase();
+        let expected = data.select("Patient", |p| element_parts(&p["address"]).iter().any(|n| n.starts_with(&x)));
+        nonempty("address prefix", &expected);
+        check(&s, "address prefix", &format!("Patient?address={}", x.replace(' ', "%20")), expected).await;
+    }
+
+    // An update moves the name's rows: the old family no longer finds the patient, the new one does.
+    let old: String = p0["name"][0]["family"].as_str().unwrap().chars().take(4).collect::<String>().to_lowercase();
+    let mut changed = p0.clone();
+    changed["id"] = json!(p0key.split('/').nth(1).unwrap());
+    changed["name"] = json!([{ "family": "Zyxwvu", "given": ["Quorra"] }]);
+    let resp = s.http.put(s.url(p0key)).bearer_auth(&s.token).json(&changed).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!search(&s, &format!("Patient?name={old}")).await.contains(p0key.as_str()));
+    assert_eq!(search(&s, "Patient?name=zyxw").await, BTreeSet::from([p0key.clone()]));
+    assert_eq!(search(&s, "Patient?name=quor").await, BTreeSet::from([p0key.clone()]));
+}

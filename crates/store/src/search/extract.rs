@@ -34,13 +34,21 @@ pub(crate) fn entries(key: &IndexKey, rtype: &str, body: &Value) -> Vec<Entry> {
         if super::canonical_code(rtype, def.code) != def.code {
             continue; // indexed under the parameter it is an alias of
         }
+        if !super::unions::has_own_rows(rtype, def.code) {
+            continue; // answered by the rows of the parameters it is a union of
+        }
         let pk = ParamKey::new(rtype, def.code);
         let nodes = search_params::compiled(def).evaluate(body);
         let before = out.len();
         match def.ptype {
             ParamType::String => {
                 let grams = super::indexes_contains(rtype, def.code);
-                nodes.iter().for_each(|n| string_entries(key, &pk, n.value, grams, &mut out))
+                let skip = super::unions::skipped_fields(rtype, def.code);
+                for n in &nodes {
+                    for part in string_parts_skipping(n.value, skip) {
+                        string_part_entries(key, &pk, part, grams, &mut out);
+                    }
+                }
             }
             ParamType::Token => nodes.iter().for_each(|n| token_entries(key, &pk, n, &mut out)),
             ParamType::Uri => nodes.iter().for_each(|n| uri_entries(key, &pk, n.value, &mut out)),
@@ -60,13 +68,20 @@ pub(crate) fn entries(key: &IndexKey, rtype: &str, body: &Value) -> Vec<Entry> {
 /// The searchable text parts of a string-typed value: a string itself, or for complex types
 /// (HumanName, Address, …) each of their string parts, as FHIR string search defines.
 pub(crate) fn string_parts(v: &Value) -> Vec<&str> {
+    string_parts_skipping(v, &[])
+}
+
+/// [`string_parts`] without the element fields `skip` (indexed by their own parameters).
+fn string_parts_skipping<'a>(v: &'a Value, skip: &[&str]) -> Vec<&'a str> {
     let mut parts = Vec::new();
     match v {
         Value::String(s) => parts.push(s.as_str()),
         Value::Object(map) => {
             for (k, child) in map {
                 // Codes and structure, not text.
-                if matches!(k.as_str(), "use" | "period" | "type" | "id" | "extension" | "resourceType") {
+                if matches!(k.as_str(), "use" | "period" | "type" | "id" | "extension" | "resourceType")
+                    || skip.contains(&k.as_str())
+                {
                     continue;
                 }
                 match child {
@@ -83,16 +98,20 @@ pub(crate) fn string_parts(v: &Value) -> Vec<&str> {
 
 pub(crate) fn string_entries(key: &IndexKey, pk: &ParamKey, v: &Value, grams: bool, out: &mut Vec<Entry>) {
     for part in string_parts(v) {
-        out.push(Entry::Token(pk.pid, pk.token(key, Token::Exact(part))));
-        let norm: Vec<char> = normalize(part).chars().collect();
-        for len in 1..=norm.len().min(PREFIX_CHARS) {
-            let prefix: String = norm[..len].iter().collect();
-            out.push(Entry::Token(pk.pid, pk.token(key, Token::Prefix(&prefix))));
-        }
-        if grams {
-            for gram in gram_set(&norm) {
-                out.push(Entry::Token(pk.pid, pk.token(key, Token::Gram(&gram))));
-            }
+        string_part_entries(key, pk, part, grams, out);
+    }
+}
+
+fn string_part_entries(key: &IndexKey, pk: &ParamKey, part: &str, grams: bool, out: &mut Vec<Entry>) {
+    out.push(Entry::Token(pk.pid, pk.token(key, Token::Exact(part))));
+    let norm: Vec<char> = normalize(part).chars().collect();
+    for len in 1..=norm.len().min(PREFIX_CHARS) {
+        let prefix: String = norm[..len].iter().collect();
+        out.push(Entry::Token(pk.pid, pk.token(key, Token::Prefix(&prefix))));
+    }
+    if grams {
+        for gram in gram_set(&norm) {
+            out.push(Entry::Token(pk.pid, pk.token(key, Token::Gram(&gram))));
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod normalize;
 pub mod params;
 pub mod runs;
 pub(crate) mod sql;
+pub(crate) mod unions;
 
 use sha2::{Digest, Sha256};
 
@@ -36,7 +37,7 @@ pub(crate) fn indexes_contains(rtype: &str, code: &str) -> bool {
 
 /// Bumped whenever extraction changes; a store whose index was built by another version
 /// rebuilds it at open.
-pub(crate) const INDEX_VERSION: i64 = 3;
+pub(crate) const INDEX_VERSION: i64 = 4;
 
 /// The identity of one search parameter of one resource type in the index.
 #[derive(Clone, Debug)]

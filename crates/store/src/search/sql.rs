@@ -111,9 +111,8 @@ impl Where<'_> {
         match clause {
             Clause::Id(_) => self.clause(a, clause),
             Clause::Missing { rtype, code, missing } => {
-                let pk = ParamKey::new(rtype, code);
-                self.push(&format!("{}EXISTS (SELECT 1 FROM idx_present WHERE pid = ", not(*missing)));
-                self.arg(pk.pid);
+                self.push(&format!("{}EXISTS (SELECT 1 FROM idx_present WHERE pid IN ", not(*missing)));
+                self.pids(rtype, code);
                 self.push(&format!(" AND rid = {a}.first_seq)"));
             }
             Clause::Match { rtype, code, negate, values, .. } => {
@@ -165,23 +164,38 @@ impl Where<'_> {
     }
 
     /// The rids matching any of `values` of one parameter, as subqueries joined by `op`.
+    /// A parameter that is a union of others ([`super::unions`]) asks each part's rows.
     fn values(&mut self, rtype: &str, code: &str, values: &[Value], op: &str) {
-        let pk = ParamKey::new(rtype, code);
+        let pks = super::unions::keys(rtype, code);
         let gram_indexed = super::indexes_contains(rtype, code);
         for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                self.push(op);
-            }
             // Compound operators chain left to right: a composite's INTERSECT is nested.
             let nest = values.len() > 1 && matches!(v, Value::Composite { .. });
-            if nest {
-                self.push("SELECT rid FROM (");
-            }
-            self.value(&pk, gram_indexed, v);
-            if nest {
-                self.push(")");
+            for (j, pk) in pks.iter().enumerate() {
+                if i > 0 || j > 0 {
+                    self.push(op);
+                }
+                if nest {
+                    self.push("SELECT rid FROM (");
+                }
+                self.value(pk, gram_indexed, v);
+                if nest {
+                    self.push(")");
+                }
             }
         }
+    }
+
+    /// `(pid, …)`: the parameters whose rows answer `code` of `rtype`.
+    fn pids(&mut self, rtype: &str, code: &str) {
+        self.push("(");
+        for (i, pk) in super::unions::keys(rtype, code).iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.arg(pk.pid);
+        }
+        self.push(")");
     }
 
     /// `SELECT rid FROM table WHERE pid = ?`, correlated to the probed resource when probing.
@@ -189,6 +203,11 @@ impl Where<'_> {
         if table == "idx_token" {
             // Token rows live in sorted runs (search/runs.rs): one seek per live run.
             self.push(&format!("SELECT rid FROM idx_token WHERE {} AND pid = ", super::runs::LIVE_RUNS));
+        } else if self.correlate.is_some() && table != "idx_present" {
+            // A probe of one resource: seek by (rid, pid). Left to itself SQLite may prefer the
+            // value index for a range (`lo < ?`) and walk the parameter's whole range for each
+            // candidate (the `-date` search at 100,000 patients spent 37 ms per page in it).
+            self.push(&format!("SELECT rid FROM {table} INDEXED BY {table}_by_rid WHERE pid = "));
         } else {
             self.push(&format!("SELECT rid FROM {table} WHERE pid = "));
         }
@@ -219,9 +238,8 @@ impl Where<'_> {
                 self.push(")");
             }
             Clause::Missing { rtype, code, missing } => {
-                let pk = ParamKey::new(rtype, code);
-                self.push(&format!("{a}.first_seq {}IN (SELECT rid FROM idx_present WHERE pid = ", not(*missing)));
-                self.arg(pk.pid);
+                self.push(&format!("{a}.first_seq {}IN (SELECT rid FROM idx_present WHERE pid IN ", not(*missing)));
+                self.pids(rtype, code);
                 self.push(")");
             }
             Clause::Match { rtype, code, negate, values, .. } => {
@@ -505,8 +523,10 @@ fn order_sql(q: &SearchQuery) -> String {
                 _ => ("value", "idx_number INDEXED BY idx_number_by_rid"),
             };
             // The pid is our own hash, an integer: safe to inline (the expression appears twice).
-            let pid = ParamKey::new(q.rtype.as_str(), k.code).pid;
-            format!("(SELECT {agg}({col}) FROM {table} WHERE rid = c.first_seq AND pid = {pid})")
+            let pids: Vec<String> =
+                super::unions::keys(q.rtype.as_str(), k.code).iter().map(|pk| pk.pid.to_string()).collect();
+            let pids = pids.join(", ");
+            format!("(SELECT {agg}({col}) FROM {table} WHERE rid = c.first_seq AND pid IN ({pids}))")
         };
         // Resources without the value sort last in either direction.
         parts.push(format!("({expr}) IS NULL, {expr} {dir}"));
@@ -514,7 +534,10 @@ fn order_sql(q: &SearchQuery) -> String {
     if q.all_types {
         parts.push("c.rtype ASC".to_string());
     }
-    parts.push("c.id ASC".to_string());
+    // Then creation order (the rid, unique and stable): an unsorted search reads the driving
+    // clause's rids in this order through the rid index and stops after one page, instead of
+    // sorting every match by id first (a 3-letter name prefix at 100,000 patients: 234 matches).
+    parts.push("c.first_seq ASC".to_string());
     parts.join(", ")
 }
 
@@ -577,9 +600,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
         }
         let ids = page_ids(ctx, q, snapshot, offset, q.count + 1)?;
         has_more = ids.len() > q.count;
+        // The last page knows the total without counting (unless a stale cursor overshot it).
+        let counted = (!has_more && (offset == 0 || !ids.is_empty())).then_some((offset + ids.len()) as u64);
         page = load(ctx, ids.into_iter().take(q.count))?;
         if q.total == TotalMode::Accurate {
-            out.total = Some(count(ctx, q, snapshot)?);
+            out.total = Some(match counted {
+                Some(n) => n,
+                None => count(ctx, q, snapshot)?,
+            });
         }
     } else {
         let all = materialize(ctx, q, snapshot, &checks, keyed_sort)?;
