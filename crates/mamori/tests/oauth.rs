@@ -8,12 +8,8 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Digest;
 use support::*;
@@ -43,49 +39,6 @@ fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-fn set_password(dir: &DataDir, name: &str, password: &str) {
-    let mut child = Command::new(BIN)
-        .args(["user", "password", "--data-dir", dir.arg(), name])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
-}
-
-fn base32_decode(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buf, mut bits, mut out) = (0u64, 0u32, Vec::new());
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = A.iter().position(|a| *a == c).expect("base32") as u64;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
-}
-
-/// RFC 6238 (HMAC-SHA-1, 6 digits, 30 s), written out independently of the server's code.
-fn totp(secret: &[u8], unix: u64) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).unwrap();
-    mac.update(&(unix / 30).to_be_bytes());
-    let h = mac.finalize().into_bytes();
-    let o = (h[19] & 0x0f) as usize;
-    let n = u32::from_be_bytes([h[o] & 0x7f, h[o + 1], h[o + 2], h[o + 3]]) % 1_000_000;
-    format!("{n:06}")
-}
-
-#[allow(clippy::disallowed_methods)] // the test plays the authenticator app and the backend service
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
 async fn post_json(s: &Server, path: &str, body: &Value) -> Value {
     let r = s.http.post(format!("{}{path}", root(s))).json(body).send().await.unwrap();
     json(r).await.1
@@ -94,7 +47,7 @@ async fn post_json(s: &Server, path: &str, body: &Value) -> Value {
 /// A person with a chosen password and an active TOTP; returns the TOTP secret and recovery codes.
 async fn enrolled(s: &Server, name: &str, role: &str, password: &str) -> (Vec<u8>, Vec<String>) {
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", name, "--role", role]);
-    set_password(&s.dir, name, "Initial-Pass-9876!");
+    assert_eq!(set_password(&s.dir, name, "Initial-Pass-9876!").0, 0);
     let r = post_json(s, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
     let t = r["password_ticket"].as_str().unwrap().to_string();
     post_json(s, "/auth/password", &json!({"password_ticket": t, "new_password": password})).await;

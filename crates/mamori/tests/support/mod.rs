@@ -11,7 +11,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod authenticator;
+pub mod otp;
 pub mod synthea;
+
+#[allow(unused_imports)] // not every test binary plays the authenticator app
+pub use otp::{base32_decode, totp, unix_now};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mamori");
 
