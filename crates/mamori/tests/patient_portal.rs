@@ -249,6 +249,32 @@ async fn acl4_patient_sees_exactly_their_own_compartment() {
     );
 }
 
+/// A password-change ticket is for the interface whose login issued it (ACL-4): presented at the
+/// other interface it is as invalid as a made-up one, and it still works where it belongs.
+#[tokio::test]
+async fn acl4_login_tickets_work_only_at_the_interface_that_issued_them() {
+    let p = portal().await;
+    let (s, portal_root, staff_root) = (&p.s, root(&p.portal), root(&p.s.base));
+    ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "ns.kato", "--role", "nurse"]);
+    for (account, home, other) in [("alice", &portal_root, &staff_root), ("ns.kato", &staff_root, &portal_root)] {
+        let (code, out) = set_password(&s.dir, account, "Initial-Pass-9876!");
+        assert_eq!(code, 0, "{out}");
+        let (st, b) = post(
+            &s.http,
+            format!("{home}/auth/login"),
+            &json!({"account": account, "password": "Initial-Pass-9876!"}),
+            None,
+        )
+        .await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("password-change-required")), "{b}");
+        let change = json!({"password_ticket": b["password_ticket"], "new_password": "Hakone-Maple-42-River"});
+        let (st, b) = post(&s.http, format!("{other}/auth/password"), &change, None).await;
+        assert_eq!(st, 401, "{account}'s ticket at the other interface: {b}");
+        let (st, b) = post(&s.http, format!("{home}/auth/password"), &change, None).await;
+        assert_eq!(st, 200, "{account}'s ticket where it was issued: {b}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl4_credentials_work_only_at_their_own_interface() {
     let p = portal().await;

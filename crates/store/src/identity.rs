@@ -445,24 +445,34 @@ fn issue_ticket(
     Ok((Zeroizing::new(t.text().to_string()), ttl.whole_seconds()))
 }
 
-/// Looks a ticket up; `consume` deletes it. Expired tickets are deleted and never match.
+/// Looks a ticket up; `consume` deletes it. Expired tickets are deleted and never match. A ticket
+/// works only at the interface whose login issued it (ACL-4): its account's role must be one that
+/// `policy` (the interface's login policy) admits, as only those can log in there.
 pub(crate) fn ticket_account(
     c: &Connection,
     text: &str,
     purpose: &str,
     now: i64,
     consume: bool,
+    policy: &mamori_access::LoginPolicy,
 ) -> Result<Option<String>, StoreError> {
     let Some(hash) = presented(SecretKind::Ticket, text) else { return Ok(None) };
     c.prepare_cached("DELETE FROM login_ticket WHERE expires_us <= ?1")?.execute([now])?;
-    let account: Option<String> = c
-        .prepare_cached("SELECT account FROM login_ticket WHERE hash = ?1 AND purpose = ?2")?
-        .query_row(params![&hash.0[..], purpose], |r| r.get(0))
+    let row: Option<(String, String)> = c
+        .prepare_cached(
+            "SELECT t.account, a.role FROM login_ticket t JOIN account a ON a.name = t.account \
+             WHERE t.hash = ?1 AND t.purpose = ?2",
+        )?
+        .query_row(params![&hash.0[..], purpose], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if consume && account.is_some() {
+    let Some((account, role)) = row else { return Ok(None) };
+    if !role.parse::<Role>().is_ok_and(|r| policy.admits(r)) {
+        return Ok(None);
+    }
+    if consume {
         c.prepare_cached("DELETE FROM login_ticket WHERE hash = ?1")?.execute([&hash.0[..]])?;
     }
-    Ok(account)
+    Ok(Some(account))
 }
 
 /// Creates a session, evicting the account's oldest beyond the limit (audited).
@@ -755,7 +765,7 @@ impl SqliteStore {
     ) -> Result<LoginOutcome, StoreError> {
         self.identity_job(move |tx, ev| {
             let now = tx.now_us;
-            let Some(account) = ticket_account(tx.conn, &ticket, TICKET_SECOND_FACTOR, now, true)? else {
+            let Some(account) = ticket_account(tx.conn, &ticket, TICKET_SECOND_FACTOR, now, true, &policy)? else {
                 record_failure(tx, ev, &ctx, None, "bad-ticket", &policy)?;
                 return Ok(Err(StoreError::InvalidCredentials));
             };
@@ -850,9 +860,10 @@ impl SqliteStore {
         subject: &Subject,
         purpose: &str,
         consume: bool,
+        policy: &mamori_access::LoginPolicy,
     ) -> Result<Option<String>, StoreError> {
         match subject {
-            Subject::Ticket(t) => ticket_account(tx.conn, t, purpose, tx.now_us, consume),
+            Subject::Ticket(t) => ticket_account(tx.conn, t, purpose, tx.now_us, consume, policy),
             Subject::Session { principal, .. } => Ok(Some(principal.account.clone())),
         }
     }
@@ -933,7 +944,7 @@ impl SqliteStore {
         let p = Arc::clone(&policy);
         let phc = Self::blocking(move || p.hasher.hash(&new)).await?.map_err(StoreError::internal)?;
         self.identity_job(move |tx, ev| {
-            let Some(acc) = Self::subject_account(tx, &subject, TICKET_PASSWORD_CHANGE, true)? else {
+            let Some(acc) = Self::subject_account(tx, &subject, TICKET_PASSWORD_CHANGE, true, &policy)? else {
                 return Ok(Err(StoreError::InvalidCredentials));
             };
             set_password(tx, &acc, &phc, false, keep)?;
@@ -962,7 +973,7 @@ impl SqliteStore {
         policy: SharedLoginPolicy,
     ) -> Result<TotpEnrolment, StoreError> {
         self.identity_job(move |tx, ev| {
-            let Some(account) = Self::subject_account(tx, &subject, TICKET_ENROL, false)? else {
+            let Some(account) = Self::subject_account(tx, &subject, TICKET_ENROL, false, &policy)? else {
                 record_failure(tx, ev, &ctx, None, "bad-ticket", &policy)?;
                 return Ok(Err(StoreError::InvalidCredentials));
             };
@@ -1002,7 +1013,7 @@ impl SqliteStore {
         policy: SharedLoginPolicy,
     ) -> Result<(), StoreError> {
         self.identity_job(move |tx, ev| {
-            let Some(account) = Self::subject_account(tx, &subject, TICKET_ENROL, false)? else {
+            let Some(account) = Self::subject_account(tx, &subject, TICKET_ENROL, false, &policy)? else {
                 record_failure(tx, ev, &ctx, None, "bad-ticket", &policy)?;
                 return Ok(Err(StoreError::InvalidCredentials));
             };
@@ -1031,7 +1042,7 @@ impl SqliteStore {
                 params![step, account],
             )?;
             if let Subject::Ticket(t) = &subject {
-                ticket_account(tx.conn, t, TICKET_ENROL, tx.now_us, true)?;
+                ticket_account(tx.conn, t, TICKET_ENROL, tx.now_us, true, &policy)?;
             }
             ev.push(&who, account_target(AuditEvent::new(Action::TotpEnrol, 200), &account).with_detail("active"));
             Ok(Ok(()))

@@ -374,7 +374,7 @@ fn enrolling(
     policy: &mamori_access::LoginPolicy,
 ) -> Result<Kept<Enrolling>, StoreError> {
     let account = match binding(subject) {
-        Some(_) => SqliteStore::subject_account(tx, subject, TICKET_ENROL, false)?,
+        Some(_) => SqliteStore::subject_account(tx, subject, TICKET_ENROL, false, policy)?,
         None => None,
     };
     let (Some(account), Some(bound)) = (account, binding(subject)) else {
@@ -512,7 +512,7 @@ impl SqliteStore {
                 ],
             )?;
             if let Subject::Ticket(t) = &subject {
-                ticket_account(tx.conn, t, TICKET_ENROL, tx.now_us, true)?;
+                ticket_account(tx.conn, t, TICKET_ENROL, tx.now_us, true, &policy)?;
             }
             ev.push(
                 &who,
@@ -550,7 +550,7 @@ impl SqliteStore {
         policy: &mamori_access::LoginPolicy,
     ) -> Result<Option<(String, Role, i64)>, StoreError> {
         let now = tx.now_us;
-        let Some(account) = ticket_account(tx.conn, ticket, TICKET_SECOND_FACTOR, now, consume)? else {
+        let Some(account) = ticket_account(tx.conn, ticket, TICKET_SECOND_FACTOR, now, consume, policy)? else {
             record_failure(tx, ev, ctx, None, "bad-ticket", policy)?;
             return Ok(None);
         };
