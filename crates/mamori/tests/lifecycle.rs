@@ -171,3 +171,64 @@ async fn auth7_review_report_lists_every_account_in_json_and_csv() {
     assert_eq!(audit_count(&s, "account-report", "boss", 200), 1);
     assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE action = 'account-report'"), 3);
 }
+
+/// AUTH-1/AUTH-8/ACL-4 over the admin API: administrators add staff and patient accounts and issue
+/// a temporary credential (shown once, one use), all decided by the policy point and audited;
+/// other job types are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth7_accounts_and_temporary_credentials_over_the_admin_api() {
+    let s = Server::start();
+    let boss = s.dir.user_with_token("boss", "administrator");
+    let auditor = s.dir.user_with_token("audit.k", "auditor");
+    let root = root(&s);
+    let post_to = |path: &str, body: Value, bearer: &str| {
+        let req = s.http.post(format!("{root}/admin{path}")).bearer_auth(bearer).json(&body);
+        async move { json(req.send().await.unwrap()).await }
+    };
+
+    let (st, r) = post_to("/accounts", json!({"name": "ns.ito", "role": "nurse"}), &boss).await;
+    assert_eq!((st, r["role"].as_str()), (201, Some("nurse")), "{r}");
+    // Physicians and auditors do not add accounts; duplicates, unknown roles and patients (who
+    // need their Patient) are refused.
+    assert_eq!(post_to("/accounts", json!({"name": "x.y", "role": "nurse"}), &s.token).await.0, 403);
+    assert_eq!(post_to("/accounts", json!({"name": "x.y", "role": "nurse"}), &auditor).await.0, 403);
+    assert_ne!(post_to("/accounts", json!({"name": "ns.ito", "role": "nurse"}), &boss).await.0, 201);
+    assert_eq!(post_to("/accounts", json!({"name": "x.y", "role": "wizard"}), &boss).await.0, 400);
+    assert_eq!(post_to("/accounts", json!({"name": "x.y", "role": "patient"}), &boss).await.0, 400);
+
+    // A temporary credential: shown once, not cached, leads to choosing a password, one use.
+    let resp = s
+        .http
+        .post(format!("{root}/admin/accounts/ns.ito/temporary-credential"))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let (st, r) = json(resp).await;
+    assert_eq!(st, 200, "{r}");
+    let temp = r["temporary_credential"].as_str().unwrap().to_string();
+    let login = json!({"account": "ns.ito", "temporary_credential": temp});
+    let (st, r) = post(&s, "/auth/login", &login, None).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("password-change-required")), "{r}");
+    assert_eq!(post(&s, "/auth/login", &login, None).await.0, 401, "one use");
+    assert_eq!(post_to("/accounts/ns.ito/temporary-credential", json!({}), &s.token).await.0, 403);
+
+    // A patient account needs an existing Patient.
+    let (st, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
+    assert_eq!(st, 201);
+    let pid = p["id"].as_str().unwrap();
+    let (st, r) = post_to("/patient-accounts", json!({"name": "hanako", "patient": pid}), &boss).await;
+    assert_eq!((st, r["patient"].as_str()), (201, Some(pid)), "{r}");
+    assert_ne!(post_to("/patient-accounts", json!({"name": "taro", "patient": "no-such-id"}), &boss).await.0, 201);
+    assert_eq!(post_to("/patient-accounts", json!({"name": "taro", "patient": pid}), &s.token).await.0, 403);
+
+    let (st, rep) = json(admin_get(&s, "/report", &boss).await).await;
+    assert_eq!(st, 200);
+    let names: Vec<&str> = rep["accounts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"ns.ito") && names.contains(&"hanako") && !names.contains(&"x.y"), "{names:?}");
+    assert_eq!(audit_count(&s, "account-create", "boss", 201), 2);
+    assert_eq!(audit_count(&s, "temporary-credential-issue", "boss", 201), 1);
+    // The four refusals above (three by a physician, one by an auditor) are audited.
+    assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE outcome = 403"), 4);
+}

@@ -202,6 +202,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/{name}/role-requests", post(lifecycle_api::request_role))
         .route("/accounts/{name}/disable", post(lifecycle_api::disable))
         .route("/accounts/{name}/enable", post(lifecycle_api::enable))
+        .route("/accounts", post(lifecycle_api::add_account))
+        .route("/patient-accounts", post(lifecycle_api::add_patient_account))
+        .route("/accounts/{name}/temporary-credential", post(lifecycle_api::temporary_credential))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()

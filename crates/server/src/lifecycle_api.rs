@@ -10,6 +10,9 @@
 //! POST /admin/accounts/role-requests/{id}/reject  {note?}   a manager
 //! POST /admin/accounts/{name}/disable {reason?}             administrators; immediate
 //! POST /admin/accounts/{name}/enable                        administrators
+//! POST /admin/accounts {name, role}                         administrators; a staff account
+//! POST /admin/patient-accounts {name, patient}              administrators; a patient account (ACL-4)
+//! POST /admin/accounts/{name}/temporary-credential          administrators; shown once (AUTH-8)
 //! ```
 //!
 //! Who may call what is the policy decision point's (`Operation::AccountReview`,
@@ -229,4 +232,75 @@ pub async fn enable(
     let name = account_name(&s, &auth, &name).await?;
     s.store.enable_account(auth.ctx.clone(), name.clone()).await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({"account": name.as_str(), "status": "enabled"})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    name: String,
+    role: String,
+}
+
+/// Adds a staff account (AUTH-1). It can do nothing until it has a credential: an initial password
+/// (`mamori user password`) or a temporary credential.
+pub async fn add_account(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    raw: Body,
+) -> Result<Response> {
+    auth.permit(&s, Operation::AccountManage, Action::AccountCreate, Some("account")).await?;
+    let req: NewAccount = body(&s, &auth, raw, "{\"name\": …, \"role\": …}").await?;
+    let name = account_name(&s, &auth, &req.name).await?;
+    let role: Role = match req.role.parse() {
+        Ok(r) => r,
+        Err(e) => return Err(auth.refuse(&s, bad(format!("{e}")), Some("account")).await),
+    };
+    s.store.add_account(auth.ctx.clone(), name.clone(), role).await?;
+    Ok(json_response(StatusCode::CREATED, &serde_json::json!({"account": name.as_str(), "role": role.as_str()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPatientAccount {
+    name: String,
+    patient: String,
+}
+
+/// Adds a patient account linked to an existing Patient (ACL-4): it signs in only at the patient
+/// interface and sees only that Patient's compartment.
+pub async fn add_patient_account(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    raw: Body,
+) -> Result<Response> {
+    auth.permit(&s, Operation::AccountManage, Action::AccountCreate, Some("account")).await?;
+    let req: NewPatientAccount = body(&s, &auth, raw, "{\"name\": …, \"patient\": …}").await?;
+    let name = account_name(&s, &auth, &req.name).await?;
+    s.store.add_patient_account(auth.ctx.clone(), name.clone(), req.patient.clone()).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({"account": name.as_str(), "role": "patient", "patient": req.patient}),
+    ))
+}
+
+/// Issues a one-time temporary credential (AUTH-8): the answer is the only place it appears.
+pub async fn temporary_credential(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    auth.permit(&s, Operation::AccountManage, Action::TemporaryCredentialIssue, Some("account")).await?;
+    let name = account_name(&s, &auth, &name).await?;
+    let (secret, expires_us) =
+        s.store.temporary_credential(auth.ctx.clone(), name.clone(), Arc::clone(&s.login)).await?;
+    let mut resp = json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "account": name.as_str(),
+            "temporary_credential": secret.as_str(),
+            "expires": mamori_store::clock::fhir_instant(expires_us),
+        }),
+    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }

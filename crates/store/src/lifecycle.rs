@@ -158,6 +158,19 @@ pub struct SweepOutcome {
 
 /// Account administration over HTTP; each call is audited.
 pub trait Lifecycle: Send + Sync {
+    /// Adds an account of a staff job type (AUTH-1); it has no credential until an administrator
+    /// gives it an initial password or a temporary credential.
+    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()>;
+    /// Adds a patient account linked to the (existing) Patient `patient` (ACL-4).
+    fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()>;
+    /// A one-time temporary credential for a person who lost their second factor or password
+    /// (AUTH-8): the secret (shown once) and its expiry (µs).
+    fn temporary_credential(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        policy: mamori_access::SharedLoginPolicy,
+    ) -> StoreFuture<'_, (zeroize::Zeroizing<String>, i64)>;
     /// Asks for `role` on `account`; the requester is the context's actor.
     fn request_role(
         &self,
@@ -704,6 +717,23 @@ pub fn report_csv(rows: &[AccountReportRow]) -> String {
 }
 
 impl Lifecycle for SqliteStore {
+    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.create_account(ctx, &account, role, None).await })
+    }
+
+    fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.create_patient_account(ctx, &account, &patient).await })
+    }
+
+    fn temporary_credential(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        policy: mamori_access::SharedLoginPolicy,
+    ) -> StoreFuture<'_, (zeroize::Zeroizing<String>, i64)> {
+        Box::pin(async move { self.issue_temporary_credential(ctx, &account, policy).await })
+    }
+
     fn request_role(
         &self,
         ctx: AccessContext,
