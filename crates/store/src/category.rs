@@ -72,13 +72,6 @@ pub(crate) fn store(conn: &Connection, seq: i64, names: &[String]) -> Result<(),
     Ok(())
 }
 
-/// Keeps the current version's categories beside it in `resource_current` (see [`store`]).
-pub(crate) fn store_current(conn: &Connection, rtype: &str, id: &str, names: &[String]) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE resource_current SET categories = ?3 WHERE rtype = ?1 AND id = ?2")?
-        .execute(params![rtype, id, names.join(",")])?;
-    Ok(())
-}
-
 /// Whether the comma-separated category list `stored` names one of `hidden`.
 pub(crate) fn names_hidden(stored: &str, hidden: &[String]) -> bool {
     !hidden.is_empty() && stored.split(',').any(|c| hidden.iter().any(|h| h == c))

@@ -191,11 +191,14 @@ pub(crate) fn current_state(
 
 /// Appends a version and moves the current pointer; returns the resource's rid (its first seq)
 /// and the new version's seq.
+/// Appends a version and points `resource_current` at it, with the version's information
+/// categories beside the pointer (what a read checks the request's hidden categories against).
 pub(crate) fn insert_version(
     conn: &Connection,
     keys: &KeyRing,
     protect: Protection,
     rec: &VersionRecord,
+    categories: &[String],
 ) -> Result<(i64, i64), StoreError> {
     let patients = rec.patients.join(",");
     let plain: &[u8] = rec.body.as_deref().unwrap_or(b"");
@@ -232,10 +235,15 @@ pub(crate) fn insert_version(
     // first_seq is set once, by the first version, and names the resource in the search index.
     let rid = conn
         .prepare_cached(
-            "INSERT INTO resource_current (rtype, id, version, seq, deleted, first_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?4) \
-             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, deleted = excluded.deleted \
+            "INSERT INTO resource_current (rtype, id, version, seq, deleted, first_seq, categories) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6) \
+             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
+             deleted = excluded.deleted, categories = excluded.categories \
              RETURNING first_seq",
         )?
-        .query_row(params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted], |r| r.get(0))?;
+        .query_row(
+            params![rec.rtype.as_str(), rec.id, rec.version as i64, seq, rec.deleted, categories.join(",")],
+            |r| r.get(0),
+        )?;
     Ok((rid, seq))
 }

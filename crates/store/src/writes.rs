@@ -328,9 +328,8 @@ impl Tx<'_> {
                     patients: current.map(|r| r.patients).unwrap_or_default(),
                     body: None,
                 };
-                let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone)?;
+                let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &tombstone, &names)?;
                 category::store(self.conn, seq, &names)?;
-                category::store_current(self.conn, tombstone.rtype.as_str(), &tombstone.id, &names)?;
                 reindex(self.conn, self.index, rtype.as_str(), rid, Previous::Existing(previous.as_ref()), None, &[])?;
                 crate::flags::update(self.conn, rtype.as_str(), id, None)?;
                 Ok(Some(tombstone))
@@ -395,9 +394,8 @@ impl Tx<'_> {
         } else {
             None
         };
-        let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec)?;
+        let (rid, seq) = rows::insert_version(self.conn, self.keys, self.protect, &rec, &names)?;
         category::store(self.conn, seq, &names)?;
-        category::store_current(self.conn, rec.rtype.as_str(), &rec.id, &names)?;
         let previous = if rid == seq { Previous::Fresh } else { Previous::Existing(previous.as_ref()) };
         reindex(self.conn, self.index, rtype.as_str(), rid, previous, Some(&body), &rec.patients)?;
         crate::flags::update(self.conn, rtype.as_str(), id, Some(&body))?;
