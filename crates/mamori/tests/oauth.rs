@@ -6,37 +6,19 @@
 //! `crates/store/tests/oauth.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/oauth_page.rs"]
+mod oauth_page;
 mod support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oauth_page::*;
 use serde_json::{Value, json};
 use sha2::Digest;
 use support::*;
 
-/// `application/x-www-form-urlencoded` bodies, as a browser or an OAuth client sends them.
-trait FormExt {
-    fn form_(self, pairs: &[(&str, &str)]) -> Self;
-}
-
-impl FormExt for reqwest::RequestBuilder {
-    fn form_(self, pairs: &[(&str, &str)]) -> Self {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in pairs {
-            ser.append_pair(k, v);
-        }
-        self.header("content-type", "application/x-www-form-urlencoded").body(ser.finish())
-    }
-}
-
-const REDIRECT: &str = "http://127.0.0.1:9/callback";
-
 fn root(s: &Server) -> String {
     s.base.trim_end_matches("/fhir").to_string()
-}
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 async fn post_json(s: &Server, path: &str, body: &Value) -> Value {
@@ -63,12 +45,6 @@ async fn enrolled(s: &Server, name: &str, role: &str, password: &str) -> (Vec<u8
     (secret, codes)
 }
 
-fn pkce() -> (String, String) {
-    let verifier = format!("v{}", uuid::Uuid::new_v4().simple()) + &uuid::Uuid::new_v4().simple().to_string();
-    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
-
 fn authorize_url(s: &Server, client: &str, redirect: &str, scope: &str, challenge: &str, method: &str) -> String {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("response_type", "code")
@@ -81,17 +57,6 @@ fn authorize_url(s: &Server, client: &str, redirect: &str, scope: &str, challeng
         .append_pair("code_challenge_method", method)
         .finish();
     format!("{}/oauth/authorize?{q}", root(s))
-}
-
-/// The hidden form token of a page and the cookie that must come with it.
-fn form_token(html: &str) -> String {
-    let at = html.find("name=\"form_token\" value=\"").expect("form token field") + 25;
-    html[at..].split('"').next().unwrap().to_string()
-}
-
-fn set_cookie(resp: &reqwest::Response) -> String {
-    let c = resp.headers().get("set-cookie").expect("cookie").to_str().unwrap();
-    c.split(';').next().unwrap().to_string()
 }
 
 enum Factor<'a> {
@@ -143,17 +108,6 @@ async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: F
         .unwrap();
     assert_eq!(resp.status().as_u16(), 303, "{:?}", resp.text().await);
     redirect_params(&resp)
-}
-
-fn redirect_params(resp: &reqwest::Response) -> Vec<(String, String)> {
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let (base, q) = loc.split_once('?').unwrap();
-    assert_eq!(base, REDIRECT);
-    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-}
-
-fn param<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
 async fn token(s: &Server, form: &[(&str, &str)]) -> (u16, Value) {
