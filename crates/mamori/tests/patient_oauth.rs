@@ -47,13 +47,6 @@ async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
     json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
 }
 
-fn ids(bundle: &Value) -> Vec<String> {
-    bundle["entry"]
-        .as_array()
-        .map(|es| es.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
-}
-
 fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
     mamori(&[
         "client",

@@ -234,6 +234,14 @@ pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) ->
 }
 
 /// Status and parsed JSON body of a response.
+/// The ids of the resources in a Bundle's entries, in order.
+pub fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|es| es.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
