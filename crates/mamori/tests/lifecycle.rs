@@ -213,6 +213,9 @@ async fn auth7_accounts_and_temporary_credentials_over_the_admin_api() {
     assert_eq!((st, r["status"].as_str()), (200, Some("password-change-required")), "{r}");
     assert_eq!(post(&s, "/auth/login", &login, None).await.0, 401, "one use");
     assert_eq!(post_to("/accounts/ns.ito/temporary-credential", json!({}), &s.token).await.0, 403);
+    // Separation of duties: not for one's own account.
+    let (st, r) = post_to("/accounts/boss/temporary-credential", json!({}), &boss).await;
+    assert_eq!(st, 403, "{r}");
 
     // A patient account needs an existing Patient.
     let (st, p) = json(s.post_json("Patient", &json!({"resourceType": "Patient"})).send().await.unwrap()).await;
@@ -229,6 +232,7 @@ async fn auth7_accounts_and_temporary_credentials_over_the_admin_api() {
     assert!(names.contains(&"ns.ito") && names.contains(&"hanako") && !names.contains(&"x.y"), "{names:?}");
     assert_eq!(audit_count(&s, "account-create", "boss", 201), 2);
     assert_eq!(audit_count(&s, "temporary-credential-issue", "boss", 201), 1);
-    // The four refusals above (three by a physician, one by an auditor) are audited.
-    assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE outcome = 403"), 4);
+    // The five refusals above (three by a physician, one by an auditor, one to the administrator
+    // for their own account) are audited.
+    assert_eq!(s.dir.audit_i64("SELECT count(*) FROM audit_event WHERE outcome = 403"), 5);
 }

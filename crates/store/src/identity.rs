@@ -1206,6 +1206,19 @@ impl SqliteStore {
     ) -> Result<(Zeroizing<String>, i64), StoreError> {
         let account = name.as_str().to_string();
         self.identity_job(move |tx, ev| {
+            // Separation of duties: the fallback for a lost factor is someone else's act, never a
+            // way round one's own second factor.
+            if matches!(&ctx.actor, Actor::Person(p) if p.account == account) {
+                ev.push(
+                    &ctx,
+                    account_target(AuditEvent::new(Action::TemporaryCredentialIssue, 403), &account)
+                        .with_detail("separation of duties: own account"),
+                );
+                return Ok(Err(StoreError::invalid(
+                    "forbidden",
+                    "separation of duties: no one issues a temporary credential for their own account",
+                )));
+            }
             match account_state(tx.conn, &account)? {
                 None => return Ok(Err(StoreError::NotFound(format!("account '{account}'")))),
                 Some(s) if s.disabled => return Ok(Err(StoreError::Forbidden)),
