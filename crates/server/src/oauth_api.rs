@@ -563,7 +563,8 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
         ),
         Ok((LoginOutcome::EnrolmentRequired { .. }, _)) => error_page(
             StatusCode::FORBIDDEN,
-            "your account needs a second factor before you can sign in to apps; enrol one first, then start again from the app",
+            "your account needs a second factor to sign in to apps from this network; enrol one first, then start again \
+             from the app",
         ),
         // The same answer whatever went wrong; the audit trail has the reason.
         Err(StoreError::InvalidCredentials) => again(&s, p, StatusCode::UNAUTHORIZED, "Invalid credentials"),
