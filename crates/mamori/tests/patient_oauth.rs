@@ -13,62 +13,19 @@ use oauth_page::*;
 use serde_json::{Value, json};
 use support::*;
 
-const PASSWORD: &str = "Hakone-Maple-42-River";
-
 fn root_of(base: &str) -> String {
     base.trim_end_matches("/fhir").to_string()
-}
-
-async fn post_at(root: &str, path: &str, body: &Value) -> Value {
-    let r = reqwest::Client::new().post(format!("{root}{path}")).json(body).send().await.unwrap();
-    json(r).await.1
-}
-
-/// Sets an initial password, changes it, and enrols TOTP through the login API at `root`;
-/// returns the TOTP secret and recovery codes.
-async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
-    let (code, out) = set_password(dir, name, "Initial-Pass-9876!");
-    assert_eq!(code, 0, "{out}");
-    let r = post_at(root, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
-    let t = r["password_ticket"].as_str().expect("password change").to_string();
-    post_at(root, "/auth/password", &json!({"password_ticket": t, "new_password": PASSWORD})).await;
-    let r = post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await;
-    let enrol = r["enrol_ticket"].as_str().expect("TOTP enrolment").to_string();
-    let r = post_at(root, "/auth/totp", &json!({"enrol_ticket": enrol})).await;
-    let secret = base32_decode(r["secret"].as_str().unwrap());
-    let r =
-        post_at(root, "/auth/totp/confirm", &json!({"enrol_ticket": enrol, "code": totp(&secret, unix_now())})).await;
-    assert_eq!(r["status"], "second-factor-active", "{r}");
-    let out = ok(&["user", "recovery-codes", "--data-dir", dir.arg(), name]);
-    (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
 }
 
 async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
     json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
 }
 
-fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
-    mamori(&[
-        "client",
-        "add",
-        "--data-dir",
-        s.dir.arg(),
-        "--id",
-        id,
-        "--name",
-        id,
-        "--scope",
-        scope,
-        "--redirect-uri",
-        REDIRECT,
-    ])
-}
-
 /// Authorises `client` for `scope` at `root` as `account` and exchanges the code there.
 async fn app_token(root: &str, client: &str, scope: &str, account: &str, factor: Factor<'_>) -> Value {
     let (verifier, challenge) = pkce();
     let url = authorize_at(root, client, scope, &challenge);
-    let p = sign_in_at(root, &url, account, PASSWORD, factor).await;
+    let p = sign_in_with(&no_redirects(), root, &url, account, PASSWORD, factor).await;
     assert_eq!(param(&p, "state"), Some("st-42"));
     let (st, t) = exchange_at(root, client, param(&p, "code").unwrap(), &verifier).await;
     assert_eq!(st, 200, "{t}");
@@ -120,9 +77,9 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     let sato = enrol_totp(&s.dir, &staff, "dr.sato").await;
 
     // Registration: a patients' app has patient/ scopes; one client is never for both.
-    assert_eq!(add_client(&s, "phr", "patient/*.cruds offline_access").0, 0);
-    assert_eq!(add_client(&s, "chart", "user/*.rs").0, 0);
-    let (code, _, err) = add_client(&s, "both", "user/*.rs patient/*.rs");
+    assert_eq!(add_app(&s.dir, "phr", "patient/*.cruds offline_access").0, 0);
+    assert_eq!(add_app(&s.dir, "chart", "user/*.rs").0, 0);
+    let (code, _, err) = add_app(&s.dir, "both", "user/*.rs patient/*.rs");
     assert_ne!(code, 0);
     assert!(err.contains("not both"), "{err}");
 
@@ -202,7 +159,7 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     // A code from the patient page is not exchangeable at the staff token endpoint.
     let (verifier, challenge) = pkce();
     let url = authorize_at(&portal, "phr", "patient/*.rs", &challenge);
-    let p = sign_in_at(&portal, &url, "alice", PASSWORD, Factor::Recovery(&alice.1[0])).await;
+    let p = sign_in_with(&no_redirects(), &portal, &url, "alice", PASSWORD, Factor::Recovery(&alice.1[0])).await;
     let (st, e) = exchange_at(&staff, "phr", param(&p, "code").unwrap(), &verifier).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")), "{e}");
     // Backend services are a staff-interface thing.

@@ -18,6 +18,7 @@ mod lifecycle_api;
 pub mod listener;
 pub mod oauth_api;
 mod oauth_webauthn;
+mod oauth_zone;
 mod patient;
 pub mod respond;
 pub mod syslog;

@@ -669,7 +669,7 @@ impl SqliteStore {
                 let (ticket, expires_in) = issue_ticket(tx.conn, &account, TICKET_ENROL, now, policy.ticket_ttl)?;
                 LoginOutcome::EnrolmentRequired { ticket, expires_in }
             } else {
-                create_session(tx, ev, &who, &account, "password", &policy)?
+                create_session(tx, ev, &who, &account, mamori_access::login::PASSWORD_ONLY, &policy)?
             };
             ev.push(
                 &who,
@@ -1078,7 +1078,7 @@ impl SqliteStore {
         }
         // AUTH-2 per zone: a session opened with a password alone (where that was allowed) does
         // not carry over to a zone where the role needs two factors.
-        if factors == "password" && policy.requires_two_factors_from(role, zone.as_deref()) {
+        if !policy.factors_suffice(role, &factors, zone.as_deref()) {
             return Ok(None);
         }
         if now - last_used >= TOUCH_EVERY_US {

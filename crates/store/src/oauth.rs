@@ -9,6 +9,13 @@
 //! disabling end the app's tokens too. Reusing a spent code or a rotated refresh token revokes
 //! the whole family (OAuth 2.0 Security BCP §4.14).
 //!
+//! A family also records how the person signed in (`factors`: a password alone, or with which
+//! second factor) and the network zone of the sign-in page (ACL-3). The per-zone two-factor rule
+//! of login sessions (AUTH-2, `LoginPolicy::factors_suffice`) applies to the family's tokens at
+//! the zone of every request, code exchange and refresh: a password-only sign-in where that was
+//! allowed (a clerk on the HIS network) does not carry over to a zone where the role needs two
+//! factors.
+//!
 //! Protocol refusals (`invalid_grant`, …) are the inner error of [`Refusal`]; they are audited
 //! as `oauth-failure` rows with the reason, while the client only learns the RFC 6749 code.
 
@@ -87,6 +94,16 @@ CREATE TABLE oauth_jti (
 ) WITHOUT ROWID;
 "#;
 
+/// AUTH-2/ACL-3: the sign-in behind a family (factors, zone of the sign-in page) and the zone of
+/// the page on each code. Families from before this have their session's factors.
+pub(crate) const SIGN_IN_MIGRATION: &str = r#"
+ALTER TABLE oauth_code ADD COLUMN zone TEXT;
+ALTER TABLE oauth_family ADD COLUMN factors TEXT;
+ALTER TABLE oauth_family ADD COLUMN zone TEXT;
+UPDATE oauth_family SET factors = (SELECT s.factors FROM login_session s WHERE s.hash = oauth_family.session)
+ WHERE session IS NOT NULL;
+"#;
+
 /// How long an authorisation code may be exchanged.
 pub const CODE_TTL_US: i64 = 60_000_000;
 
@@ -141,6 +158,8 @@ pub struct CodeGrant {
     /// PKCE S256 challenge: BASE64URL(SHA-256(verifier)).
     pub challenge: String,
     pub scope: ScopeSet,
+    /// The network zone of the sign-in page's request (recorded with the tokens).
+    pub zone: Option<String>,
 }
 
 /// A token request with an authorisation code (RFC 6749 §4.1.3, RFC 7636 §4.5).
@@ -149,6 +168,18 @@ pub struct CodeExchange {
     pub code: Zeroizing<String>,
     pub redirect_uri: String,
     pub verifier: Zeroizing<String>,
+    /// The network zone of the token request: the sign-in must be strong enough there.
+    pub zone: Option<String>,
+}
+
+/// A token request with a refresh token (RFC 6749 §6).
+pub struct RefreshRequest {
+    pub client_id: String,
+    pub refresh_token: Zeroizing<String>,
+    /// Narrower scopes, if asked for.
+    pub scope: Option<ScopeSet>,
+    /// The network zone of the token request: the sign-in must be strong enough there.
+    pub zone: Option<String>,
 }
 
 /// Tokens handed to a client (RFC 6749 §5.1).
@@ -182,7 +213,39 @@ pub struct OAuthGrant {
     pub principal: Principal,
     pub client_id: String,
     pub scope: ScopeSet,
+    /// How the person signed in; `None` for a system client (no person, no sign-in).
+    pub sign_in: Option<SignIn>,
 }
+
+/// How the person behind a token signed in, and whether that is strong enough for the zone of
+/// the request at hand (AUTH-2 per zone, ACL-3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignIn {
+    /// As the login session records them: `password`, `password+totp`, `password+webauthn`,
+    /// `password+recovery-code`.
+    pub factors: String,
+    /// The zone of the sign-in page.
+    pub zone: Option<String>,
+    /// `LoginPolicy::factors_suffice` for the person's role at the request's zone. A token whose
+    /// sign-in is not strong enough must be refused (the store does not count its use).
+    pub suffices: bool,
+}
+
+impl SignIn {
+    /// For the audit trail: why this sign-in is refused from `here`.
+    pub fn refusal_detail(&self, here: Option<&str>) -> String {
+        format!(
+            "sign-in with {} in zone {} is not enough from zone {}: two factors required",
+            self.factors,
+            self.zone.as_deref().unwrap_or("?"),
+            here.unwrap_or("?")
+        )
+    }
+}
+
+/// The reason (and RFC 6749 `invalid_grant` refusal) when a code or refresh token is presented
+/// from a zone where the person's sign-in is not strong enough.
+pub const SIGN_IN_TOO_WEAK: &str = "the sign-in is not strong enough for this network zone";
 
 /// The principal name a system client acts under: account names cannot contain ':', so it
 /// never collides with a person.
@@ -228,9 +291,7 @@ pub trait OAuth: Send + Sync {
     fn refresh(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        refresh_token: Zeroizing<String>,
-        scope: Option<ScopeSet>,
+        req: RefreshRequest,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
@@ -252,7 +313,14 @@ pub trait OAuth: Send + Sync {
     fn oauth_failure(&self, ctx: AccessContext, client_id: Option<String>, reason: String) -> StoreFuture<'_, ()>;
     /// Resolves an access token: unexpired, family not revoked, client registered, and for a
     /// person's token the login session alive (idle and absolute limits) and the account enabled.
-    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>>;
+    /// For a person's token, [`SignIn::suffices`] says whether the sign-in is strong enough for
+    /// the request's network `zone`; if not, the use does not count as use of the session.
+    fn authenticate_oauth(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<OAuthGrant>>;
 }
 
 fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
@@ -293,26 +361,57 @@ fn refusal_event(reason: &str) -> AuditEvent {
 /// Whether a login session is alive now: present, issued for the interface `policy` serves
 /// (ACL-4: a token of a patient's sign-in works only at the patient interface, a staff one only
 /// at the staff interface), within its absolute and idle limits, and its account enabled and
-/// admitted there. Returns the account's role.
+/// admitted there.
 fn session_alive(
     c: &Connection,
     session: &[u8],
     now: i64,
     policy: &mamori_access::LoginPolicy,
-) -> Result<Option<(String, Role, i64)>, StoreError> {
-    let row: Option<(String, String, i64, i64)> = c
+) -> Result<Option<LiveSession>, StoreError> {
+    let row: Option<(String, String, i64, i64, String)> = c
         .prepare_cached(
-            "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
+            "SELECT s.account, a.role, s.last_used_us, s.expires_us, s.factors FROM login_session s \
              JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL \
              AND s.audience = ?2",
         )?
-        .query_row(params![session, policy.audience.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row(params![session, policy.audience.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
-    let Some((account, role, last_used, expires)) = row else { return Ok(None) };
+    let Some((account, role, last_used, expires, factors)) = row else { return Ok(None) };
     if now >= expires || now >= last_used + dur_us(policy.sessions.idle_timeout) {
         return Ok(None);
     }
-    Ok(role.parse::<Role>().ok().filter(|r| policy.admits(*r)).map(|r| (account, r, last_used)))
+    let role = role.parse::<Role>().ok().filter(|r| policy.admits(*r));
+    Ok(role.map(|role| LiveSession { account, role, last_used, factors }))
+}
+
+/// A login session that is alive, and what it records.
+struct LiveSession {
+    account: String,
+    role: Role,
+    last_used: i64,
+    /// How the person signed in (`password`, `password+totp`, …).
+    factors: String,
+}
+
+/// A refresh token's row: family, scope, expiry, rotation, client, account, session, revocation.
+type RefreshRow = (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>);
+/// A family's sign-in: factors and zone of the sign-in page.
+type SignInRow = (Option<String>, Option<String>);
+
+/// The sign-in recorded with a family, judged for `role` at the request's zone `here`. A family
+/// without recorded factors counts as a password alone (fail closed).
+fn sign_in_at(
+    factors: Option<String>,
+    zone: Option<String>,
+    role: Role,
+    here: Option<&str>,
+    policy: &mamori_access::LoginPolicy,
+) -> SignIn {
+    let factors = factors.unwrap_or_else(|| mamori_access::login::PASSWORD_ONLY.to_string());
+    let suffices = policy.factors_suffice(role, &factors, here);
+    SignIn { factors, zone, suffices }
 }
 
 struct Issued {
@@ -486,7 +585,7 @@ impl SqliteStore {
     }
 }
 
-type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>);
+type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>, Option<String>);
 
 fn exchange(
     tx: &Tx<'_>,
@@ -507,14 +606,27 @@ fn exchange(
     let row: Option<Row> = tx
         .conn
         .prepare_cached(
-            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family \
+            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, zone \
              FROM oauth_code WHERE hash = ?1",
         )?
         .query_row([&hash.0[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
         })
         .optional()?;
-    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family)) = row else {
+    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family, signed_in_zone)) =
+        row
+    else {
         return refuse("unknown code", ev);
     };
     if used.is_some() {
@@ -546,15 +658,21 @@ fn exchange(
     if pkce_s256(verifier).as_deref() != Some(challenge.as_str()) {
         return refuse("PKCE code_verifier does not match", ev);
     }
-    let Some((acct, role, _)) = session_alive(tx.conn, &session, now, policy)? else {
+    let Some(LiveSession { account: acct, role, factors, .. }) = session_alive(tx.conn, &session, now, policy)? else {
         return refuse("the login session has ended", ev);
     };
+    // AUTH-2/ACL-3: no tokens to a zone where this sign-in would not be accepted.
+    let sign_in = sign_in_at(Some(factors), signed_in_zone, role, req.zone.as_deref(), policy);
+    if !sign_in.suffices {
+        ev.push(&person(ctx, &acct, role), refusal_event(&sign_in.refusal_detail(req.zone.as_deref())));
+        return Ok(Err(Refusal::grant(SIGN_IN_TOO_WEAK)));
+    }
     let Ok(scope) = scope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
     let family = uuid::Uuid::new_v4().to_string();
     tx.conn.execute(
-        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-        params![family, client_id, acct, session, scope.to_string(), now],
+        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, factors, zone) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+        params![family, client_id, acct, session, scope.to_string(), now, sign_in.factors, sign_in.zone],
     )?;
     tx.conn.execute("UPDATE oauth_code SET family = ?1 WHERE hash = ?2", params![family, &hash.0[..]])?;
     let with_refresh = scope.offline_access || scope.online_access;
@@ -562,9 +680,11 @@ fn exchange(
     let who = person(ctx, &acct, role);
     ev.push(
         &who,
-        AuditEvent::new(Action::OAuthToken, 200)
-            .with_target("account", Some(acct.clone()))
-            .with_detail(format!("authorization_code; scope {scope}")),
+        AuditEvent::new(Action::OAuthToken, 200).with_target("account", Some(acct.clone())).with_detail(format!(
+            "authorization_code; scope {scope}; signed in with {} in zone {}",
+            sign_in.factors,
+            sign_in.zone.as_deref().unwrap_or("?")
+        )),
     );
     Ok(Ok(Tokens {
         access_token: issued.access,
@@ -590,7 +710,7 @@ impl OAuth for SqliteStore {
                 let scope = grant.scope.to_string();
                 tx.conn.execute(
                     "INSERT INTO oauth_code (hash, client_id, account, session, redirect_uri, challenge, scope, \
-                     expires_us, used_us, family) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)",
+                     expires_us, used_us, family, zone) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9)",
                     params![
                         &code.hash().0[..],
                         grant.client_id,
@@ -599,7 +719,8 @@ impl OAuth for SqliteStore {
                         grant.redirect_uri,
                         grant.challenge,
                         scope,
-                        now + CODE_TTL_US
+                        now + CODE_TTL_US,
+                        grant.zone
                     ],
                 )?;
                 ev.push(
@@ -627,12 +748,11 @@ impl OAuth for SqliteStore {
     fn refresh(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        refresh_token: Zeroizing<String>,
-        scope: Option<ScopeSet>,
+        req: RefreshRequest,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
+        let RefreshRequest { client_id, refresh_token, scope, zone } = req;
         let ctx = client_ctx(&ctx, &client_id);
         Box::pin(self.identity_job(move |tx, ev| {
             let now = tx.now_us;
@@ -643,18 +763,23 @@ impl OAuth for SqliteStore {
             let Some(hash) = presented(SecretKind::OAuthRefresh, &refresh_token) else {
                 return refuse("malformed refresh token", ev);
             };
-            type R = (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>);
-            let row: Option<R> = tx
+            let row: Option<(RefreshRow, SignInRow)> = tx
                 .conn
                 .prepare_cached(
-                    "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us \
+                    "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us, \
+                     f.factors, f.zone \
                      FROM oauth_token t JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1 AND t.kind = 'refresh'",
                 )?
                 .query_row([&hash.0[..]], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                    Ok((
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?),
+                        (r.get(8)?, r.get(9)?),
+                    ))
                 })
                 .optional()?;
-            let Some((family, tscope, expires, used, fclient, account, session, revoked)) = row else {
+            let Some(((family, tscope, expires, used, fclient, account, session, revoked), (factors, signed_in_zone))) =
+                row
+            else {
                 return refuse("unknown refresh token", ev);
             };
             if fclient != client_id {
@@ -682,11 +807,18 @@ impl OAuth for SqliteStore {
                 return refuse("not a person's token", ev);
             };
             // AUTH-6: the login session behind the app must still be alive.
-            let Some((acct, role, _)) = session_alive(tx.conn, &session, now, &policy)? else {
+            let Some(LiveSession { account: acct, role, .. }) = session_alive(tx.conn, &session, now, &policy)? else {
                 return refuse("the login session has ended", ev);
             };
             if acct != account {
                 return refuse("session belongs to another account", ev);
+            }
+            // AUTH-2/ACL-3: the sign-in must be strong enough where the refresh is asked for; the
+            // refresh token is not spent, so the app can still refresh from a zone where it is.
+            let sign_in = sign_in_at(factors, signed_in_zone, role, zone.as_deref(), &policy);
+            if !sign_in.suffices {
+                ev.push(&person(&ctx, &acct, role), refusal_event(&sign_in.refusal_detail(zone.as_deref())));
+                return Ok(Ok(Err(Refusal::grant(SIGN_IN_TOO_WEAK))));
             }
             let Ok(current) = tscope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
             let scope = match scope {
@@ -820,39 +952,52 @@ impl OAuth for SqliteStore {
         Box::pin(async move { self.audit(ctx, AuditEvent::new(Action::OAuthFailure, 400).with_detail(reason)).await })
     }
 
-    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>> {
+    fn authenticate_oauth(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<OAuthGrant>> {
         Box::pin(async move {
             let now = self.now_us();
             type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String);
             let p = Arc::clone(&policy);
             let found = self.inner.engine.read_now(move |c| {
-                let row: Option<R> = c
+                let row: Option<(R, SignInRow)> = c
                     .prepare_cached(
-                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind FROM oauth_token t \
+                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.factors, f.zone \
+                         FROM oauth_token t \
                          JOIN oauth_family f ON f.id = t.family JOIN oauth_client cl ON cl.client_id = f.client_id \
                          WHERE t.hash = ?1 AND t.kind = 'access' AND t.expires_us > ?2 AND f.revoked_us IS NULL",
                     )?
                     .query_row(params![&token.0[..], now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                        Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?), (r.get(6)?, r.get(7)?)))
                     })
                     .optional()?;
-                let Some((scope, client_id, account, session, role, kind)) = row else { return Ok(None) };
+                let Some(((scope, client_id, account, session, role, kind), (factors, signed_in_zone))) = row else {
+                    return Ok(None);
+                };
                 let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
                 match (kind.as_str(), account, session, role) {
                     ("public", Some(account), Some(session), _) => {
-                        let Some((acct, role, last_used)) = session_alive(c, &session, now, &p)? else {
+                        let Some(live) = session_alive(c, &session, now, &p)? else {
                             return Ok(None);
                         };
-                        if acct != account {
+                        if live.account != account {
                             return Ok(None);
                         }
-                        let touch = (now - last_used >= crate::identity::TOUCH_EVERY_US).then_some(session);
-                        Ok(Some((OAuthGrant { principal: Principal { account, role }, client_id, scope }, touch)))
+                        let role = live.role;
+                        let sign_in = sign_in_at(factors, signed_in_zone, role, zone.as_deref(), &p);
+                        // A refused use is no use of the session (its idle timeout runs on).
+                        let touch = (sign_in.suffices && now - live.last_used >= crate::identity::TOUCH_EVERY_US)
+                            .then_some(session);
+                        let principal = Principal { account, role };
+                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: Some(sign_in) }, touch)))
                     }
                     ("system", None, None, Some(role)) => {
                         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
                         let principal = Principal { account: client_principal_name(&client_id), role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope }, None)))
+                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: None }, None)))
                     }
                     _ => Ok(None),
                 }

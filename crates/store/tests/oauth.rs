@@ -13,7 +13,7 @@ use mamori_access::{LoginPolicy, Role, SharedLoginPolicy, TokenHash};
 use mamori_store::clock::ManualClock;
 use mamori_store::identity::{Identity, LoginOutcome, Subject};
 use mamori_store::keys::MasterKey;
-use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Lifetimes, OAuth, Tokens, pkce_s256};
+use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Lifetimes, OAuth, RefreshRequest, Tokens, pkce_s256};
 use mamori_store::{AccessContext, AccountName, SqliteStore, StoreConfig};
 use time::Duration;
 use zeroize::Zeroizing;
@@ -37,6 +37,11 @@ fn req() -> AccessContext {
 }
 
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// An environment whose login policy `adjust` changes (after the defaults of [`env`]).
+async fn env_with(adjust: impl FnOnce(&mut LoginPolicy)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-04-01 09:00 UTC)));
     let mut cfg = StoreConfig::new(dir.path().join("db"));
@@ -45,6 +50,7 @@ async fn env() -> Env {
     let mut p = LoginPolicy::with_hasher(PasswordHasher::floor());
     p.two_factor_roles.clear();
     p.sessions.max_per_account = 2;
+    adjust(&mut p);
     let policy = Arc::new(p);
     let op = AccessContext::operator("op", "operator:test");
     let n = AccountName::parse("dr.sato").unwrap();
@@ -70,7 +76,13 @@ impl Env {
     async fn code(&self) -> Zeroizing<String> {
         let LoginOutcome::Session { token, .. } = self
             .store
-            .login_password(req(), "dr.sato".into(), z("Hakone-Maple-42-River"), self.policy.clone())
+            .login_password_from(
+                req(),
+                Some("his".into()),
+                "dr.sato".into(),
+                z("Hakone-Maple-42-River"),
+                self.policy.clone(),
+            )
             .await
             .unwrap()
         else {
@@ -83,26 +95,45 @@ impl Env {
             redirect_uri: REDIRECT.into(),
             challenge: pkce_s256(VERIFIER).unwrap(),
             scope: "user/*.rs offline_access".parse().unwrap(),
+            zone: Some("his".into()),
         };
         self.store.issue_code(req(), grant).await.unwrap()
     }
 
     async fn exchange(&self, code: Zeroizing<String>) -> Option<Tokens> {
         let l = Lifetimes::default();
-        let x = CodeExchange { client_id: "app".into(), code, redirect_uri: REDIRECT.into(), verifier: z(VERIFIER) };
+        let x = CodeExchange {
+            client_id: "app".into(),
+            code,
+            redirect_uri: REDIRECT.into(),
+            verifier: z(VERIFIER),
+            zone: Some("his".into()),
+        };
         let r = self.store.exchange_code(req(), x, self.policy.clone(), l);
         r.await.unwrap().ok()
     }
 
     async fn refresh(&self, t: &Tokens) -> Option<Tokens> {
+        self.refresh_from(t, "his").await
+    }
+
+    async fn refresh_from(&self, t: &Tokens, zone: &str) -> Option<Tokens> {
         let rt = t.refresh_token.clone().unwrap();
-        let r = self.store.refresh(req(), "app".into(), rt, None, self.policy.clone(), Lifetimes::default());
+        let x = RefreshRequest { client_id: "app".into(), refresh_token: rt, scope: None, zone: Some(zone.into()) };
+        let r = self.store.refresh(req(), x, self.policy.clone(), Lifetimes::default());
         r.await.unwrap().ok()
     }
 
     async fn works(&self, t: &Tokens) -> bool {
+        self.works_from(t, "his").await
+    }
+
+    /// Whether the access token is accepted for a request from `zone` (present, alive, and its
+    /// sign-in strong enough there).
+    async fn works_from(&self, t: &Tokens, zone: &str) -> bool {
         let h = presented(SecretKind::OAuthAccess, &t.access_token).unwrap();
-        self.store.authenticate_oauth(h, self.policy.clone()).await.unwrap().is_some()
+        let g = self.store.authenticate_oauth(h, Some(zone.into()), self.policy.clone()).await.unwrap();
+        g.is_some_and(|g| g.sign_in.is_some_and(|s| s.suffices))
     }
 }
 
@@ -149,4 +180,32 @@ async fn auth6_session_limit_per_account_applies_to_apps() {
     let _third = e.exchange(e.code().await).await.unwrap();
     assert!(!e.works(&first).await);
     assert!(e.refresh(&first).await.is_none());
+}
+
+#[tokio::test]
+async fn auth2_acl3_a_password_only_token_is_refused_elsewhere_and_that_use_does_not_count() {
+    // Physicians need two factors except on the HIS network, where a password alone suffices.
+    let e = env_with(|p| {
+        p.two_factor_roles = vec![Role::Physician];
+        p.password_only_from = vec![("his".into(), vec![Role::Physician])];
+    })
+    .await;
+    let refused = e.exchange(e.code().await).await.expect("a password alone suffices in the HIS zone");
+    let used = e.exchange(e.code().await).await.unwrap();
+    assert!(e.works_from(&refused, "his").await);
+    assert!(!e.works_from(&refused, "vpn").await, "a password-only sign-in does not carry over to the VPN");
+    assert!(!e.works_from(&refused, "internet").await);
+    // A refresh from the VPN is refused without spending the refresh token.
+    assert!(e.refresh_from(&refused, "vpn").await.is_none());
+    let refused = e.refresh(&refused).await.expect("the refresh token was not spent by the refusal");
+    assert!(!e.works_from(&refused, "vpn").await, "the rotated tokens keep the sign-in's factors");
+
+    // Four minutes on, one token is used from the VPN (refused), the other from the HIS.
+    e.clock.advance(Duration::minutes(4));
+    assert!(!e.works_from(&refused, "vpn").await);
+    assert!(e.works_from(&used, "his").await);
+    // 31 minutes after sign-in: the refused use did not restart the 30-minute idle timeout.
+    e.clock.advance(Duration::minutes(27));
+    assert!(e.refresh(&refused).await.is_none(), "idle since the sign-in: a refused use is no use");
+    assert!(e.refresh(&used).await.is_some(), "used 27 minutes ago: alive");
 }
