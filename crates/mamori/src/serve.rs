@@ -77,6 +77,7 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
         shared.client_issuers = Arc::new(issuers);
     }
     shared.oauth = cfg.oauth.settings()?;
+    shared.tokens = cfg.token_policy()?;
     let login = Arc::new(cfg.login_policy()?);
     // The dummy hash that unknown accounts are verified against, computed before the first login.
     let warm = Arc::clone(&login);

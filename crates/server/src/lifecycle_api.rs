@@ -43,17 +43,28 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// Administration bodies are small; anything larger is refused before parsing (NET-2).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
 }
 
 /// Reads and parses a bounded JSON body; bad input is audited as a refusal.
-async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body, shape: &str) -> Result<T> {
-    let parsed = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
+pub(crate) async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body, shape: &str) -> Result<T> {
+    body_within(s, auth, body, shape, MAX_ADMIN_BODY).await
+}
+
+/// As [`body`], with its own size limit.
+pub(crate) async fn body_within<T: DeserializeOwned>(
+    s: &Shared,
+    auth: &Authenticated,
+    body: Body,
+    shape: &str,
+    limit: usize,
+) -> Result<T> {
+    let parsed = match axum::body::to_bytes(body, limit).await {
         Err(_) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
-            format!("administration requests are limited to {MAX_ADMIN_BODY} bytes"),
+            format!("this administration request is limited to {limit} bytes"),
         )),
         Ok(b) if b.is_empty() => serde_json::from_slice(b"{}").map_err(|_| bad(format!("the body must be {shape}"))),
         Ok(b) => serde_json::from_slice(&b).map_err(|_| bad(format!("the body must be a JSON object {shape}"))),
@@ -64,14 +75,14 @@ async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body,
     }
 }
 
-async fn account_name(s: &Shared, auth: &Authenticated, raw: &str) -> Result<AccountName> {
+pub(crate) async fn account_name(s: &Shared, auth: &Authenticated, raw: &str) -> Result<AccountName> {
     match AccountName::parse(raw) {
         Ok(n) => Ok(n),
         Err(e) => Err(auth.refuse(s, ApiError::from(e), Some("account")).await),
     }
 }
 
-fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
     let mut resp = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -293,14 +304,19 @@ pub async fn temporary_credential(
     let name = account_name(&s, &auth, &name).await?;
     let (secret, expires_us) =
         s.store.temporary_credential(auth.ctx.clone(), name.clone(), Arc::clone(&s.login)).await?;
-    let mut resp = json_response(
+    Ok(secret_response(
         StatusCode::OK,
         &serde_json::json!({
             "account": name.as_str(),
             "temporary_credential": secret.as_str(),
             "expires": mamori_store::clock::fhir_instant(expires_us),
         }),
-    );
+    ))
+}
+
+/// An answer carrying a secret shown once: never cached.
+pub(crate) fn secret_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    let mut resp = json_response(status, v);
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
 }

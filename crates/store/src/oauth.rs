@@ -148,6 +148,89 @@ impl ClientKind {
     }
 }
 
+/// A client registration as an operator or administrator writes it (CLI flags or the admin API's
+/// JSON), parsed and checked by [`ClientRegistration::parse`] — one set of rules for both.
+#[derive(Clone, Debug, Default)]
+pub struct ClientRegistration {
+    pub client_id: String,
+    pub name: String,
+    /// Space-separated scopes the client may ever be granted.
+    pub scope: String,
+    /// An app used by people: its exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// A backend service: its public JWK Set (`{"keys": […]}`) or one public JWK.
+    pub jwks: Option<String>,
+    /// A backend service: the staff job type it acts as.
+    pub role: Option<String>,
+}
+
+impl ClientRegistration {
+    /// The client's kind and scopes, or why the registration is refused.
+    pub fn parse(&self) -> Result<(ClientKind, ScopeSet), StoreError> {
+        let bad = |m: String| StoreError::invalid("invalid", m);
+        let scope: ScopeSet = self.scope.parse().map_err(|e| bad(format!("scope: {e}")))?;
+        if scope.clinical.is_empty() {
+            return Err(bad(
+                "the scope names no resource scope (such as user/*.rs, patient/*.rs or system/Observation.rs)".into(),
+            ));
+        }
+        let kind = match (self.redirect_uris.is_empty(), &self.jwks, &self.role) {
+            (false, None, None) => {
+                if self.redirect_uris.len() > 10 {
+                    return Err(bad("at most 10 redirect URIs".into()));
+                }
+                for u in &self.redirect_uris {
+                    check_redirect_uri(u)?;
+                }
+                ClientKind::Public { redirect_uris: self.redirect_uris.clone() }
+            }
+            (true, Some(jwks), Some(role)) => {
+                let jwks = key_set(jwks)?;
+                mamori_access::client_assertion::ClientKeys::parse(&jwks).map_err(|e| bad(e.to_string()))?;
+                let role: Role = role.parse().map_err(|e| bad(format!("role: {e}")))?;
+                // The rules of the kind itself (a staff job type, scopes of its kind) are
+                // `check_registration`'s, applied to every registration.
+                ClientKind::System { jwks, role }
+            }
+            _ => {
+                return Err(bad(
+                    "give redirect URIs for an app used by people, or a JWK Set and a role for a backend service"
+                        .into(),
+                ));
+            }
+        };
+        Ok((kind, scope))
+    }
+}
+
+/// A JWK Set as stored: a single JWK (an object with `kty`) is wrapped as `{"keys": [jwk]}`.
+fn key_set(raw: &str) -> Result<String, StoreError> {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v) if v.get("kty").is_some() && v.get("keys").is_none() => Ok(serde_json::json!({"keys": [v]}).to_string()),
+        _ => Ok(raw.to_string()),
+    }
+}
+
+/// A redirect URI must be absolute, without a fragment; plain http only for loopback (RFC 8252).
+pub fn check_redirect_uri(u: &str) -> Result<(), StoreError> {
+    let shown: String = u.chars().take(80).collect();
+    let bad = |m: &str| StoreError::invalid("invalid", format!("redirect URI '{shown}' {m}"));
+    let Some((scheme, rest)) = u.split_once(':') else { return Err(bad("is not absolute")) };
+    if u.contains('#') || u.chars().any(|c| c.is_whitespace() || c.is_control()) || u.len() > 512 {
+        return Err(bad("must have no fragment or spaces and be at most 512 characters"));
+    }
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        return Err(bad("is not absolute"));
+    }
+    if scheme == "http" {
+        let host = rest.trim_start_matches("//").split(['/', ':', '?']).next().unwrap_or("");
+        if !matches!(host, "127.0.0.1" | "localhost") && !rest.starts_with("//[::1]") {
+            return Err(bad("uses plain http, which is allowed for loopback addresses only; use https"));
+        }
+    }
+    Ok(())
+}
+
 /// What an authorisation code binds.
 pub struct CodeGrant {
     /// The login session the person created on the authorisation page.
@@ -321,6 +404,12 @@ pub trait OAuth: Send + Sync {
         zone: Option<String>,
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, Option<OAuthGrant>>;
+    /// Registers a client (administration; audited, refusals too).
+    fn register_oauth_client(&self, ctx: AccessContext, registration: ClientRegistration) -> StoreFuture<'_, Client>;
+    /// Every registered client (audited).
+    fn oauth_clients(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<Client>>;
+    /// Removes a client; its tokens stop working at once. Returns the token families revoked.
+    fn remove_oauth_client(&self, ctx: AccessContext, client_id: String) -> StoreFuture<'_, usize>;
 }
 
 fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
@@ -453,6 +542,36 @@ fn revoke_family(c: &Connection, family: &str, now: i64) -> Result<bool, StoreEr
     Ok(n == 1)
 }
 
+/// The rules every registration meets, whoever makes it.
+fn check_registration(client_id: &str, name: &str, kind: &ClientKind, scope: &ScopeSet) -> Result<(), StoreError> {
+    use mamori_access::scope::Context;
+    check_client_id(client_id)?;
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(StoreError::invalid("invalid", "the client name must be 1-100 printable characters"));
+    }
+    let refusal = match kind {
+        ClientKind::Public { redirect_uris } if redirect_uris.is_empty() => {
+            "a public (SMART app) client needs at least one redirect URI"
+        }
+        ClientKind::Public { .. } if scope.has_context(Context::System) => "system/ scopes are for system clients",
+        ClientKind::System { .. } if scope.has_context(Context::User) => "user/ scopes are for apps used by people",
+        ClientKind::System { .. } if scope.has_context(Context::Patient) => {
+            "patient/ scopes are for apps used by patients"
+        }
+        // ACL-4: an app is either for staff (user/ scopes, staff interface) or for patients
+        // (patient/ scopes, patient interface); one registration is never both.
+        ClientKind::Public { .. } if scope.has_context(Context::User) && scope.has_context(Context::Patient) => {
+            "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two"
+        }
+        // A backend service acts as a staff job type (ACL-4), whoever registers it.
+        ClientKind::System { role: Role::Patient, .. } => {
+            "a backend service acts as a staff job type; patients sign in at the patient interface (ACL-4)"
+        }
+        _ => return Ok(()),
+    };
+    Err(StoreError::invalid("invalid", refusal))
+}
+
 impl SqliteStore {
     // ---- operator actions (CLI), audited ----------------------------------------------------
 
@@ -465,38 +584,12 @@ impl SqliteStore {
         kind: ClientKind,
         scope: ScopeSet,
     ) -> Result<(), StoreError> {
-        check_client_id(&client_id)?;
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(StoreError::invalid("invalid", "the client name must be 1-100 printable characters"));
-        }
-        match &kind {
-            ClientKind::Public { redirect_uris } if redirect_uris.is_empty() => {
-                return Err(StoreError::invalid(
-                    "invalid",
-                    "a public (SMART app) client needs at least one redirect URI",
-                ));
-            }
-            ClientKind::Public { .. } if scope.has_context(mamori_access::scope::Context::System) => {
-                return Err(StoreError::invalid("invalid", "system/ scopes are for system clients"));
-            }
-            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::User) => {
-                return Err(StoreError::invalid("invalid", "user/ scopes are for apps used by people"));
-            }
-            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::Patient) => {
-                return Err(StoreError::invalid("invalid", "patient/ scopes are for apps used by patients"));
-            }
-            // ACL-4: an app is either for staff (user/ scopes, staff interface) or for patients
-            // (patient/ scopes, patient interface); one registration is never both.
-            ClientKind::Public { .. }
-                if scope.has_context(mamori_access::scope::Context::User)
-                    && scope.has_context(mamori_access::scope::Context::Patient) =>
-            {
-                return Err(StoreError::invalid(
-                    "invalid",
-                    "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two",
-                ));
-            }
-            _ => {}
+        if let Err(e) = check_registration(&client_id, &name, &kind, &scope) {
+            let ev = AuditEvent::new(Action::OAuthClientRegister, e.status())
+                .with_target("oauth-client", check_client_id(&client_id).is_ok().then_some(client_id))
+                .with_detail(crate::lifecycle::failure_detail(&e));
+            self.audit(ctx, ev).await?;
+            return Err(e);
         }
         let (uris, jwks, role) = match &kind {
             ClientKind::Public { redirect_uris } => {
@@ -513,7 +606,14 @@ impl SqliteStore {
                 |r| r.get(0),
             )?;
             if exists {
-                return Ok(Err(StoreError::PreconditionFailed(format!("client '{client_id}' already exists"))));
+                let e = StoreError::PreconditionFailed(format!("client '{client_id}' already exists"));
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthClientRegister, e.status())
+                        .with_target("oauth-client", Some(client_id.clone()))
+                        .with_detail("refused: already registered"),
+                );
+                return Ok(Err(e));
             }
             tx.conn.execute(
                 "INSERT INTO oauth_client (client_id, kind, name, redirect_uris, scope, jwks, role, created_us) \
@@ -531,11 +631,25 @@ impl SqliteStore {
         .await
     }
 
-    /// Removes a client: every token it holds stops working at once.
-    pub async fn remove_client(&self, ctx: AccessContext, client_id: String) -> Result<(), StoreError> {
+    /// Removes a client: every token it holds stops working at once. Returns the token families
+    /// revoked.
+    pub async fn remove_client(&self, ctx: AccessContext, client_id: String) -> Result<usize, StoreError> {
+        if let Err(e) = check_client_id(&client_id) {
+            let ev = AuditEvent::new(Action::OAuthClientRemove, e.status())
+                .with_target("oauth-client", None)
+                .with_detail(crate::lifecycle::failure_detail(&e));
+            self.audit(ctx, ev).await?;
+            return Err(e);
+        }
         self.identity_job(move |tx, ev| {
             let n = tx.conn.execute("DELETE FROM oauth_client WHERE client_id = ?1", [&client_id])?;
             if n == 0 {
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthClientRemove, 404)
+                        .with_target("oauth-client", Some(client_id.clone()))
+                        .with_detail("refused: no such client"),
+                );
                 return Ok(Err(StoreError::NotFound(format!("client '{client_id}'"))));
             }
             let revoked = tx.conn.execute(
@@ -549,7 +663,7 @@ impl SqliteStore {
                     .with_target("oauth-client", Some(client_id.clone()))
                     .with_detail(format!("{revoked} token famil(ies) revoked")),
             );
-            Ok(Ok(()))
+            Ok(Ok(revoked))
         })
         .await
     }
@@ -698,6 +812,35 @@ fn exchange(
 impl OAuth for SqliteStore {
     fn oauth_client(&self, client_id: String) -> StoreFuture<'_, Option<Client>> {
         Box::pin(async move { self.inner.engine.read_now(move |c| load_client(c, &client_id)) })
+    }
+
+    fn register_oauth_client(&self, ctx: AccessContext, registration: ClientRegistration) -> StoreFuture<'_, Client> {
+        Box::pin(async move {
+            let client_id = registration.client_id.clone();
+            let (kind, scope) = match registration.parse() {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    let ev = AuditEvent::new(Action::OAuthClientRegister, e.status())
+                        .with_target("oauth-client", check_client_id(&client_id).is_ok().then(|| client_id.clone()))
+                        .with_detail(crate::lifecycle::failure_detail(&e));
+                    self.audit(ctx, ev).await?;
+                    return Err(e);
+                }
+            };
+            self.register_client(ctx, client_id.clone(), registration.name, kind, scope).await?;
+            self.inner
+                .engine
+                .read_now(move |c| load_client(c, &client_id))?
+                .ok_or_else(|| StoreError::internal("a client just registered cannot be read back"))
+        })
+    }
+
+    fn oauth_clients(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<Client>> {
+        Box::pin(self.list_clients(ctx))
+    }
+
+    fn remove_oauth_client(&self, ctx: AccessContext, client_id: String) -> StoreFuture<'_, usize> {
+        Box::pin(self.remove_client(ctx, client_id))
     }
 
     fn issue_code(&self, ctx: AccessContext, grant: CodeGrant) -> StoreFuture<'_, Zeroizing<String>> {

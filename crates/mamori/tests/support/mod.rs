@@ -233,7 +233,14 @@ pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) ->
     json(r.send().await.unwrap()).await
 }
 
-/// Status and parsed JSON body of a response.
+/// POSTs JSON whose answer carries a secret shown once: asserts it is never cached, and returns
+/// (status, JSON body).
+pub async fn post_secret(s: &Server, path: &str, body: &Value, bearer: &str) -> (u16, Value) {
+    let resp = s.http.post(format!("{}{path}", root(s))).bearer_auth(bearer).json(body).send().await.unwrap();
+    assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    json(resp).await
+}
+
 /// The ids of the resources in a Bundle's entries, in order.
 pub fn ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
@@ -242,6 +249,7 @@ pub fn ids(bundle: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Status and parsed JSON body of a response.
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
