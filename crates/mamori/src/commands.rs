@@ -46,6 +46,7 @@ pub fn open_store(data_dir: &Path, cfg: &Config) -> anyhow::Result<SqliteStore> 
         interval: config::parse_duration(&cfg.audit.checkpoint_interval)?,
     });
     sc.synchronous_full = cfg.storage.synchronous == "full";
+    sc.version_cache_bytes = cfg.storage.version_cache_mib * 1024 * 1024;
     sc.policy = std::sync::Arc::new(cfg.access_policy()?);
     sc.page_limits = PageLimits { default_count: cfg.server.default_page_size, max_count: cfg.server.max_page_size };
     Ok(SqliteStore::open(sc, &master)?)

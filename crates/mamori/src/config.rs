@@ -464,11 +464,24 @@ pub struct StorageSection {
     pub audit_database: PathBuf,
     #[serde(default = "default_sync")]
     pub synchronous: String,
+    /// MiB of sealed (still encrypted) version rows kept in memory for every reader; 0 turns
+    /// the cache off.
+    #[serde(default = "default_version_cache_mib")]
+    pub version_cache_mib: u64,
+}
+
+fn default_version_cache_mib() -> u64 {
+    mamori_store::VERSION_CACHE_DEFAULT_BYTES / (1024 * 1024)
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
-        StorageSection { database: default_db(), audit_database: default_audit_db(), synchronous: default_sync() }
+        StorageSection {
+            database: default_db(),
+            audit_database: default_audit_db(),
+            synchronous: default_sync(),
+            version_cache_mib: default_version_cache_mib(),
+        }
     }
 }
 
@@ -757,6 +770,9 @@ impl Config {
         }
         if !matches!(self.storage.synchronous.as_str(), "full" | "normal") {
             bail!("storage.synchronous must be \"full\" or \"normal\"");
+        }
+        if self.storage.version_cache_mib > 64 * 1024 {
+            bail!("storage.version_cache_mib is at most 65536 (64 GiB)");
         }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             bail!("tls.min_version must be \"1.2\" or \"1.3\" (older versions are not allowed)");

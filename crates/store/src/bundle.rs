@@ -411,6 +411,7 @@ fn search(
         protect: tx.protect,
         now_us: tx.now_us,
         hidden: tx.hidden,
+        versions: &crate::version_cache::NOT_IN_WRITES,
     };
     let result = crate::search::sql::run(&ctx, &q)?;
     let total = result.total.unwrap_or(result.matches.len() as u64);

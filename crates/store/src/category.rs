@@ -258,7 +258,7 @@ pub(crate) fn rebuild_if_stale(
         for row in sealed {
             let row = row?;
             let seq = row.seq;
-            let rec = rows::open_row(conn, keys, protect, row)?;
+            let rec = rows::open_row(conn, keys, protect, &row)?;
             let key = (rec.rtype.as_str().to_string(), rec.id.clone());
             let names = match &rec.body {
                 Some(bytes) => {

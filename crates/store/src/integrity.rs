@@ -69,7 +69,7 @@ fn check(c: &Connection, inner: &Inner) -> Result<IntegrityReport, StoreError> {
             expected_next = Some((key.clone(), sealed.version + 1));
             newest.insert(key, (sealed.version, sealed.seq, sealed.deleted));
             let what = format!("{}/{}/_history/{}", sealed.rtype, sealed.id, sealed.version);
-            match rows::open_row(c, &inner.keys, inner.protect, sealed) {
+            match rows::open_row(c, &inner.keys, inner.protect, &sealed) {
                 Ok(_) => {}
                 Err(StoreError::Tampered(_)) => {
                     report.problems.push(format!("{what}: body or row metadata was altered outside mamori"))

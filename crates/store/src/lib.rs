@@ -29,6 +29,7 @@ mod schema;
 mod sealer;
 pub mod search;
 mod sqlite;
+mod version_cache;
 pub mod webauthn;
 mod writes;
 
@@ -41,6 +42,7 @@ pub use query::{HistoryQuery, HistoryScope, PageLimits};
 pub use sealer::SealingConfig;
 pub use search::params::{ParseOptions, SearchQuery, TokenValue};
 pub use sqlite::{SqliteStore, StoreConfig, default_audit_path};
+pub use version_cache::DEFAULT_BYTES as VERSION_CACHE_DEFAULT_BYTES;
 pub use writes::{WriteOp, WriteOutcome};
 
 use std::future::Future;

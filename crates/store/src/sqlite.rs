@@ -38,6 +38,8 @@ pub struct StoreConfig {
     pub policy: Arc<Policy>,
     /// Shape of the search index's token runs (sealing and merging thresholds).
     pub index_runs: crate::search::runs::IndexRuns,
+    /// Bytes of sealed version rows the readers share in memory (0: none); see version_cache.rs.
+    pub version_cache_bytes: u64,
 }
 
 impl StoreConfig {
@@ -53,6 +55,7 @@ impl StoreConfig {
             clock: Arc::new(SystemClock),
             policy: Arc::new(Policy::builtin().unwrap_or_else(|_| Policy::deny_all())),
             index_runs: crate::search::runs::IndexRuns::default(),
+            version_cache_bytes: crate::version_cache::DEFAULT_BYTES,
         }
     }
 }
@@ -76,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) policy: Arc<Policy>,
     pub(crate) protect: Protection,
     pub(crate) limits: PageLimits,
+    /// Sealed version rows shared by the readers (search pages).
+    pub(crate) versions: crate::version_cache::VersionCache,
     pub(crate) audit_path: PathBuf,
     /// How far the system clock was last seen to step back (µs), not yet recorded in the trail.
     clock_step_back_us: AtomicI64,
@@ -145,6 +150,7 @@ impl SqliteStore {
                 policy: cfg.policy,
                 protect,
                 limits: cfg.page_limits,
+                versions: crate::version_cache::VersionCache::new(cfg.version_cache_bytes),
                 audit_path: cfg.audit_path.clone(),
                 last_us: AtomicI64::new(last_us),
                 clock_step_back_us: AtomicI64::new(0),
@@ -470,6 +476,7 @@ impl Store for SqliteStore {
                         protect: inner.protect,
                         now_us,
                         hidden: &hidden,
+                        versions: &inner.versions,
                     };
                     let r = search::sql::run(&sctx, &q)?;
                     Ok(Page {
@@ -680,7 +687,7 @@ fn history_page(
     let mut last_seq = None;
     for row in sealed.into_iter().take(q.count) {
         last_seq = Some(row.seq);
-        records.push(rows::open_row(c, &inner.keys, inner.protect, row)?);
+        records.push(rows::open_row(c, &inner.keys, inner.protect, &row)?);
     }
     Ok(Page {
         records,

@@ -186,6 +186,7 @@ impl Tx<'_> {
             protect: self.protect,
             now_us: self.now_us,
             hidden: self.hidden,
+            versions: &crate::version_cache::NOT_IN_WRITES,
         };
         crate::search::sql::matching_ids(&ctx, &q, 2)
     }

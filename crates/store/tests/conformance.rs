@@ -134,10 +134,36 @@ async fn search_paging(store: &dyn Store) {
     assert_eq!((seen.len(), sorted.len()), (5, 5), "every match once");
 }
 
+/// A search page shows each match's current version, also after the page was served before
+/// (the readers' shared cache of version rows must never answer an old version).
+async fn search_pages_follow_updates_and_deletes(store: &dyn Store) {
+    let ident = json!([{"system": "urn:cache", "value": "c1"}]);
+    let rec = create(store, json!({"resourceType": "Patient", "identifier": ident, "gender": "male"})).await;
+    let q = || query("Patient", "identifier=urn:cache|c1");
+    for _ in 0..2 {
+        let page = store.search(ctx(), patient_t(), q()).await.unwrap();
+        assert_eq!(body(&page.records[0])["gender"], "male");
+    }
+    let upd = WriteOp::Update {
+        rtype: patient_t(),
+        id: rec.id.clone(),
+        resource: json!({"resourceType": "Patient", "id": rec.id, "identifier": ident, "gender": "female"}),
+        if_match: None,
+    };
+    assert!(matches!(store.write(ctx(), upd).await.unwrap(), WriteOutcome::Updated(_)));
+    let page = store.search(ctx(), patient_t(), q()).await.unwrap();
+    assert_eq!((page.records[0].version, body(&page.records[0])["gender"].clone()), (2, json!("female")));
+    let del = WriteOp::Delete { rtype: patient_t(), id: rec.id.clone(), if_match: None };
+    assert!(matches!(store.write(ctx(), del).await.unwrap(), WriteOutcome::Deleted(Some(_))));
+    let page = store.search(ctx(), patient_t(), q()).await.unwrap();
+    assert_eq!((page.records.len(), page.total), (0, Some(0)));
+}
+
 async fn run_suite(store: &dyn Store) {
     versions_and_tombstones(store).await;
     identifier_search_and_conditionals(store).await;
     search_paging(store).await;
+    search_pages_follow_updates_and_deletes(store).await;
 }
 
 #[tokio::test]
@@ -149,10 +175,10 @@ async fn sqlite_store_conforms() {
     let store = SqliteStore::open(cfg, &MasterKey::ephemeral()).unwrap();
     run_suite(&store).await;
     store.shutdown();
-    // Every call above left its audit row (AUD-1): 7 + 11 + 8 store calls.
+    // Every call above left its audit row (AUD-1): 7 + 11 + 8 + 7 store calls.
     let c = rusqlite::Connection::open(dir.path().join("db-audit.db")).unwrap();
     let rows: i64 = c.query_row("SELECT count(*) FROM audit_event", [], |r| r.get(0)).unwrap();
-    assert_eq!(rows, 26);
+    assert_eq!(rows, 33);
 }
 
 #[tokio::test]

@@ -52,6 +52,8 @@ pub(crate) struct Ctx<'a> {
     /// Categories the caller may not view (ACL-3): resources in them are left out of matches,
     /// totals, chains, `_has`, includes and `$everything`.
     pub hidden: &'a crate::category::Visibility,
+    /// Sealed version rows shared by every reader.
+    pub versions: &'a crate::version_cache::VersionCache,
 }
 
 /// A WHERE clause under construction.
@@ -561,8 +563,7 @@ fn page_ids(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// One page of matches, decrypted, in result order, and whether more follow: the ids and the
-/// version rows come from one statement.
+/// One page of matches, decrypted, in result order, and whether more follow.
 fn page_records(
     ctx: &Ctx<'_>,
     q: &SearchQuery,
@@ -574,14 +575,14 @@ fn page_records(
     let order = order_sql(q);
     // CROSS JOIN keeps resource_current the outer loop, so the filter and order plan is the one
     // page_ids gets; each row that survives costs one primary-key lookup of its version.
+    // The ids come from resource_current and its covering rid index alone; the version rows
+    // then come from the shared cache of sealed rows, or by seq.
     let sql = format!(
-        "SELECT {}, c.version, c.first_seq FROM resource_current c CROSS JOIN resource_version v ON v.seq = c.seq \
-         WHERE {filter} ORDER BY {order} LIMIT ? OFFSET ?",
-        rows::VERSION_COLUMNS
+        "SELECT c.seq, c.version, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {order} LIMIT ? OFFSET ?"
     );
     args.push(Sql::Integer(limit as i64 + 1));
     args.push(Sql::Integer(offset as i64));
-    rows::load_selected(ctx.conn, ctx.keys, ctx.protect, &sql, params_from_iter(args), limit)
+    rows::load_selected(ctx.conn, ctx.keys, ctx.protect, ctx.versions, &sql, params_from_iter(args), limit)
 }
 
 fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
