@@ -189,13 +189,28 @@ pub(crate) fn load_selected(
     drop(rows);
     let mut out = Vec::with_capacity(picked.len());
     for (seq, pointer, extra) in picked {
-        let Some(row) = sealed_version(conn, cache, seq)? else { continue };
-        if pointer != row.version {
-            return Err(StoreError::Tampered(row.what()));
+        if let Some(rec) = open_pointed(conn, keys, protect, cache, seq, pointer)? {
+            out.push((rec, extra));
         }
-        out.push((open_row(conn, keys, protect, &row)?, extra));
     }
     Ok((out, more))
+}
+
+/// Opens version `seq`, which `resource_current` points at as version `pointer` of its resource;
+/// a row that disagrees with its pointer was moved or edited (REC-6).
+pub(crate) fn open_pointed(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    cache: &VersionCache,
+    seq: i64,
+    pointer: i64,
+) -> Result<Option<VersionRecord>, StoreError> {
+    let Some(row) = sealed_version(conn, cache, seq)? else { return Ok(None) };
+    if pointer != row.version {
+        return Err(StoreError::Tampered(row.what()));
+    }
+    open_row(conn, keys, protect, &row).map(Some)
 }
 
 /// The sealed row of version `seq`, from the cache or the database (and then cached).

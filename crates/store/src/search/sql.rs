@@ -10,10 +10,9 @@
 
 use std::collections::HashSet;
 
-use mamori_fhir::resource_type::ResourceType;
 use mamori_fhir::search_params::{self, ParamType};
 use rusqlite::types::Value as Sql;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde_json::Value as Json;
 
 use super::extract::{Coded, coded, string_parts};
@@ -653,17 +652,21 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
     Ok(out)
 }
 
+/// The current versions of `ids` (those not deleted), through the readers' cache of rows.
 fn load(
     ctx: &Ctx<'_>,
     ids: impl IntoIterator<Item = (String, String, i64)>,
 ) -> Result<Vec<(VersionRecord, i64)>, StoreError> {
     let mut out = Vec::new();
+    let mut stmt = ctx
+        .conn
+        .prepare_cached("SELECT seq, version FROM resource_current WHERE rtype = ?1 AND id = ?2 AND deleted = 0")?;
     for (rtype, id, rid) in ids {
-        let Ok(rtype) = rtype.parse::<ResourceType>() else { continue };
-        if let Some(r) = rows::load_current(ctx.conn, ctx.keys, ctx.protect, rtype, &id)?
-            && !r.deleted
-        {
-            out.push((r, rid));
+        let pointer: Option<(i64, i64)> =
+            stmt.query_row(rusqlite::params![rtype, id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let Some((seq, version)) = pointer else { continue };
+        if let Some(rec) = rows::open_pointed(ctx.conn, ctx.keys, ctx.protect, ctx.versions, seq, version)? {
+            out.push((rec, rid));
         }
     }
     Ok(out)
