@@ -550,7 +550,12 @@ async fn auth6_smart_configuration_and_capability_statement() {
     assert_eq!(c["token_endpoint_auth_methods_supported"], json!(["none", "private_key_jwt"]));
     let caps: Vec<&str> = c["capabilities"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(caps.contains(&"launch-standalone") && caps.contains(&"client-confidential-asymmetric"));
-    assert!(!caps.contains(&"launch-ehr") && !caps.contains(&"permission-patient"), "only what works");
+    // EHR launch and OpenID Connect are listed since they work (smart_launch.rs); nothing else.
+    assert!(caps.contains(&"launch-ehr") && caps.contains(&"sso-openid-connect"), "{caps:?}");
+    assert!(
+        !caps.contains(&"context-ehr-encounter") && !caps.contains(&"context-standalone-patient"),
+        "only what works"
+    );
     let (_, cap) = json(s.get("metadata").send().await.unwrap()).await;
     let ext = &cap["rest"][0]["security"]["extension"][0];
     assert_eq!(ext["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");

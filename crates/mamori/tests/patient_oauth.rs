@@ -13,55 +13,12 @@ use oauth_page::*;
 use serde_json::{Value, json};
 use support::*;
 
-const PASSWORD: &str = "Hakone-Maple-42-River";
-
 fn root_of(base: &str) -> String {
     base.trim_end_matches("/fhir").to_string()
 }
 
-async fn post_at(root: &str, path: &str, body: &Value) -> Value {
-    let r = reqwest::Client::new().post(format!("{root}{path}")).json(body).send().await.unwrap();
-    json(r).await.1
-}
-
-/// Sets an initial password, changes it, and enrols TOTP through the login API at `root`;
-/// returns the TOTP secret and recovery codes.
-async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
-    let (code, out) = set_password(dir, name, "Initial-Pass-9876!");
-    assert_eq!(code, 0, "{out}");
-    let r = post_at(root, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
-    let t = r["password_ticket"].as_str().expect("password change").to_string();
-    post_at(root, "/auth/password", &json!({"password_ticket": t, "new_password": PASSWORD})).await;
-    let r = post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await;
-    let enrol = r["enrol_ticket"].as_str().expect("TOTP enrolment").to_string();
-    let r = post_at(root, "/auth/totp", &json!({"enrol_ticket": enrol})).await;
-    let secret = base32_decode(r["secret"].as_str().unwrap());
-    let r =
-        post_at(root, "/auth/totp/confirm", &json!({"enrol_ticket": enrol, "code": totp(&secret, unix_now())})).await;
-    assert_eq!(r["status"], "second-factor-active", "{r}");
-    let out = ok(&["user", "recovery-codes", "--data-dir", dir.arg(), name]);
-    (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
-}
-
 async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
     json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
-}
-
-fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
-    mamori(&[
-        "client",
-        "add",
-        "--data-dir",
-        s.dir.arg(),
-        "--id",
-        id,
-        "--name",
-        id,
-        "--scope",
-        scope,
-        "--redirect-uri",
-        REDIRECT,
-    ])
 }
 
 /// Authorises `client` for `scope` at `root` as `account` and exchanges the code there.
@@ -135,7 +92,9 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     assert!(has(&d, "scopes_supported", "patient/*.rs") && !has(&d, "scopes_supported", "user/*.rs"));
     assert!(!has(&d, "grant_types_supported", "client_credentials"), "{d}");
     let (_, d) = json(s.http.get(format!("{staff}/fhir/.well-known/smart-configuration")).send().await.unwrap()).await;
-    assert!(!has(&d, "capabilities", "context-standalone-patient") && !has(&d, "scopes_supported", "patient/*.rs"));
+    assert!(!has(&d, "capabilities", "context-standalone-patient") && !has(&d, "scopes_supported", "launch/patient"));
+    // At the staff interface patient/ scopes come with an EHR launch only (smart_launch.rs).
+    assert!(has(&d, "capabilities", "launch-ehr") && has(&d, "capabilities", "context-ehr-patient"), "{d}");
 
     // Scopes by interface: user/ (and system/) refused at the patient interface, patient/ at the staff one.
     assert_eq!(authorize_error(&portal, "phr", "user/*.rs").await.as_deref(), Some("invalid_scope"));

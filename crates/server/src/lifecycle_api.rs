@@ -49,18 +49,30 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// Reads and parses a bounded JSON body; bad input is audited as a refusal.
 async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body, shape: &str) -> Result<T> {
+    json_body(s, auth, body, shape, Some("account")).await
+}
+
+/// Reads and parses a bounded JSON body of an administrative or OAuth request; bad input is
+/// audited as a refusal about `rtype`.
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    s: &Shared,
+    auth: &Authenticated,
+    body: Body,
+    shape: &str,
+    rtype: Option<&str>,
+) -> Result<T> {
     let parsed = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
         Err(_) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
-            format!("administration requests are limited to {MAX_ADMIN_BODY} bytes"),
+            format!("these requests are limited to {MAX_ADMIN_BODY} bytes"),
         )),
         Ok(b) if b.is_empty() => serde_json::from_slice(b"{}").map_err(|_| bad(format!("the body must be {shape}"))),
         Ok(b) => serde_json::from_slice(&b).map_err(|_| bad(format!("the body must be a JSON object {shape}"))),
     };
     match parsed {
         Ok(v) => Ok(v),
-        Err(e) => Err(auth.refuse(s, e, Some("account")).await),
+        Err(e) => Err(auth.refuse(s, e, rtype).await),
     }
 }
 

@@ -141,6 +141,8 @@ pub struct CodeGrant {
     /// PKCE S256 challenge: BASE64URL(SHA-256(verifier)).
     pub challenge: String,
     pub scope: ScopeSet,
+    /// EHR launch value and OpenID Connect nonce (`oauth_launch`).
+    pub context: crate::oauth_launch::CodeContext,
 }
 
 /// A token request with an authorisation code (RFC 6749 §4.1.3, RFC 7636 §4.5).
@@ -159,6 +161,10 @@ pub struct Tokens {
     pub scope: ScopeSet,
     /// The person, for user tokens.
     pub account: Option<String>,
+    /// The EHR launch context's Patient: the compartment the tokens are confined to.
+    pub patient: Option<String>,
+    /// The OpenID Connect nonce of the authorisation request (code exchange only).
+    pub nonce: Option<String>,
 }
 
 /// A protocol refusal: the RFC 6749 §5.2 error code, and the reason for the audit trail (not
@@ -182,6 +188,8 @@ pub struct OAuthGrant {
     pub principal: Principal,
     pub client_id: String,
     pub scope: ScopeSet,
+    /// The EHR launch context's Patient: the request is confined to its compartment.
+    pub patient: Option<String>,
 }
 
 /// The principal name a system client acts under: account names cannot contain ':', so it
@@ -275,7 +283,7 @@ fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
 
 const CLIENT_COLUMNS: &str = "client_id, kind, name, redirect_uris, scope, jwks, role, created_us";
 
-fn load_client(c: &Connection, client_id: &str) -> Result<Option<Client>, StoreError> {
+pub(crate) fn load_client(c: &Connection, client_id: &str) -> Result<Option<Client>, StoreError> {
     Ok(c.prepare_cached(&format!("SELECT {CLIENT_COLUMNS} FROM oauth_client WHERE client_id = ?1"))?
         .query_row([client_id], client_from_row)
         .optional()?
@@ -486,7 +494,9 @@ impl SqliteStore {
     }
 }
 
-type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>);
+/// A code's row; the last two: its launch Patient and OpenID Connect nonce.
+type Row =
+    (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>, Option<String>, Option<String>);
 
 fn exchange(
     tx: &Tx<'_>,
@@ -507,14 +517,28 @@ fn exchange(
     let row: Option<Row> = tx
         .conn
         .prepare_cached(
-            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family \
-             FROM oauth_code WHERE hash = ?1",
+            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, \
+             patient, nonce FROM oauth_code WHERE hash = ?1",
         )?
         .query_row([&hash.0[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
         })
         .optional()?;
-    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family)) = row else {
+    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family, patient, nonce)) =
+        row
+    else {
         return refuse("unknown code", ev);
     };
     if used.is_some() {
@@ -552,26 +576,27 @@ fn exchange(
     let Ok(scope) = scope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
     let family = uuid::Uuid::new_v4().to_string();
     tx.conn.execute(
-        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-        params![family, client_id, acct, session, scope.to_string(), now],
+        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, patient) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
+        params![family, client_id, acct, session, scope.to_string(), now, patient],
     )?;
     tx.conn.execute("UPDATE oauth_code SET family = ?1 WHERE hash = ?2", params![family, &hash.0[..]])?;
     let with_refresh = scope.offline_access || scope.online_access;
     let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, with_refresh)?;
     let who = person(ctx, &acct, role);
-    ev.push(
-        &who,
-        AuditEvent::new(Action::OAuthToken, 200)
-            .with_target("account", Some(acct.clone()))
-            .with_detail(format!("authorization_code; scope {scope}")),
-    );
+    let mut event = AuditEvent::new(Action::OAuthToken, 200)
+        .with_target("account", Some(acct.clone()))
+        .with_detail(format!("authorization_code; scope {scope}"));
+    event.patients = patient.iter().cloned().collect();
+    ev.push(&who, event);
     Ok(Ok(Tokens {
         access_token: issued.access,
         expires_in: lifetimes.access.whole_seconds(),
         refresh_token: issued.refresh,
         scope,
         account: Some(acct),
+        patient,
+        nonce,
     }))
 }
 
@@ -586,11 +611,23 @@ impl OAuth for SqliteStore {
             self.identity_job(move |tx, ev| {
                 let now = tx.now_us;
                 tx.conn.execute("DELETE FROM oauth_code WHERE expires_us <= ?1 AND used_us IS NULL", [now])?;
+                let patient = match crate::oauth_launch::patient_for_code(
+                    tx,
+                    ev,
+                    &ctx,
+                    &grant.context,
+                    &grant.client_id,
+                    &grant.account,
+                )? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
                 let code = IssuedSecret::generate(SecretKind::OAuthCode);
                 let scope = grant.scope.to_string();
                 tx.conn.execute(
                     "INSERT INTO oauth_code (hash, client_id, account, session, redirect_uri, challenge, scope, \
-                     expires_us, used_us, family) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)",
+                     expires_us, used_us, family, patient, nonce) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10)",
                     params![
                         &code.hash().0[..],
                         grant.client_id,
@@ -599,15 +636,19 @@ impl OAuth for SqliteStore {
                         grant.redirect_uri,
                         grant.challenge,
                         scope,
-                        now + CODE_TTL_US
+                        now + CODE_TTL_US,
+                        patient,
+                        grant.context.nonce
                     ],
                 )?;
-                ev.push(
-                    &ctx,
-                    AuditEvent::new(Action::OAuthAuthorize, 200)
-                        .with_target("account", Some(grant.account.clone()))
-                        .with_detail(format!("code issued; scope {scope}")),
-                );
+                let mut event = AuditEvent::new(Action::OAuthAuthorize, 200)
+                    .with_target("account", Some(grant.account.clone()))
+                    .with_detail(format!("code issued; scope {scope}"));
+                if let Some(p) = patient {
+                    event.detail = Some(format!("code issued; scope {scope}; EHR launch"));
+                    event.patients = vec![p];
+                }
+                ev.push(&ctx, event);
                 Ok(Ok(Zeroizing::new(code.text().to_string())))
             })
             .await
@@ -643,18 +684,30 @@ impl OAuth for SqliteStore {
             let Some(hash) = presented(SecretKind::OAuthRefresh, &refresh_token) else {
                 return refuse("malformed refresh token", ev);
             };
-            type R = (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>);
+            type R =
+                (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>, Option<String>);
             let row: Option<R> = tx
                 .conn
                 .prepare_cached(
-                    "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us \
-                     FROM oauth_token t JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1 AND t.kind = 'refresh'",
+                    "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us, \
+                     f.patient FROM oauth_token t JOIN oauth_family f ON f.id = t.family \
+                     WHERE t.hash = ?1 AND t.kind = 'refresh'",
                 )?
                 .query_row([&hash.0[..]], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
                 })
                 .optional()?;
-            let Some((family, tscope, expires, used, fclient, account, session, revoked)) = row else {
+            let Some((family, tscope, expires, used, fclient, account, session, revoked, patient)) = row else {
                 return refuse("unknown refresh token", ev);
             };
             if fclient != client_id {
@@ -714,6 +767,8 @@ impl OAuth for SqliteStore {
                 refresh_token: issued.refresh,
                 scope,
                 account: Some(acct),
+                patient,
+                nonce: None,
             })))
         }))
     }
@@ -767,6 +822,8 @@ impl OAuth for SqliteStore {
                 refresh_token: None,
                 scope,
                 account: None,
+                patient: None,
+                nonce: None,
             })))
         }))
     }
@@ -823,20 +880,20 @@ impl OAuth for SqliteStore {
     fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>> {
         Box::pin(async move {
             let now = self.now_us();
-            type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String);
+            type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String, Option<String>);
             let p = Arc::clone(&policy);
             let found = self.inner.engine.read_now(move |c| {
                 let row: Option<R> = c
                     .prepare_cached(
-                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind FROM oauth_token t \
+                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.patient FROM oauth_token t \
                          JOIN oauth_family f ON f.id = t.family JOIN oauth_client cl ON cl.client_id = f.client_id \
                          WHERE t.hash = ?1 AND t.kind = 'access' AND t.expires_us > ?2 AND f.revoked_us IS NULL",
                     )?
                     .query_row(params![&token.0[..], now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                     })
                     .optional()?;
-                let Some((scope, client_id, account, session, role, kind)) = row else { return Ok(None) };
+                let Some((scope, client_id, account, session, role, kind, patient)) = row else { return Ok(None) };
                 let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
                 match (kind.as_str(), account, session, role) {
                     ("public", Some(account), Some(session), _) => {
@@ -847,12 +904,13 @@ impl OAuth for SqliteStore {
                             return Ok(None);
                         }
                         let touch = (now - last_used >= crate::identity::TOUCH_EVERY_US).then_some(session);
-                        Ok(Some((OAuthGrant { principal: Principal { account, role }, client_id, scope }, touch)))
+                        let principal = Principal { account, role };
+                        Ok(Some((OAuthGrant { principal, client_id, scope, patient }, touch)))
                     }
                     ("system", None, None, Some(role)) => {
                         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
                         let principal = Principal { account: client_principal_name(&client_id), role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope }, None)))
+                        Ok(Some((OAuthGrant { principal, client_id, scope, patient: None }, None)))
                     }
                     _ => Ok(None),
                 }

@@ -203,6 +203,8 @@ ALTER TABLE resource_current ADD COLUMN categories TEXT NOT NULL DEFAULT '';
 UPDATE resource_current SET categories = coalesce(
     (SELECT group_concat(category, ',') FROM resource_category k WHERE k.seq = resource_current.seq), '');
 "#,
+    crate::oauth_launch::MIGRATION,
+    crate::oidc::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

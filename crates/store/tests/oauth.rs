@@ -14,7 +14,8 @@ use mamori_store::clock::ManualClock;
 use mamori_store::identity::{Identity, LoginOutcome, Subject};
 use mamori_store::keys::MasterKey;
 use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Lifetimes, OAuth, Tokens, pkce_s256};
-use mamori_store::{AccessContext, AccountName, SqliteStore, StoreConfig};
+use mamori_store::oauth_launch::{CodeContext, LAUNCH_TTL_US, Launches};
+use mamori_store::{AccessContext, AccountName, SqliteStore, StoreConfig, StoreError};
 use time::Duration;
 use zeroize::Zeroizing;
 
@@ -68,6 +69,11 @@ async fn env() -> Env {
 impl Env {
     /// Signs in (password only under this policy) and returns a code bound to the new session.
     async fn code(&self) -> Zeroizing<String> {
+        self.code_for("app", "user/*.rs offline_access", CodeContext::default()).await.unwrap()
+    }
+
+    /// Signs in and asks for a code for `client` with `scope` and an authorisation context.
+    async fn code_for(&self, client: &str, scope: &str, context: CodeContext) -> Result<Zeroizing<String>, StoreError> {
         let LoginOutcome::Session { token, .. } = self
             .store
             .login_password(req(), "dr.sato".into(), z("Hakone-Maple-42-River"), self.policy.clone())
@@ -79,12 +85,13 @@ impl Env {
         let grant = CodeGrant {
             session: TokenHash::of(&token),
             account: "dr.sato".into(),
-            client_id: "app".into(),
+            client_id: client.into(),
             redirect_uri: REDIRECT.into(),
             challenge: pkce_s256(VERIFIER).unwrap(),
-            scope: "user/*.rs offline_access".parse().unwrap(),
+            scope: scope.parse().unwrap(),
+            context,
         };
-        self.store.issue_code(req(), grant).await.unwrap()
+        self.store.issue_code(req(), grant).await
     }
 
     async fn exchange(&self, code: Zeroizing<String>) -> Option<Tokens> {
@@ -149,4 +156,54 @@ async fn auth6_session_limit_per_account_applies_to_apps() {
     let _third = e.exchange(e.code().await).await.unwrap();
     assert!(!e.works(&first).await);
     assert!(e.refresh(&first).await.is_none());
+}
+
+#[tokio::test]
+async fn auth6_launch_is_single_use_and_expires() {
+    let e = env().await;
+    let op = AccessContext::operator("op", "operator:test");
+    let kind = ClientKind::Public { redirect_uris: vec![REDIRECT.into()] };
+    let scope: ScopeSet = "launch patient/*.rs offline_access".parse().unwrap();
+    e.store.register_client(op, "viewer".into(), "Viewer".into(), kind, scope).await.unwrap();
+    let launch = |client: &'static str| {
+        let store = &e.store;
+        async move { store.create_launch(req(), "dr.sato".into(), client.into(), "p1".into()).await }
+    };
+    let with = |l: &Zeroizing<String>| CodeContext { launch: Some(l.clone()), nonce: Some("n-1".into()) };
+    let scope = "launch patient/*.rs offline_access";
+    // Only apps registered for EHR launch get launch contexts.
+    assert!(matches!(launch("app").await, Err(StoreError::Invalid { .. })));
+
+    // Expiry: five minutes on the injected clock.
+    let l = launch("viewer").await.unwrap();
+    assert_eq!(l.expires_in * 1_000_000, LAUNCH_TTL_US);
+    assert!(e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap());
+    assert!(!e.store.launch_usable(l.launch.clone(), "app".into()).await.unwrap(), "bound to its app");
+    e.clock.advance(Duration::seconds(301));
+    assert!(!e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap());
+    assert!(e.code_for("viewer", scope, with(&l.launch)).await.is_err(), "an expired launch is refused");
+
+    // Within its lifetime it is used once: the code, the tokens and their refreshes carry it.
+    let l = launch("viewer").await.unwrap();
+    e.clock.advance(Duration::seconds(299));
+    let code = e.code_for("viewer", scope, with(&l.launch)).await.expect("within five minutes");
+    assert!(!e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap(), "spent");
+    assert!(e.code_for("viewer", scope, with(&l.launch)).await.is_err(), "single use");
+    let x = CodeExchange { client_id: "viewer".into(), code, redirect_uri: REDIRECT.into(), verifier: z(VERIFIER) };
+    let t = e.store.exchange_code(req(), x, e.policy.clone(), Lifetimes::default()).await.unwrap().unwrap();
+    assert_eq!((t.patient.as_deref(), t.nonce.as_deref()), (Some("p1"), Some("n-1")));
+    let h = presented(SecretKind::OAuthAccess, &t.access_token).unwrap();
+    let g = e.store.authenticate_oauth(h, e.policy.clone()).await.unwrap().unwrap();
+    assert_eq!(g.patient.as_deref(), Some("p1"));
+    let rt = t.refresh_token.clone().unwrap();
+    let r = e.store.refresh(req(), "viewer".into(), rt, None, e.policy.clone(), Lifetimes::default());
+    let r = r.await.unwrap().unwrap();
+    assert_eq!((r.patient.as_deref(), r.nonce), (Some("p1"), None));
+
+    // Another person's launch is refused (and spent); a code without launch has no patient.
+    let l = e.store.create_launch(req(), "dr.other".into(), "viewer".into(), "p1".into()).await.unwrap();
+    assert!(e.code_for("viewer", scope, with(&l.launch)).await.is_err());
+    assert!(!e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap());
+    let t = e.exchange(e.code().await).await.unwrap();
+    assert_eq!((t.patient, t.nonce), (None, None));
 }

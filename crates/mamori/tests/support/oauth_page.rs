@@ -4,14 +4,60 @@
 //! (`http://host:port`), so the staff flow in `oauth.rs` can use them too.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::support::totp;
+use crate::support::{DataDir, Server, base32_decode, json, mamori, ok, set_password, totp, unix_now};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Digest;
 
 /// The app's registered redirect URI (nothing listens there: the test reads the 303).
 pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// The password people choose in these tests (after the initial one).
+pub const PASSWORD: &str = "Hakone-Maple-42-River";
+
+/// POSTs JSON to `path` under `root` (no credential) and returns the JSON answer.
+pub async fn post_at(root: &str, path: &str, body: &Value) -> Value {
+    let r = reqwest::Client::new().post(format!("{root}{path}")).json(body).send().await.unwrap();
+    json(r).await.1
+}
+
+/// Sets an initial password, changes it to [`PASSWORD`], and enrols TOTP through the login API
+/// at `root`; returns the TOTP secret and recovery codes.
+pub async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
+    let (code, out) = set_password(dir, name, "Initial-Pass-9876!");
+    assert_eq!(code, 0, "{out}");
+    let r = post_at(root, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
+    let t = r["password_ticket"].as_str().expect("password change").to_string();
+    post_at(root, "/auth/password", &json!({"password_ticket": t, "new_password": PASSWORD})).await;
+    let r = post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await;
+    let enrol = r["enrol_ticket"].as_str().expect("TOTP enrolment").to_string();
+    let r = post_at(root, "/auth/totp", &json!({"enrol_ticket": enrol})).await;
+    let secret = base32_decode(r["secret"].as_str().unwrap());
+    let r =
+        post_at(root, "/auth/totp/confirm", &json!({"enrol_ticket": enrol, "code": totp(&secret, unix_now())})).await;
+    assert_eq!(r["status"], "second-factor-active", "{r}");
+    let out = ok(&["user", "recovery-codes", "--data-dir", dir.arg(), name]);
+    (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
+}
+
+/// `mamori client add` for a SMART app redirecting to [`REDIRECT`]: (exit code, stdout, stderr).
+pub fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
+    mamori(&[
+        "client",
+        "add",
+        "--data-dir",
+        s.dir.arg(),
+        "--id",
+        id,
+        "--name",
+        id,
+        "--scope",
+        scope,
+        "--redirect-uri",
+        REDIRECT,
+    ])
+}
 
 /// `application/x-www-form-urlencoded` bodies, as a browser or an OAuth client sends them.
 pub trait FormExt {
@@ -41,17 +87,24 @@ pub fn pkce() -> (String, String) {
 
 /// `/oauth/authorize` at `root` for `client`, with `aud` = `root/fhir`.
 pub fn authorize_at(root: &str, client: &str, scope: &str, challenge: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("response_type", "code")
+    authorize_with(root, client, scope, challenge, &[])
+}
+
+/// [`authorize_at`] with `extra` parameters (`launch`, `nonce`).
+pub fn authorize_with(root: &str, client: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("response_type", "code")
         .append_pair("client_id", client)
         .append_pair("redirect_uri", REDIRECT)
         .append_pair("scope", scope)
         .append_pair("state", "st-42")
         .append_pair("aud", &format!("{root}/fhir"))
         .append_pair("code_challenge", challenge)
-        .append_pair("code_challenge_method", "S256")
-        .finish();
-    format!("{root}/oauth/authorize?{q}")
+        .append_pair("code_challenge_method", "S256");
+    for (k, v) in extra {
+        q.append_pair(k, v);
+    }
+    format!("{root}/oauth/authorize?{}", q.finish())
 }
 
 /// The hidden form token of a page and the cookie that must come with it.
