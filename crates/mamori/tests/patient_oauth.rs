@@ -13,10 +13,6 @@ use oauth_page::*;
 use serde_json::{Value, json};
 use support::*;
 
-fn root_of(base: &str) -> String {
-    base.trim_end_matches("/fhir").to_string()
-}
-
 async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
     json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
 }
@@ -44,13 +40,7 @@ async fn authorize_error(root: &str, client: &str, scope: &str) -> Option<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
-    let dir = DataDir::init();
-    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
-    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
-        .unwrap();
-    let api = dir.user_with_token("dr.test", "physician");
-    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
-    let (staff, portal) = (root_of(&s.base), root_of(&bases[1]));
+    let (s, staff, portal) = server_with_portal();
     assert_ne!(staff, portal);
 
     // Two patients' data; alice is linked to Patient A.

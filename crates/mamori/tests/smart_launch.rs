@@ -245,13 +245,7 @@ fn verify(id_token: &str, jwks: &Value, issuer: &str, client: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth6_openid_id_token_verifies_against_jwks_and_names_fhir_user() {
-    let dir = DataDir::init();
-    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
-    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
-        .unwrap();
-    let api = dir.user_with_token("dr.test", "physician");
-    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
-    let (root, portal) = (root(&s), bases[1].trim_end_matches("/fhir").to_string());
+    let (s, root, portal) = server_with_portal();
     let pr = create(&s, json!({"resourceType": "Practitioner", "name": [{"family": "Sato"}]})).await;
     let pa = create(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.sato", "--role", "physician", "--practitioner", &pr]);

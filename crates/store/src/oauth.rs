@@ -520,21 +520,7 @@ fn exchange(
             "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, \
              patient, nonce FROM oauth_code WHERE hash = ?1",
         )?
-        .query_row([&hash.0[..]], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-            ))
-        })
+        .query_row([&hash.0[..]], |r| Row::try_from(r))
         .optional()?;
     let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family, patient, nonce)) =
         row
@@ -693,19 +679,7 @@ impl OAuth for SqliteStore {
                      f.patient FROM oauth_token t JOIN oauth_family f ON f.id = t.family \
                      WHERE t.hash = ?1 AND t.kind = 'refresh'",
                 )?
-                .query_row([&hash.0[..]], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })
+                .query_row([&hash.0[..]], |r| R::try_from(r))
                 .optional()?;
             let Some((family, tscope, expires, used, fclient, account, session, revoked, patient)) = row else {
                 return refuse("unknown refresh token", ev);

@@ -41,6 +41,20 @@ pub async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<
     (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
 }
 
+/// A server with a patient interface (`[patient_portal]`) and a physician's API token; returns it
+/// with the staff and the patient interface's root URLs.
+pub fn server_with_portal() -> (Server, String, String) {
+    let dir = DataDir::init();
+    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
+    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
+        .unwrap();
+    let api = dir.user_with_token("dr.test", "physician");
+    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
+    let (staff, portal) =
+        (bases[0].trim_end_matches("/fhir").to_string(), bases[1].trim_end_matches("/fhir").to_string());
+    (s, staff, portal)
+}
+
 /// `mamori client add` for a SMART app redirecting to [`REDIRECT`]: (exit code, stdout, stderr).
 pub fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
     mamori(&[
