@@ -113,6 +113,25 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
     assert_eq!(get(&s, &token, &format!("Observation/{ob}")).await.0, 404);
     assert_eq!(get(&s, &token, &format!("Observation/{oa}")).await.0, 200);
 
+    // Writes are confined too: into A's compartment only, nothing of B's can be changed.
+    assert_eq!(add_client(&s, "writer", "launch patient/Observation.cruds").0, 0);
+    let (_, l) = launch(&s, &ehr, &json!({"patient": a, "client_id": "writer"})).await;
+    let extra = [("launch", l["launch"].as_str().unwrap())];
+    let scope_w = "launch patient/Observation.cruds";
+    let w = app_token(&root, "writer", scope_w, &extra, "dr.sato", Factor::Recovery(&sato.1[0])).await;
+    let w = w["access_token"].as_str().unwrap().to_string();
+    let post_obs = |p: &str| s.http.post(s.url("Observation")).bearer_auth(&w).json(&observation(p)).send();
+    assert_eq!(post_obs(&a).await.unwrap().status().as_u16(), 201);
+    assert_eq!(post_obs(&b).await.unwrap().status().as_u16(), 403, "not into another patient's compartment");
+    let mut moved = observation(&b);
+    moved["id"] = json!(ob);
+    let r = s.http.put(s.url(&format!("Observation/{ob}"))).bearer_auth(&w).json(&moved).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Deleting what the token cannot see is answered as for a missing resource, and changes nothing.
+    let r = s.http.delete(s.url(&format!("Observation/{ob}"))).bearer_auth(&w).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(get(&s, &s.token, &format!("Observation/{ob}")).await.0, 200, "B's Observation is untouched");
+
     // Single use: the spent launch value starts nothing.
     let (_, challenge) = pkce();
     let url = authorize_with(&root, "viewer", scope, &challenge, &[("launch", &value)]);
@@ -181,12 +200,12 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
         "SELECT COUNT(*) FROM audit_event WHERE action = 'oauth-launch' AND actor = 'dr.sato' AND outcome = 201 \
          AND patients = '{a}'"
     ));
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 4);
     assert!(s.dir.audit_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'oauth-launch' AND outcome = 400") >= 1);
     let issued = s.dir.audit_i64(&format!(
         "SELECT COUNT(*) FROM audit_event WHERE action = 'oauth-token' AND actor = 'dr.sato' AND patients = '{a}'"
     ));
-    assert_eq!(issued, 1);
+    assert_eq!(issued, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +400,7 @@ async fn auth6_openid_id_token_verifies_against_jwks_and_names_fhir_user() {
         1
     );
     assert_eq!(dir.audit_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'practitioner-link'"), 1);
-    let s = Server::start_in(dir, token);
+    let (s, _) = Server::start_with(dir, token, &["--dev"], 2);
     let (_, jwks) = json(s.http.get(format!("{}/oauth/jwks", support::root(&s))).send().await.unwrap()).await;
     assert_eq!(jwks["keys"][0]["kid"].as_str(), Some(kid.as_str()));
     assert_eq!(s.dir.audit_i64("SELECT COUNT(*) FROM audit_event WHERE action = 'server-key-create'"), 1);
