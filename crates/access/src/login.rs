@@ -120,6 +120,24 @@ impl LoginPolicy {
             zone.is_some_and(|z| self.password_only_from.iter().any(|(n, roles)| n == z && roles.contains(&role)));
         !excepted
     }
+
+    /// Whether a sign-in with the recorded `factors` is strong enough for `role` in `zone`
+    /// (AUTH-2 per zone): a password alone only where `role` needs no second factor there. The
+    /// one rule for login sessions and the OAuth tokens bound to them, applied on every request
+    /// and every token request. `None` (zone unknown) is the strictest zone.
+    pub fn factors_suffice(&self, role: Role, factors: &str, zone: Option<&str>) -> bool {
+        has_second_factor(factors) || !self.requires_two_factors_from(role, zone)
+    }
+}
+
+/// What a login session records when it was opened with a password alone; with a second factor
+/// it is `password+<method>` (`password+totp`, `password+webauthn`, `password+recovery-code`).
+pub const PASSWORD_ONLY: &str = "password";
+
+/// Whether recorded `factors` include a second factor. Anything else — a password alone, or a
+/// value this version does not know — counts as a password alone (fail closed).
+pub fn has_second_factor(factors: &str) -> bool {
+    factors.strip_prefix("password+").is_some_and(|m| !m.is_empty())
 }
 
 /// Shared by the server and the store's calls.
@@ -139,5 +157,23 @@ mod tests {
         assert!(p.requires_two_factors_from(Role::Clerk, None), "an unknown zone is the strictest");
         assert!(p.requires_two_factors_from(Role::Physician, Some("his")));
         assert!(!p.requires_two_factors_from(Role::Nurse, Some("internet")), "not a two-factor role");
+    }
+
+    #[test]
+    fn auth2_a_password_alone_suffices_only_where_the_role_is_excepted() {
+        let mut p = LoginPolicy::with_hasher(PasswordHasher::floor());
+        p.two_factor_roles = vec![Role::Physician, Role::Clerk];
+        p.password_only_from = vec![("his".into(), vec![Role::Clerk])];
+        assert!(p.factors_suffice(Role::Clerk, PASSWORD_ONLY, Some("his")));
+        assert!(!p.factors_suffice(Role::Clerk, PASSWORD_ONLY, Some("vpn")));
+        assert!(!p.factors_suffice(Role::Clerk, PASSWORD_ONLY, None));
+        assert!(!p.factors_suffice(Role::Physician, PASSWORD_ONLY, Some("his")));
+        assert!(p.factors_suffice(Role::Nurse, PASSWORD_ONLY, Some("internet")), "not a two-factor role");
+        for two in ["password+totp", "password+webauthn", "password+recovery-code"] {
+            assert!(p.factors_suffice(Role::Physician, two, Some("internet")), "{two}");
+        }
+        for odd in ["", "password+", "totp", "Password+totp"] {
+            assert!(!p.factors_suffice(Role::Clerk, odd, Some("vpn")), "{odd:?} counts as a password alone");
+        }
     }
 }

@@ -45,6 +45,12 @@ impl TokenHash {
         TokenHash(Sha256::digest(presented.as_bytes()).into())
     }
 
+    /// A short public name of the token for listing and revocation: the first 8 bytes of its
+    /// SHA-256 in hex. It reveals nothing usable (the hash of a 256-bit secret is not the secret).
+    pub fn public_id(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Cheap syntactic check before any database work: rejects junk without a lookup.
     pub fn from_presented(presented: &str) -> Option<Self> {
         let body = presented.strip_prefix(PREFIX)?;
@@ -65,5 +71,9 @@ mod tests {
         assert_eq!(TokenHash::from_presented(a.secret()), Some(a.hash()));
         assert_eq!(TokenHash::from_presented("mamori_short"), None);
         assert_eq!(TokenHash::from_presented("Bearer x"), None);
+        let id = a.hash().public_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(id, b.hash().public_id());
     }
 }

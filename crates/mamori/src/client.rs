@@ -5,12 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
-use mamori_access::Role;
 use mamori_access::client_assertion::ClientKeys;
-use mamori_access::scope::ScopeSet;
-use mamori_store::oauth::ClientKind;
+use mamori_store::oauth::{ClientKind, ClientRegistration, OAuth as _};
 
 use crate::commands::{open_store, operator_ctx};
 use crate::config::Config;
@@ -68,26 +66,11 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let store = open_store(&data_dir, &cfg)?;
             let r = store.remove_client(operator_ctx(), id.clone()).await;
             store.shutdown();
-            r?;
-            eprintln!("client {id} removed; its tokens no longer work");
+            let revoked = r?;
+            eprintln!("client {id} removed; its tokens no longer work ({revoked} token famil(ies) revoked)");
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A redirect URI must be absolute, without a fragment; plain http only for loopback (RFC 8252).
-fn check_redirect_uri(u: &str) -> anyhow::Result<()> {
-    let Some((scheme, rest)) = u.split_once(':') else { bail!("redirect URI '{u}' is not absolute") };
-    if u.contains('#') || u.chars().any(|c| c.is_whitespace() || c.is_control()) || u.len() > 512 {
-        bail!("redirect URI '{u}' must have no fragment or spaces and be at most 512 characters");
-    }
-    if scheme == "http" {
-        let host = rest.trim_start_matches("//").split(['/', ':', '?']).next().unwrap_or("");
-        if !matches!(host, "127.0.0.1" | "localhost") && !rest.starts_with("//[::1]") {
-            bail!("redirect URI '{u}': plain http is allowed for loopback addresses only; use https");
-        }
-    }
-    Ok(())
 }
 
 async fn add(
@@ -100,33 +83,25 @@ async fn add(
     role: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
-    let scope: ScopeSet = scope.parse().context("--scope")?;
-    if scope.clinical.is_empty() {
-        bail!("--scope names no resource scope (such as user/*.rs, patient/*.rs or system/Observation.rs)");
-    }
-    let kind = match (redirect_uris.is_empty(), jwks, role) {
-        (false, None, None) => {
-            for u in &redirect_uris {
-                check_redirect_uri(u)?;
-            }
-            ClientKind::Public { redirect_uris }
-        }
-        (true, Some(path), Some(role)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let keys = ClientKeys::parse(&text)?;
-            let role: Role = role.parse()?;
-            if role == Role::Patient {
-                bail!("a backend service acts as a staff job type; patients sign in at the patient interface (ACL-4)");
-            }
-            eprintln!("{} public key(s) accepted", keys.len());
-            ClientKind::System { jwks: text, role }
-        }
-        _ => bail!("give --redirect-uri for an app used by people, or --jwks and --role for a backend service"),
+    let jwks = match jwks {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?),
+        None => None,
+    };
+    // The same registration rules as `POST /admin/clients` (mamori_store::oauth).
+    let registration = ClientRegistration {
+        client_id: id.clone(),
+        name,
+        scope: scope.to_string(),
+        redirect_uris,
+        jwks,
+        role: role.map(str::to_string),
     };
     let store = open_store(data_dir, &cfg)?;
-    let r = store.register_client(operator_ctx(), id.clone(), name, kind, scope).await;
+    let r = store.register_oauth_client(operator_ctx(), registration).await;
     store.shutdown();
-    r?;
+    if let ClientKind::System { jwks, .. } = &r?.kind {
+        eprintln!("{} public key(s) accepted", ClientKeys::parse(jwks).map(|k| k.len()).unwrap_or(0));
+    }
     eprintln!("client {id} registered");
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use mamori_access::Role;
 use mamori_store::clock::{Clock, SystemClock, to_micros};
 use mamori_store::keys::MasterKey;
-use mamori_store::lifecycle::Lifecycle;
+use mamori_store::lifecycle::Lifecycle as _;
+use mamori_store::oidc::OpenId as _;
 use mamori_store::{
     AccessContext, AccountName, Action, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
 };
@@ -144,7 +145,7 @@ pub async fn user_practitioner(data_dir: &Path, name: &str, practitioner: &str) 
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(name)?;
     let store = open_store(data_dir, &cfg)?;
-    let result = store.link_practitioner(operator_ctx(), &name, practitioner).await;
+    let result = store.link_practitioner(operator_ctx(), name.clone(), practitioner.to_string()).await;
     store.shutdown();
     result?;
     println!("Linked account {name} to Practitioner/{practitioner}.");
@@ -175,17 +176,46 @@ pub async fn user_list(data_dir: &Path) -> anyhow::Result<ExitCode> {
 pub async fn token_create(data_dir: &Path, user: &str, ttl: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(user)?;
-    let ttl = config::parse_duration(ttl.unwrap_or(&cfg.tokens.default_ttl))?;
-    let max = config::parse_duration(&cfg.tokens.max_ttl)?;
-    if ttl > max {
-        bail!("--ttl is longer than tokens.max_ttl ({})", cfg.tokens.max_ttl);
-    }
+    let ttl = ttl.map(config::parse_duration).transpose()?;
+    let policy = cfg.token_policy()?;
     let store = open_store(data_dir, &cfg)?;
-    let (token, expires_us) = store.create_token(operator_ctx(), &name, ttl).await?;
+    let r = store.issue_token(operator_ctx(), &name, ttl, policy).await;
     store.shutdown();
-    // The token alone on stdout, so scripts can capture it; the expiry goes to stderr.
+    let (token, expires_us) = r?;
+    // The token alone on stdout, so scripts can capture it; the rest goes to stderr.
     println!("{}", token.secret());
-    eprintln!("token for {name} expires at {}", mamori_store::clock::fhir_instant(expires_us));
+    eprintln!(
+        "token {} for {name} expires at {}",
+        token.hash().public_id(),
+        mamori_store::clock::fhir_instant(expires_us)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori token list --user NAME`: ids and dates, never secrets (audited).
+pub async fn token_list(data_dir: &Path, user: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(user)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.list_tokens(operator_ctx(), &name).await;
+    store.shutdown();
+    for t in r? {
+        let state = if t.expired { "expired" } else { "valid" };
+        let last = t.last_used.unwrap_or_else(|| "never".into());
+        println!("{}\t{state}\tcreated {}\texpires {}\tlast used {last}", t.id, t.created, t.expires);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mamori token revoke --user NAME ID`: the token stops working at once (audited).
+pub async fn token_revoke(data_dir: &Path, user: &str, id: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(user)?;
+    let store = open_store(data_dir, &cfg)?;
+    let r = store.revoke_token(operator_ctx(), &name, id).await;
+    store.shutdown();
+    r?;
+    println!("Revoked token {id} of {name}.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -250,14 +280,21 @@ pub async fn user_password(data_dir: &Path, name: &str) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mamori user recovery-codes NAME`: new one-time recovery codes, printed once (AUTH-8).
-pub async fn user_recovery_codes(data_dir: &Path, name: &str, count: usize) -> anyhow::Result<ExitCode> {
+/// `mamori user recovery-codes NAME`: new one-time recovery codes, printed once (AUTH-8); with
+/// `--revoke`, the account's unused codes are invalidated instead.
+pub async fn user_recovery_codes(data_dir: &Path, name: &str, count: usize, revoke: bool) -> anyhow::Result<ExitCode> {
     if !(1..=20).contains(&count) {
         bail!("--count must be between 1 and 20");
     }
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(name)?;
     let store = open_store(data_dir, &cfg)?;
+    if revoke {
+        let r = store.revoke_recovery_codes(operator_ctx(), &name).await;
+        store.shutdown();
+        println!("Revoked {} unused recovery code(s) of {name}.", r?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = store.issue_recovery_codes(operator_ctx(), &name, count).await;
     store.shutdown();
     for code in r? {
@@ -435,9 +472,10 @@ pub fn sweep_ctx() -> AccessContext {
 /// `mamori user sweep`: the lifecycle sweep `serve` runs periodically, for cron when not serving.
 pub async fn user_sweep(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
-    let policy = cfg.lifecycle_policy()?;
+    let policy = std::sync::Arc::new(cfg.lifecycle_policy()?);
     let store = open_store(data_dir, &cfg)?;
-    let r = store.lifecycle_sweep(sweep_ctx(), &policy).await;
+    // The same operation as `POST /admin/accounts/sweep`: each change and the sweep are audited.
+    let r = store.sweep(sweep_ctx(), policy).await;
     store.shutdown();
     let out = r?;
     for (name, last) in &out.disabled {

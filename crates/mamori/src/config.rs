@@ -780,10 +780,7 @@ impl Config {
         if let Some(w) = &self.audit.http_witness {
             w.validate()?;
         }
-        let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
-        if d > m {
-            bail!("tokens.default_ttl is longer than tokens.max_ttl");
-        }
+        self.token_policy()?;
         let login = self.login_policy()?;
         let access = self.access_policy()?;
         for (zone, _) in &login.password_only_from {
@@ -819,6 +816,15 @@ impl Config {
         let mut p = self.login_policy()?;
         p.audience = mamori_access::Audience::Patient;
         Ok(p)
+    }
+
+    /// API token lifetimes (`[tokens]`): the default and the longest allowed.
+    pub fn token_policy(&self) -> anyhow::Result<mamori_store::accounts::TokenPolicy> {
+        let (d, m) = (parse_duration(&self.tokens.default_ttl)?, parse_duration(&self.tokens.max_ttl)?);
+        if d > m {
+            bail!("tokens.default_ttl is longer than tokens.max_ttl");
+        }
+        Ok(mamori_store::accounts::TokenPolicy { default_ttl: d, max_ttl: m })
     }
 
     /// The lifecycle rules from `[lifecycle]` (AUTH-7).
@@ -937,21 +943,8 @@ impl Config {
 
 /// Durations such as `90s`, `15m`, `8h`, `30d`.
 pub fn parse_duration(raw: &str) -> anyhow::Result<time::Duration> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: i64 = num.parse().with_context(|| format!("'{raw}' is not a duration like 8h or 30d"))?;
-    let d = match unit {
-        "s" => time::Duration::seconds(n),
-        "m" => time::Duration::minutes(n),
-        "h" => time::Duration::hours(n),
-        "d" => time::Duration::days(n),
-        _ => bail!("'{raw}' is not a duration like 90s, 15m, 8h or 30d"),
-    };
-    if d <= time::Duration::ZERO {
-        bail!("a duration must be positive");
-    }
-    Ok(d)
+    // One parser for the configuration and the admin API's token lifetimes.
+    mamori_store::accounts::parse_duration(raw).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[cfg(test)]

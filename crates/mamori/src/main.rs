@@ -132,13 +132,17 @@ enum UserCommand {
         data_dir: PathBuf,
         name: String,
     },
-    /// Issue new one-time recovery codes (printed once; earlier codes stop working).
+    /// Issue new one-time recovery codes (printed once; earlier codes stop working), or with
+    /// --revoke invalidate the unused ones.
     RecoveryCodes {
         #[arg(long)]
         data_dir: PathBuf,
         name: String,
         #[arg(long, default_value_t = 10)]
         count: usize,
+        /// Invalidate the account's unused codes instead of issuing new ones.
+        #[arg(long, conflicts_with = "count")]
+        revoke: bool,
     },
     /// Lift a lockout after repeated login failures.
     Unlock {
@@ -308,6 +312,21 @@ enum TokenCommand {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// List an account's tokens: id, validity, dates (never the secret, which is not stored).
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke one token by the id `list` shows; it stops working at once.
+    Revoke {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -342,8 +361,8 @@ fn main() -> ExitCode {
             Command::User { command: UserCommand::Password { data_dir, name } } => {
                 commands::user_password(&data_dir, &name).await
             }
-            Command::User { command: UserCommand::RecoveryCodes { data_dir, name, count } } => {
-                commands::user_recovery_codes(&data_dir, &name, count).await
+            Command::User { command: UserCommand::RecoveryCodes { data_dir, name, count, revoke } } => {
+                commands::user_recovery_codes(&data_dir, &name, count, revoke).await
             }
             Command::User { command: UserCommand::Unlock { data_dir, name } } => {
                 commands::user_unlock(&data_dir, &name).await
@@ -384,6 +403,12 @@ fn main() -> ExitCode {
             }
             Command::Token { command: TokenCommand::Create { data_dir, user, ttl } } => {
                 commands::token_create(&data_dir, &user, ttl.as_deref()).await
+            }
+            Command::Token { command: TokenCommand::List { data_dir, user } } => {
+                commands::token_list(&data_dir, &user).await
+            }
+            Command::Token { command: TokenCommand::Revoke { data_dir, user, id } } => {
+                commands::token_revoke(&data_dir, &user, &id).await
             }
             Command::Client { command } => client::run(command).await,
             Command::Check { data_dir } => commands::check(&data_dir).await,

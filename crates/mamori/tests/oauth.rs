@@ -724,3 +724,151 @@ async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
         6
     );
 }
+
+async fn admin_call(
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    bearer: &str,
+) -> (u16, Value) {
+    let mut r = s.http.request(method, format!("{}/admin{path}", root(s))).bearer_auth(bearer);
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    json(r.send().await.unwrap()).await
+}
+
+/// AUTH-6 (`mamori client …` over HTTP): an administrator registers a backend service with its
+/// public JWK and a staff job type, and a SMART app with its redirect URIs; the service's
+/// assertions get tokens at once. The registration rules are the CLI's (no patient job type for
+/// a service, public keys only, https redirect URIs, scopes of the client's kind): every refusal
+/// is a 400 OperationOutcome that registers nothing. Removing the client stops its tokens at
+/// once. Other job types are refused; everything is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth6_clients_registered_and_removed_over_the_admin_api() {
+    use reqwest::Method as M;
+    let s = Server::start();
+    let boss = s.dir.user_with_token("boss", "administrator");
+    let auditor = s.dir.user_with_token("audit.k", "auditor");
+    let (_, oid) = chart(&s).await;
+    let (kp, jwk) = p384_key();
+    let lab = json!({"id": "lab", "name": "Lab feed", "scope": "system/Observation.rs", "jwks": jwk, "role": "nurse"});
+
+    assert_eq!(admin_call(&s, M::POST, "/clients", Some(&lab), &s.token).await.0, 403);
+    assert_eq!(admin_call(&s, M::POST, "/clients", Some(&lab), &auditor).await.0, 403);
+    let (st, r) = admin_call(&s, M::POST, "/clients", Some(&lab), &boss).await;
+    assert_eq!((st, r["kind"].as_str(), r["role"].as_str()), (201, Some("system"), Some("nurse")), "{r}");
+    assert_eq!(r["jwks"]["keys"][0]["kid"], "k1", "one JWK is stored as a JWK Set: {r}");
+    let aud = format!("{}/oauth/token", root(&s));
+    let cc = |jti: &str| {
+        let a = assertion(&kp, "lab", &aud, unix_now() + 120, jti);
+        let s = &s;
+        async move {
+            token(
+                s,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "system/Observation.rs"),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_assertion", &a),
+                ],
+            )
+            .await
+        }
+    };
+    let (st, t) = cc("admin-api-1").await;
+    assert_eq!(st, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(status(&s, &format!("Observation/{oid}"), &access).await, 200, "the registered service works");
+
+    let app = json!({"id": "viewer", "name": "Chart viewer", "scope": "user/*.rs offline_access",
+        "redirect_uris": ["https://viewer.clinic.example/callback"]});
+    let (st, r) = admin_call(&s, M::POST, "/clients", Some(&app), &boss).await;
+    assert_eq!((st, r["kind"].as_str()), (201, Some("public")), "{r}");
+
+    // The registration rules, whoever registers: each refusal is a 400 and registers nothing.
+    let mut private = jwk.clone();
+    private["d"] = json!("AAAA");
+    let with = |patch: Value| {
+        let mut v = lab.clone();
+        v["id"] = json!("other");
+        for (k, val) in patch.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    };
+    for (bad, needle) in [
+        (with(json!({"role": "patient"})), "staff job type"),
+        (with(json!({"jwks": private})), "private key"),
+        (with(json!({"jwks": {"keys": []}})), "between 1 and 10 keys"),
+        (with(json!({"role": "wizard"})), "role"),
+        (with(json!({"redirect_uris": ["https://x.example/cb"]})), "redirect URIs for an app"),
+        (with(json!({"id": "no spaces"})), "client ids"),
+        (with(json!({"scope": "offline_access"})), "no resource scope"),
+        (with(json!({"scope": "user/*.rs"})), "user/ scopes"),
+        (
+            json!({"id": "app2", "name": "A", "scope": "user/*.rs", "redirect_uris": ["http://app.example/cb"]}),
+            "loopback",
+        ),
+        (
+            json!({"id": "app2", "name": "A", "scope": "system/*.rs", "redirect_uris": ["https://app.example/cb"]}),
+            "system/",
+        ),
+        (json!({"id": "app2", "name": "", "scope": "user/*.rs", "redirect_uris": ["https://app.example/cb"]}), "name"),
+    ] {
+        let resp =
+            s.http.post(format!("{}/admin/clients", root(&s))).bearer_auth(&boss).json(&bad).send().await.unwrap();
+        expect_outcome(resp, 400, needle).await;
+    }
+    let (st, r) = admin_call(&s, M::POST, "/clients", Some(&json!({"id": "x", "colour": "red"})), &boss).await;
+    assert_eq!((st, r["resourceType"].as_str()), (400, Some("OperationOutcome")), "{r}");
+    assert_eq!(admin_call(&s, M::POST, "/clients", Some(&lab), &boss).await.0, 412, "already registered");
+
+    // Listed for administrators and auditors (and by the CLI): public keys, never anything secret.
+    assert_eq!(admin_call(&s, M::GET, "/clients", None, &s.token).await.0, 403);
+    let (st, list) = admin_call(&s, M::GET, "/clients", None, &auditor).await;
+    assert_eq!(st, 200, "{list}");
+    let ids: Vec<&str> = list["clients"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["lab", "viewer"]);
+    assert_eq!(list["clients"][1]["redirect_uris"], json!(["https://viewer.clinic.example/callback"]));
+    let cli = ok(&["client", "list", "--data-dir", s.dir.arg()]);
+    assert!(cli.contains("lab\tsystem\tLab feed") && cli.contains("viewer\tpublic\tChart viewer"), "{cli}");
+
+    // EHR launch and OpenID Connect scopes register where they can work: an app launched from
+    // the EHR (launch with patient/ scopes, confined to the launch patient), never a service.
+    let ehr = json!({"id": "ehr-viewer", "name": "EHR viewer", "scope": "launch patient/*.rs openid fhirUser",
+        "redirect_uris": ["https://viewer.clinic.example/ehr"]});
+    let (st, r) = admin_call(&s, M::POST, "/clients", Some(&ehr), &boss).await;
+    assert_eq!((st, r["scope"].as_str()), (201, Some("patient/*.rs launch openid fhirUser")), "{r}");
+    let app =
+        |scope: &str| json!({"id": "app3", "name": "A", "scope": scope, "redirect_uris": ["https://a.example/cb"]});
+    for (bad, needle) in [
+        (with(json!({"scope": "system/*.rs openid"})), "no sign-in"),
+        (with(json!({"scope": "system/*.rs launch"})), "no sign-in"),
+        (app("launch user/*.rs"), "patient context"),
+        (app("launch launch/patient patient/*.rs"), "not both"),
+        (app("launch/encounter patient/*.rs"), "launch/patient"),
+    ] {
+        let resp =
+            s.http.post(format!("{}/admin/clients", root(&s))).bearer_auth(&boss).json(&bad).send().await.unwrap();
+        expect_outcome(resp, 400, needle).await;
+    }
+
+    // Removal: its tokens stop working at once and it gets no new ones.
+    assert_eq!(admin_call(&s, M::DELETE, "/clients/lab", None, &auditor).await.0, 403);
+    let (st, r) = admin_call(&s, M::DELETE, "/clients/lab", None, &boss).await;
+    assert_eq!((st, r["token_families_revoked"].as_u64()), (200, Some(1)), "{r}");
+    assert_eq!(status(&s, &format!("Observation/{oid}"), &access).await, 401, "its token stopped working");
+    assert_eq!(cc("admin-api-2").await.0, 401, "no new tokens");
+    assert_eq!(admin_call(&s, M::DELETE, "/clients/lab", None, &boss).await.0, 404);
+
+    let n = |sql_where: &str| s.dir.audit_i64(&format!("SELECT count(*) FROM audit_event WHERE {sql_where}"));
+    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 201"), 3);
+    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 400"), 16);
+    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 412"), 1);
+    assert_eq!(n("action = 'oauth-client-list' AND actor = 'audit.k' AND outcome = 200"), 1);
+    assert_eq!(n("action = 'oauth-client-remove' AND actor = 'boss' AND outcome = 200"), 1);
+    assert_eq!(n("action = 'oauth-client-remove' AND actor = 'boss' AND outcome = 404"), 1);
+    assert_eq!(n("action = 'refused' AND outcome = 403"), 4, "every denial is audited");
+}

@@ -2,7 +2,8 @@
 //! patient signs in on the patient listener's `/oauth/authorize` page (password + TOTP, code +
 //! PKCE, no browser), the token response names their Patient, and the app's `patient/` scopes
 //! narrow the patient's compartment rights, never widen them. Tokens work only at the interface
-//! that issued them; `user/` scopes are refused there and `patient/` scopes at the staff one.
+//! that issued them; `user/` scopes are refused there and `patient/` scopes at the staff one
+//! (unless launched from the EHR: `smart_launch.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/oauth_page.rs"]
@@ -21,7 +22,7 @@ async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
 async fn app_token(root: &str, client: &str, scope: &str, account: &str, factor: Factor<'_>) -> Value {
     let (verifier, challenge) = pkce();
     let url = authorize_at(root, client, scope, &challenge);
-    let p = sign_in_at(root, &url, account, PASSWORD, factor).await;
+    let p = sign_in_with(&no_redirects(), root, &url, account, PASSWORD, factor).await;
     assert_eq!(param(&p, "state"), Some("st-42"));
     let (st, t) = exchange_at(root, client, param(&p, "code").unwrap(), &verifier).await;
     assert_eq!(st, 200, "{t}");
@@ -67,9 +68,9 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     let sato = enrol_totp(&s.dir, &staff, "dr.sato").await;
 
     // Registration: a patients' app has patient/ scopes; one client is never for both.
-    assert_eq!(add_client(&s, "phr", "patient/*.cruds offline_access").0, 0);
-    assert_eq!(add_client(&s, "chart", "user/*.rs").0, 0);
-    let (code, _, err) = add_client(&s, "both", "user/*.rs patient/*.rs");
+    assert_eq!(add_app(&s.dir, "phr", "patient/*.cruds offline_access").0, 0);
+    assert_eq!(add_app(&s.dir, "chart", "user/*.rs").0, 0);
+    let (code, _, err) = add_app(&s.dir, "both", "user/*.rs patient/*.rs");
     assert_ne!(code, 0);
     assert!(err.contains("not both"), "{err}");
 
@@ -151,7 +152,7 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     // A code from the patient page is not exchangeable at the staff token endpoint.
     let (verifier, challenge) = pkce();
     let url = authorize_at(&portal, "phr", "patient/*.rs", &challenge);
-    let p = sign_in_at(&portal, &url, "alice", PASSWORD, Factor::Recovery(&alice.1[0])).await;
+    let p = sign_in_with(&no_redirects(), &portal, &url, "alice", PASSWORD, Factor::Recovery(&alice.1[0])).await;
     let (st, e) = exchange_at(&staff, "phr", param(&p, "code").unwrap(), &verifier).await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_grant")), "{e}");
     // Backend services are a staff-interface thing.

@@ -3,7 +3,7 @@
 //! person in on the page with `launch` + `patient/` scopes, and its token is confined to the
 //! launch patient within the person's own rights. `openid fhirUser` bring an ES256 ID token that
 //! the test verifies against the published JWK Set with its own JOSE library. Launch expiry on
-//! the injected clock is proven in `crates/store/tests/oauth_launch.rs`.
+//! the injected clock is proven in `crates/store/tests/oauth.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/oauth_page.rs"]
@@ -15,13 +15,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use oauth_page::*;
 use serde_json::{Value, json};
 use support::*;
-
-async fn create(s: &Server, v: Value) -> String {
-    let t = v["resourceType"].as_str().unwrap().to_string();
-    let (st, b) = json(s.post_json(&t, &v).send().await.unwrap()).await;
-    assert_eq!(st, 201, "{b}");
-    b["id"].as_str().unwrap().to_string()
-}
 
 fn observation(patient: &str) -> Value {
     json!({"resourceType": "Observation", "status": "final", "code": {"text": "body weight"},
@@ -56,8 +49,8 @@ async fn app_token(
     factor: Factor<'_>,
 ) -> Value {
     let (verifier, challenge) = pkce();
-    let url = authorize_with(root, client, scope, &challenge, extra);
-    let p = sign_in_at(root, &url, account, PASSWORD, factor).await;
+    let url = authorize_params(root, client, scope, &challenge, extra);
+    let p = sign_in_with(&no_redirects(), root, &url, account, PASSWORD, factor).await;
     let (st, t) = exchange_at(root, client, param(&p, "code").expect("a code"), &verifier).await;
     assert_eq!(st, 200, "{t}");
     t
@@ -67,17 +60,17 @@ async fn app_token(
 async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
     let s = Server::start();
     let root = root(&s);
-    let a = create(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
-    let b = create(&s, json!({"resourceType": "Patient", "name": [{"family": "Beta"}]})).await;
-    let oa = create(&s, observation(&a)).await;
-    let ob = create(&s, observation(&b)).await;
+    let a = create_resource(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
+    let b = create_resource(&s, json!({"resourceType": "Patient", "name": [{"family": "Beta"}]})).await;
+    let oa = create_resource(&s, observation(&a)).await;
+    let ob = create_resource(&s, observation(&b)).await;
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.sato", "--role", "physician"]);
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.kato", "--role", "physician"]);
     let sato = enrol_totp(&s.dir, &root, "dr.sato").await;
     let kato = enrol_totp(&s.dir, &root, "dr.kato").await;
     let ehr = s.dir.token("dr.sato");
-    assert_eq!(add_client(&s, "viewer", "launch patient/*.rs offline_access").0, 0);
-    assert_eq!(add_client(&s, "chart", "user/*.rs").0, 0);
+    assert_eq!(add_app(&s.dir, "viewer", "launch patient/*.rs offline_access").0, 0);
+    assert_eq!(add_app(&s.dir, "chart", "user/*.rs").0, 0);
 
     // The EHR asks for a launch context for Patient A and the viewer app.
     let (st, l) = launch(&s, &ehr, &json!({"patient": a, "client_id": "viewer"})).await;
@@ -114,7 +107,7 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
     assert_eq!(get(&s, &token, &format!("Observation/{oa}")).await.0, 200);
 
     // Writes are confined too: into A's compartment only, nothing of B's can be changed.
-    assert_eq!(add_client(&s, "writer", "launch patient/Observation.cruds").0, 0);
+    assert_eq!(add_app(&s.dir, "writer", "launch patient/Observation.cruds").0, 0);
     let (_, l) = launch(&s, &ehr, &json!({"patient": a, "client_id": "writer"})).await;
     let extra = [("launch", l["launch"].as_str().unwrap())];
     let scope_w = "launch patient/Observation.cruds";
@@ -134,14 +127,14 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
 
     // Single use: the spent launch value starts nothing.
     let (_, challenge) = pkce();
-    let url = authorize_with(&root, "viewer", scope, &challenge, &[("launch", &value)]);
+    let url = authorize_params(&root, "viewer", scope, &challenge, &[("launch", &value)]);
     assert_eq!(authorize_error(&url).await.as_deref(), Some("invalid_request"));
 
     // A launch is the person's own: someone else signing in with it gets nothing, and spends it.
     let (_, l) = launch(&s, &ehr, &json!({"patient": format!("Patient/{a}"), "client_id": "viewer"})).await;
     let value = l["launch"].as_str().unwrap().to_string();
     let (_, challenge) = pkce();
-    let url = authorize_with(&root, "viewer", scope, &challenge, &[("launch", &value)]);
+    let url = authorize_params(&root, "viewer", scope, &challenge, &[("launch", &value)]);
     let resp = password_step(&root, &url, "dr.kato", PASSWORD).await;
     let cookie = set_cookie(&resp);
     let ft = form_token(&resp.text().await.unwrap());
@@ -160,7 +153,7 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
 
     // Without a launch context, patient/ scopes are refused with a clear invalid_scope.
     let (_, challenge) = pkce();
-    let refused = |scope: &str, extra: &[(&str, &str)]| authorize_with(&root, "viewer", scope, &challenge, extra);
+    let refused = |scope: &str, extra: &[(&str, &str)]| authorize_params(&root, "viewer", scope, &challenge, extra);
     assert_eq!(authorize_error(&refused("patient/Observation.rs", &[])).await.as_deref(), Some("invalid_scope"));
     assert_eq!(
         authorize_error(&refused("launch patient/Observation.rs", &[])).await.as_deref(),
@@ -182,7 +175,7 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
     let url = refused("launch patient/*.rs user/*.rs", &[("launch", v)]);
     assert_eq!(authorize_error(&url).await.as_deref(), Some("invalid_scope"));
     // The launch is bound to its app.
-    let url = authorize_with(&root, "chart", "launch user/*.rs", &challenge, &[("launch", v)]);
+    let url = authorize_params(&root, "chart", "launch user/*.rs", &challenge, &[("launch", v)]);
     assert!(authorize_error(&url).await.is_some());
     // Launches are for registered launchable apps, asked with the person's own credential.
     let (st, e) = launch(&s, &ehr, &json!({"patient": a, "client_id": "chart"})).await;
@@ -211,15 +204,15 @@ async fn auth6_ehr_launch_confines_patient_scopes_to_the_launch_patient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth6_staff_cannot_launch_for_a_patient_the_policy_hides() {
     let s = Server::start();
-    let open = create(&s, json!({"resourceType": "Patient", "name": [{"family": "Open"}]})).await;
+    let open = create_resource(&s, json!({"resourceType": "Patient", "name": [{"family": "Open"}]})).await;
     // A Patient labelled psychiatric: pharmacists may not see it under the default policy.
-    let psy = create(
+    let psy = create_resource(
         &s,
         json!({"resourceType": "Patient", "name": [{"family": "Hidden"}],
                "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}}),
     )
     .await;
-    assert_eq!(add_client(&s, "viewer", "launch patient/*.rs").0, 0);
+    assert_eq!(add_app(&s.dir, "viewer", "launch patient/*.rs").0, 0);
     let pharmacist = s.dir.user_with_token("ph.mori", "pharmacist");
     assert_eq!(get(&s, &pharmacist, &format!("Patient/{psy}")).await.0, 404, "the policy hides it");
 
@@ -265,8 +258,8 @@ fn verify(id_token: &str, jwks: &Value, issuer: &str, client: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth6_openid_id_token_verifies_against_jwks_and_names_fhir_user() {
     let (s, root, portal) = server_with_portal();
-    let pr = create(&s, json!({"resourceType": "Practitioner", "name": [{"family": "Sato"}]})).await;
-    let pa = create(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
+    let pr = create_resource(&s, json!({"resourceType": "Practitioner", "name": [{"family": "Sato"}]})).await;
+    let pa = create_resource(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.sato", "--role", "physician", "--practitioner", &pr]);
     ok(&["user", "add", "--data-dir", s.dir.arg(), "--name", "dr.kato", "--role", "physician"]);
     let (code, _, err) = mamori(&[
@@ -287,8 +280,8 @@ async fn auth6_openid_id_token_verifies_against_jwks_and_names_fhir_user() {
     let sato = enrol_totp(&s.dir, &root, "dr.sato").await;
     let kato = enrol_totp(&s.dir, &root, "dr.kato").await;
     let alice = enrol_totp(&s.dir, &portal, "alice").await;
-    assert_eq!(add_client(&s, "chart", "user/*.rs openid fhirUser offline_access").0, 0);
-    assert_eq!(add_client(&s, "phr", "patient/*.rs launch/patient openid fhirUser").0, 0);
+    assert_eq!(add_app(&s.dir, "chart", "user/*.rs openid fhirUser offline_access").0, 0);
+    assert_eq!(add_app(&s.dir, "phr", "patient/*.rs launch/patient openid fhirUser").0, 0);
 
     // Discovery: SMART configuration, CapabilityStatement and OpenID metadata agree.
     let (_, smart) = json(s.http.get(s.url(".well-known/smart-configuration")).send().await.unwrap()).await;

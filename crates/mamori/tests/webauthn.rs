@@ -400,3 +400,106 @@ async fn auth2_webauthn_is_off_unless_configured() {
     assert_eq!(st, 404, "{r}");
     assert_eq!(r["resourceType"], "OperationOutcome");
 }
+
+/// An administrator's call to `/admin{path}` with `method`: (status, JSON body).
+async fn admin(s: &Server, method: reqwest::Method, path: &str, bearer: &str) -> (u16, Value) {
+    json(s.http.request(method, format!("{}/admin{path}", root(s))).bearer_auth(bearer).send().await.unwrap()).await
+}
+
+/// A password login continued with a recovery code instead of the second factor.
+async fn with_recovery_code(s: &Server, name: &str, code: &str) -> (u16, Value) {
+    let r = login(s, name).await;
+    let mfa = r["mfa_ticket"].as_str().unwrap();
+    post(s, "/auth/login/second-factor", &json!({"mfa_ticket": mfa, "recovery_code": code}), None).await
+}
+
+/// AUTH-8 and AUTH-2 over HTTP: the holder replaces their own recovery codes with their session
+/// and current password (codes shown once; earlier ones stop working); an administrator
+/// invalidates someone's unused codes, lists their WebAuthn credentials and removes one — never
+/// the last second factor of a two-factor role, never on their own account. Every step, and
+/// every refusal, is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth8_recovery_codes_and_credentials_over_http_by_holder_and_administrator() {
+    use reqwest::Method as M;
+    let s = start("");
+    let boss = s.dir.user_with_token("boss", "administrator");
+    let r = person(&s, "dr.sato", "physician").await;
+    let enrol = r["enrol_ticket"].as_str().unwrap().to_string();
+    let mut first = Authenticator::es256(41);
+    let mut second = Authenticator::ed25519(42);
+    assert_eq!(register(&s, &mut first, "office key", Some(&enrol), None).await.0, 200);
+    let session = log_in(&s, "dr.sato", &mut first).await;
+
+    // The holder: a session and the current password, not an API token, no extra fields.
+    let (st, r) =
+        post(&s, "/auth/recovery-codes", &json!({"current_password": "Wrong-Pass-0000!"}), Some(&session)).await;
+    refused(st, &r);
+    let (st, api) = post_secret(&s, "/admin/accounts/dr.sato/tokens", &json!({}), &boss).await;
+    assert_eq!(st, 201, "{api}");
+    let (st, r) = post(&s, "/auth/recovery-codes", &json!({"current_password": PASSWORD}), api["token"].as_str()).await;
+    refused(st, &r);
+    let (st, r) =
+        post(&s, "/auth/recovery-codes", &json!({"current_password": PASSWORD, "count": 3}), Some(&session)).await;
+    assert_eq!((st, r["resourceType"].as_str()), (400, Some("OperationOutcome")), "{r}");
+    let regenerate = || async {
+        let (st, r) = post_secret(&s, "/auth/recovery-codes", &json!({"current_password": PASSWORD}), &session).await;
+        assert_eq!(st, 200, "{r}");
+        r["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let codes = regenerate().await;
+    assert_eq!(codes.len(), 10);
+    // A code stands in for the second factor, once.
+    let (st, r) = with_recovery_code(&s, "dr.sato", &codes[0]).await;
+    assert_eq!(st, 200, "{r}");
+    refused_pair(with_recovery_code(&s, "dr.sato", &codes[0]).await);
+    // A new set revokes the earlier one.
+    let again = regenerate().await;
+    refused_pair(with_recovery_code(&s, "dr.sato", &codes[1]).await);
+
+    // The administrator invalidates the unused codes (a lost sheet); new ones are the holder's.
+    assert_eq!(admin(&s, M::DELETE, "/accounts/dr.sato/recovery-codes", &s.token).await.0, 403);
+    assert_eq!(admin(&s, M::DELETE, "/accounts/nobody/recovery-codes", &boss).await.0, 404);
+    let (st, r) = admin(&s, M::DELETE, "/accounts/dr.sato/recovery-codes", &boss).await;
+    assert_eq!((st, r["revoked"].as_u64()), (200, Some(10)), "{r}");
+    refused_pair(with_recovery_code(&s, "dr.sato", &again[0]).await);
+
+    // Credentials: listed for administrators; the last second factor stays.
+    assert_eq!(admin(&s, M::GET, "/accounts/dr.sato/webauthn", &s.token).await.0, 403);
+    let (st, list) = admin(&s, M::GET, "/accounts/dr.sato/webauthn", &boss).await;
+    assert_eq!(st, 200, "{list}");
+    let first_id = list["credentials"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (list["credentials"].as_array().unwrap().len(), list["credentials"][0]["label"].as_str()),
+        (1, Some("office key"))
+    );
+    let (st, r) = admin(&s, M::DELETE, &format!("/accounts/dr.sato/webauthn/{first_id}"), &boss).await;
+    assert_eq!(st, 400, "{r}");
+    assert!(r.to_string().contains("last second factor"), "{r}");
+    log_in(&s, "dr.sato", &mut first).await;
+    // With another credential the administrator may remove one — of someone else's account only.
+    assert_eq!(register(&s, &mut second, "phone", None, Some(&session)).await.0, 200);
+    assert_eq!(admin(&s, M::DELETE, &format!("/accounts/dr.sato/webauthn/{first_id}"), &s.token).await.0, 403);
+    assert_eq!(admin(&s, M::DELETE, "/accounts/dr.sato/webauthn/bm9uZQ", &boss).await.0, 404);
+    assert_eq!(admin(&s, M::DELETE, "/accounts/dr.sato/webauthn/not*an*id", &boss).await.0, 400);
+    let (st, r) = admin(&s, M::DELETE, &format!("/accounts/boss/webauthn/{first_id}"), &boss).await;
+    assert_eq!(st, 403, "separation of duties: {r}");
+    let (st, r) = admin(&s, M::DELETE, &format!("/accounts/dr.sato/webauthn/{first_id}"), &boss).await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("removed")), "{r}");
+    let (mfa, options) = challenge(&s, "dr.sato").await;
+    refused_pair(finish(&s, &mfa, first.get_json(&options)).await);
+    log_in(&s, "dr.sato", &mut second).await;
+
+    let dir = s.stop();
+    let n = |sql_where: &str| dir.audit_i64(&format!("SELECT count(*) FROM audit_event WHERE {sql_where}"));
+    assert_eq!(n("action = 'recovery-codes-issue' AND actor = 'dr.sato' AND outcome = 201"), 2);
+    assert_eq!(n("action = 'login-failure' AND actor = 'dr.sato' AND detail = 'bad-current-password'"), 1);
+    assert_eq!(n("action = 'recovery-code-use' AND outcome = 200"), 1);
+    assert_eq!(n("action = 'recovery-codes-revoke' AND actor = 'boss' AND outcome = 200"), 1);
+    assert_eq!(n("action = 'recovery-codes-revoke' AND actor = 'boss' AND outcome = 404"), 1);
+    assert_eq!(n("action = 'webauthn-list' AND actor = 'boss' AND outcome = 200"), 1);
+    for (outcome, times) in [(200, 1), (409, 1), (404, 1), (403, 1)] {
+        let got = n(&format!("action = 'webauthn-remove' AND actor = 'boss' AND outcome = {outcome}"));
+        assert_eq!(got, times, "webauthn-remove {outcome}");
+    }
+    assert_eq!(n("action = 'refused' AND outcome = 403"), 3, "the physician's three attempts");
+}

@@ -156,9 +156,13 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     // factors (AUTH-2).
     let zone = zone_of(&state, req.extensions().get::<ConnInfo>());
     // An OAuth access token (AUTH-6) names its client and carries scopes; otherwise an API
-    // token or a login session.
-    let oauth = match oauth_bearer(&state, req.headers()).await {
-        Ok(g) => g,
+    // token or a login session. A person's app token meets the same per-zone two-factor rule.
+    let oauth = match oauth_bearer(&state, req.headers(), zone).await {
+        Ok(Some(g)) => match crate::oauth_zone::admit(&state, g, zone, &request_id, &source).await {
+            Ok(g) => Some(g),
+            Err(refused) => return refused,
+        },
+        Ok(None) => None,
         Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
     };
     let (principal, session, scope, client, launch) = match oauth {
@@ -250,10 +254,12 @@ fn request_rights(state: &crate::Shared, who: &Principal, zone: ZoneId, purpose:
     }
 }
 
-/// Resolves an OAuth access token (`mamoria_…`), if the request presents one.
+/// Resolves an OAuth access token (`mamoria_…`), if the request presents one, for a request
+/// from `zone`.
 async fn oauth_bearer(
     state: &crate::Shared,
     headers: &HeaderMap,
+    zone: ZoneId,
 ) -> Result<Option<mamori_store::oauth::OAuthGrant>, mamori_store::StoreError> {
     let hash = headers
         .get(header::AUTHORIZATION)
@@ -261,7 +267,10 @@ async fn oauth_bearer(
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .and_then(|raw| presented(SecretKind::OAuthAccess, raw.trim()));
     match hash {
-        Some(h) => state.store.authenticate_oauth(h, Arc::clone(&state.login)).await,
+        Some(h) => {
+            let zone = Some(state.policy.zone_name(zone).to_string());
+            state.store.authenticate_oauth(h, zone, Arc::clone(&state.login)).await
+        }
         None => Ok(None),
     }
 }

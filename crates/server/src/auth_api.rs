@@ -15,6 +15,7 @@
 //! POST /auth/totp                 {enrol_ticket} or Bearer session → {otpauth_uri, secret}
 //! POST /auth/totp/confirm         {enrol_ticket?, code}: activates the pending enrolment
 //! POST /auth/logout               Bearer session
+//! POST /auth/recovery-codes       Bearer session + {current_password} → {recovery_codes} (once)
 //! POST /auth/webauthn/register    {enrol_ticket?, label} or Bearer session → {publicKey: creation options}
 //! POST /auth/webauthn/register/finish  {enrol_ticket?, credential}: stores the credential
 //! POST /auth/webauthn/credentials Bearer session → the caller's credentials
@@ -59,6 +60,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/totp", post(totp_begin))
         .route("/totp/confirm", post(totp_confirm))
         .route("/logout", post(logout))
+        .route("/recovery-codes", post(recovery_codes))
         .merge(crate::webauthn_api::routes())
         .fallback(not_found)
 }
@@ -368,4 +370,38 @@ async fn logout(State(s): St, req: Request) -> Response {
     };
     let result = s.store.logout(r.ctx, token).await;
     answer(result.map(|()| serde_json::json!({"status": "logged-out"})), &id)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryCodesBody {
+    current_password: String,
+}
+
+/// The holder replaces their own recovery codes (AUTH-8): a session (not an API token) and the
+/// current password, as for a password change. The codes are in this answer only.
+async fn recovery_codes(State(s): St, req: Request) -> Response {
+    let (mut r, body): (_, RecoveryCodesBody) = match take_json(&s, req, "{\"current_password\": …}").await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let id = r.ctx.request_id.clone();
+    let principal = match subject(&s, &mut r, None).await {
+        Ok(Some((Subject::Session { principal, .. }, _))) => principal,
+        Ok(_) => return unauthenticated(&s, r.ctx).await,
+        Err(e) => return with_request_id(e.into_response(), &id),
+    };
+    let current = Zeroizing::new(body.current_password);
+    let result = s.store.regenerate_recovery_codes(r.ctx, principal, current, Arc::clone(&s.login)).await;
+    let mut resp = answer(
+        result.map(|codes| {
+            serde_json::json!({
+                "recovery_codes": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                "note": "each code works once, instead of the second factor; earlier codes no longer work",
+            })
+        }),
+        &id,
+    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

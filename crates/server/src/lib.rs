@@ -6,11 +6,13 @@
 //! OperationOutcome.
 #![forbid(unsafe_code)]
 
+mod account_admin_api;
 mod admin_api;
 mod audit_event_api;
 pub mod auth;
 mod auth_api;
 mod capability;
+mod client_admin_api;
 pub mod cursor;
 pub mod error;
 mod fhir_api;
@@ -19,6 +21,7 @@ pub mod listener;
 pub mod oauth_api;
 mod oauth_launch;
 mod oauth_webauthn;
+mod oauth_zone;
 mod oidc;
 mod patient;
 pub mod respond;
@@ -32,7 +35,7 @@ use std::sync::Arc;
 pub use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use mamori_store::clock::{Clock, fhir_instant, to_micros};
 use mamori_store::{PageLimits, Store};
 
@@ -75,6 +78,8 @@ pub struct Shared {
     pub witness: Option<witness::WitnessStatus>,
     /// Account lifecycle rules (AUTH-7): who approves role requests, request expiry.
     pub lifecycle: mamori_store::lifecycle::SharedLifecyclePolicy,
+    /// API token lifetimes (`[tokens]`) for tokens issued over the admin API.
+    pub tokens: mamori_store::accounts::TokenPolicy,
     /// Benchmark only (feature `bench-baseline`, never in the server binary): when set, requests
     /// skip the policy decision and run unrestricted, so the harness can measure what the
     /// decision costs on the same server and data (BENCHMARKS.md, policy overhead).
@@ -111,6 +116,7 @@ impl Shared {
             forwarding: None,
             witness: None,
             lifecycle: Arc::new(mamori_store::lifecycle::LifecyclePolicy::default()),
+            tokens: mamori_store::accounts::TokenPolicy::default(),
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
             oauth: oauth_api::OAuthSettings::default(),
@@ -135,6 +141,7 @@ impl Shared {
             forwarding: None,
             witness: None,
             lifecycle: Arc::clone(&self.lifecycle),
+            tokens: self.tokens,
             #[cfg(feature = "bench-baseline")]
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
             // Patient-facing SMART apps: the same token lifetimes; the issuer is this interface's
@@ -208,9 +215,20 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/{name}/role-requests", post(lifecycle_api::request_role))
         .route("/accounts/{name}/disable", post(lifecycle_api::disable))
         .route("/accounts/{name}/enable", post(lifecycle_api::enable))
-        .route("/accounts", post(lifecycle_api::add_account))
+        .route("/accounts", get(account_admin_api::list_accounts).post(lifecycle_api::add_account))
         .route("/patient-accounts", post(lifecycle_api::add_patient_account))
         .route("/accounts/{name}/temporary-credential", post(lifecycle_api::temporary_credential))
+        .route("/accounts/sweep", post(account_admin_api::sweep))
+        .route("/accounts/{name}/unlock", post(account_admin_api::unlock))
+        .route("/accounts/{name}/password", post(account_admin_api::initial_password))
+        .route("/accounts/{name}/practitioner", post(account_admin_api::link_practitioner))
+        .route("/accounts/{name}/tokens", get(account_admin_api::list_tokens).post(account_admin_api::create_token))
+        .route("/accounts/{name}/tokens/{id}", delete(account_admin_api::revoke_token))
+        .route("/accounts/{name}/recovery-codes", delete(account_admin_api::revoke_recovery_codes))
+        .route("/accounts/{name}/webauthn", get(account_admin_api::list_webauthn))
+        .route("/accounts/{name}/webauthn/{credential}", delete(account_admin_api::remove_webauthn))
+        .route("/clients", get(client_admin_api::list).post(client_admin_api::register))
+        .route("/clients/{id}", delete(client_admin_api::remove))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     // SMART EHR launch: the EHR asks with the person's credential (staff interface only).

@@ -20,9 +20,10 @@
 //! and the token response names the signed-in patient's Patient (`patient`), the compartment the
 //! scopes apply to. Which interface a request is at is `Shared::login.audience`.
 //!
-//! The page reuses the store's login operations (`Identity::login_password`,
+//! The page reuses the store's login operations (`Identity::login_password_from`,
 //! `login_second_factor`): lockouts, the uniform "invalid credentials", forced password change
-//! and the two-factor rules apply exactly as for `/auth/login`; WebAuthn uses the store's
+//! and the two-factor rules per role and zone apply exactly as for `/auth/login` (the tokens
+//! carry the sign-in's factors and zone: `oauth_zone`); WebAuthn uses the store's
 //! `Webauthn` steps (`oauth_webauthn` renders the page part). Its state (which app, which
 //! step, the second-factor ticket) stays on the server, keyed by a random form token that is
 //! both a hidden field and a `SameSite=Strict` cookie (double submit against CSRF).
@@ -40,7 +41,7 @@ use mamori_access::client_assertion::{self, ClientKeys};
 use mamori_access::scope::ScopeSet;
 use mamori_access::secret::{IssuedSecret, SecretKind, presented};
 use mamori_store::identity::{LoginOutcome, SecondFactor};
-use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Refusal, Tokens};
+use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, RefreshRequest, Refusal, SIGN_IN_TOO_WEAK, Tokens};
 use mamori_store::oauth_launch::CodeContext;
 use mamori_store::webauthn::RequestOptions;
 use mamori_store::{AccessContext, StoreError};
@@ -51,6 +52,7 @@ use crate::Shared;
 use crate::auth::{request_id, with_request_id};
 use crate::listener::ConnInfo;
 use crate::oauth_webauthn;
+use crate::oauth_zone::zone_name_of;
 
 type St = State<Arc<Shared>>;
 
@@ -505,7 +507,10 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
         ("password", Step::Password) => {
             let account = f.remove("account").unwrap_or_default();
             let password = Zeroizing::new(f.remove("password").unwrap_or_default());
-            let r = s.store.login_password(ctx.clone(), account.clone(), password, Arc::clone(&s.login)).await;
+            // Two factors or a password alone, by role and the zone of this request (AUTH-2).
+            let zone = zone_name_of(&s, conn.as_ref());
+            let r =
+                s.store.login_password_from(ctx.clone(), zone, account.clone(), password, Arc::clone(&s.login)).await;
             r.map(|o| (o, account))
         }
         ("second-factor", Step::SecondFactor { .. }) => {
@@ -544,6 +549,7 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
                 redirect_uri: p.redirect_uri.clone(),
                 challenge: p.challenge.clone(),
                 scope: p.scope.clone(),
+                zone: zone_name_of(&s, conn.as_ref()),
                 context: p.context.clone(),
             };
             drop(token);
@@ -587,7 +593,8 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
         ),
         Ok((LoginOutcome::EnrolmentRequired { .. }, _)) => error_page(
             StatusCode::FORBIDDEN,
-            "your account needs a second factor before you can sign in to apps; enrol one first, then start again from the app",
+            "your account needs a second factor to sign in to apps from this network; enrol one first, then start again \
+             from the app",
         ),
         // The same answer whatever went wrong; the audit trail has the reason.
         Err(StoreError::InvalidCredentials) => again(&s, p, StatusCode::UNAUTHORIZED, "Invalid credentials"),
@@ -614,6 +621,10 @@ pub(crate) fn token_error(status: StatusCode, error: &str, description: &str) ->
 
 fn refusal(r: Refusal) -> Response {
     let description = match r.error {
+        "invalid_grant" if r.reason == SIGN_IN_TOO_WEAK => {
+            "the sign-in behind this grant used a password alone, which is not enough from this network zone: \
+             sign in again with a second factor"
+        }
         "invalid_grant" => "the grant is invalid, expired, revoked or was issued to another client",
         "invalid_client" => "client authentication failed",
         "invalid_scope" => "the requested scope exceeds the grant",
@@ -720,6 +731,7 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                         code: Zeroizing::new(code.to_string()),
                         redirect_uri: redirect_uri.to_string(),
                         verifier,
+                        zone: zone_name_of(&s, conn),
                     },
                     Arc::clone(&s.login),
                     s.oauth.lifetimes,
@@ -747,9 +759,12 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                 .store
                 .refresh(
                     ctx_of(conn, Some(client_id)),
-                    client_id.to_string(),
-                    Zeroizing::new(rt.to_string()),
-                    scope,
+                    RefreshRequest {
+                        client_id: client_id.to_string(),
+                        refresh_token: Zeroizing::new(rt.to_string()),
+                        scope,
+                        zone: zone_name_of(&s, conn),
+                    },
                     Arc::clone(&s.login),
                     s.oauth.lifetimes,
                 )

@@ -65,11 +65,12 @@ pub(crate) async fn create(
         );
         return Err(auth.refuse(&s, err, Some("Patient")).await);
     }
-    let req: LaunchRequest = crate::lifecycle_api::json_body(
+    let req: LaunchRequest = crate::lifecycle_api::body_within(
         &s,
         &auth,
         body,
         "{\"patient\": \"<Patient id>\", \"client_id\": \"<app>\"}",
+        crate::lifecycle_api::MAX_ADMIN_BODY,
         Some("Patient"),
     )
     .await?;

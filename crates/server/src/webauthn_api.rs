@@ -174,7 +174,7 @@ pub(crate) fn request_json(o: &RequestOptions) -> Value {
     })
 }
 
-fn info_json(c: &CredentialInfo) -> Value {
+pub(crate) fn info_json(c: &CredentialInfo) -> Value {
     json!({
         "id": c.id, "label": c.label, "alg": c.alg, "attestation": c.attestation,
         "user_verified": c.user_verified, "backup_eligible": c.backup_eligible, "sign_count": c.sign_count,

@@ -4,8 +4,9 @@ use std::fmt;
 
 use mamori_access::{ApiToken, Role};
 use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
 
-use crate::clock::to_micros;
+use crate::clock::{fhir_instant, to_micros};
 use crate::model::{AccessContext, Action, AuditEvent};
 use crate::{SqliteStore, StoreError};
 
@@ -55,7 +56,81 @@ pub enum AccountLink {
     Practitioner(String),
 }
 
+/// Lifetimes of API tokens (`[tokens]`): the default when none is asked for, and the longest
+/// allowed.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy {
+    pub default_ttl: time::Duration,
+    pub max_ttl: time::Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy { default_ttl: time::Duration::hours(8), max_ttl: time::Duration::days(30) }
+    }
+}
+
+/// A positive duration written as a number and a unit: `90s`, `15m`, `8h` or `30d`.
+pub fn parse_duration(raw: &str) -> Result<time::Duration, StoreError> {
+    let raw = raw.trim();
+    let clipped: String = raw.chars().take(40).collect();
+    let bad = || StoreError::invalid("invalid", format!("'{clipped}' is not a duration like 90s, 15m, 8h or 30d"));
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    // Checked: a huge number of days must be an error, not an overflow.
+    let seconds = n.checked_mul(unit_seconds).ok_or_else(bad)?;
+    if seconds <= 0 {
+        return Err(StoreError::invalid("invalid", "a duration must be positive"));
+    }
+    Ok(time::Duration::seconds(seconds))
+}
+
+/// An API token as listed: its public id and dates, never the secret (which is not stored).
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenInfo {
+    /// [`mamori_access::TokenHash::public_id`]: what revocation names.
+    pub id: String,
+    pub account: String,
+    pub created: String,
+    pub expires: String,
+    pub expired: bool,
+    pub last_used: Option<String>,
+}
+
+/// A token id as listed: 16 lowercase hex digits (the first 8 bytes of the token's SHA-256).
+fn token_id_bytes(id: &str) -> Result<Vec<u8>, StoreError> {
+    let ok = id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !ok {
+        return Err(StoreError::invalid("invalid", "a token id is 16 lowercase hexadecimal digits, as listed"));
+    }
+    (0..16).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).map_err(StoreError::internal)).collect()
+}
+
 impl SqliteStore {
+    /// Audits a refused administrative action on `account` and returns the refusal, for checks
+    /// made before the action's own transaction.
+    pub(crate) async fn refused<T>(
+        &self,
+        ctx: AccessContext,
+        action: Action,
+        account: &str,
+        e: StoreError,
+    ) -> Result<T, StoreError> {
+        let ev = AuditEvent::new(action, e.status())
+            .with_target("account", Some(account.to_string()))
+            .with_detail(crate::lifecycle::failure_detail(&e));
+        self.audit(ctx, ev).await?;
+        Err(e)
+    }
+
     /// Creates an account. `setup_secret_hash` is set only for the first administrator, whose
     /// one-time setup secret replaces any default password (AUTH-4). Patient accounts are made
     /// by [`SqliteStore::create_patient_account`] (they need their Patient).
@@ -202,6 +277,105 @@ impl SqliteStore {
         .await
     }
 
+    /// Issues an API token of lifetime `ttl` (the policy's default when `None`, at most its
+    /// maximum) for an enabled staff account; returns the token (shown once) and its expiry.
+    /// Every outcome is audited (`token-create`).
+    pub async fn issue_token(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        ttl: Option<time::Duration>,
+        policy: TokenPolicy,
+    ) -> Result<(ApiToken, i64), StoreError> {
+        let ttl = ttl.unwrap_or(policy.default_ttl);
+        if ttl > policy.max_ttl || ttl <= time::Duration::ZERO {
+            let e = StoreError::invalid(
+                "invalid",
+                format!("the token lifetime must be positive and at most tokens.max_ttl ({})", policy.max_ttl),
+            );
+            return self.refused(ctx, Action::TokenCreate, name.as_str(), e).await;
+        }
+        self.create_token(ctx, name, ttl).await
+    }
+
+    /// An account's API tokens (expired ones too, until revoked); audited (`token-list`).
+    pub async fn list_tokens(&self, ctx: AccessContext, name: &AccountName) -> Result<Vec<TokenInfo>, StoreError> {
+        let account = name.as_str().to_string();
+        let now = to_micros(self.inner.clock.now());
+        let result = self
+            .inner
+            .engine
+            .read(move |c| {
+                let exists: Option<i64> =
+                    c.query_row("SELECT 1 FROM account WHERE name = ?1", [&account], |r| r.get(0)).optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("account '{account}'")));
+                }
+                let mut stmt = c.prepare(
+                    "SELECT hash, created_us, expires_us, last_used_us FROM api_token WHERE account = ?1 \
+                     ORDER BY created_us, hash",
+                )?;
+                let rows = stmt
+                    .query_map([&account], |r| {
+                        let hash: Vec<u8> = r.get(0)?;
+                        let expires_us: i64 = r.get(2)?;
+                        Ok(TokenInfo {
+                            id: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+                            account: account.clone(),
+                            created: fhir_instant(r.get(1)?),
+                            expires: fhir_instant(expires_us),
+                            expired: expires_us <= now,
+                            last_used: r.get::<_, Option<i64>>(3)?.map(fhir_instant),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await;
+        let ev = AuditEvent::new(Action::TokenList, result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status()))
+            .with_target("account", Some(name.to_string()));
+        self.audit(ctx, ev).await?;
+        result
+    }
+
+    /// Revokes one API token of an account (by the id [`SqliteStore::list_tokens`] shows): it
+    /// stops working at once. Audited (`token-revoke`), refusals too.
+    pub async fn revoke_token(&self, ctx: AccessContext, name: &AccountName, id: &str) -> Result<(), StoreError> {
+        let account = name.as_str().to_string();
+        let target = account.clone();
+        let shown = id.chars().take(16).collect::<String>();
+        let prefix = token_id_bytes(id);
+        self.write_audited(
+            ctx,
+            move |tx| {
+                let prefix = prefix?;
+                let exists: Option<i64> =
+                    tx.conn.query_row("SELECT 1 FROM account WHERE name = ?1", [&account], |r| r.get(0)).optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("account '{account}'")));
+                }
+                let n = tx.conn.execute(
+                    "DELETE FROM api_token WHERE account = ?1 AND substr(hash, 1, 8) = ?2",
+                    params![account, prefix],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("API token '{shown}' of account '{account}'")));
+                }
+                Ok(())
+            },
+            |_| true,
+            move |r| {
+                let ev = AuditEvent::new(Action::TokenRevoke, r.as_ref().map(|_| 200).unwrap_or_else(|e| e.status()))
+                    .with_target("account", Some(target));
+                vec![match r {
+                    Ok(()) => ev,
+                    Err(e) => ev.with_detail(crate::lifecycle::failure_detail(e)),
+                }]
+            },
+        )
+        .await
+    }
+
     /// Every account (name, role, state); the listing itself is audited.
     pub async fn list_accounts(&self, ctx: AccessContext) -> Result<Vec<AccountInfo>, StoreError> {
         let result = self
@@ -232,6 +406,21 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_token_ids_are_strict() {
+        assert_eq!(parse_duration("8h").unwrap(), time::Duration::hours(8));
+        assert_eq!(parse_duration("30d").unwrap(), time::Duration::days(30));
+        for bad in ["", "8", "h", "-1h", "0m", "8w", "99999999999999999999d", "999999999999999d", "+5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(token_id_bytes("00ff10a0b0c0d0e0").unwrap(), vec![0, 0xff, 0x10, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0]);
+        for bad in
+            ["", "00FF10A0B0C0D0E0", "00ff10a0b0c0d0e", "00ff10a0b0c0d0e0f", "zzff10a0b0c0d0e0", "é0ff10a0b0c0d0e"]
+        {
+            assert!(token_id_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn account_names_are_strict() {

@@ -440,7 +440,7 @@ fn fhir_action(action: &str) -> char {
     match action {
         "create" | "account-create" | "token-create" | "initialise" => 'C',
         "read" | "vread" | "search-type" | "history-instance" | "history-type" | "history-system" | "capabilities"
-        | "audit-review" | "account-list" | "status" | "integrity-check" => 'R',
+        | "audit-review" | "account-list" | "token-list" | "status" | "integrity-check" => 'R',
         "update" | "patch" => 'U',
         "delete" => 'D',
         _ => 'E',
@@ -523,7 +523,7 @@ pub fn audit_event_resource(e: &AuditEntry) -> serde_json::Value {
     let rest = match e.action.as_str() {
         "initialise" | "account-create" | "account-list" | "token-create" | "audit-review" | "audit-export"
         | "integrity-check" | "clock-step" | "clock-status" | "status" | "role-request-list" | "account-report"
-        | "oauth-client-list" | "server-key-create" => false,
+        | "oauth-client-list" | "token-list" | "account-sweep" | "server-key-create" => false,
         a if crate::identity::is_identity_action(a) => false,
         "refused" => e.outcome != 401,
         _ => true,

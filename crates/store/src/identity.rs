@@ -130,6 +130,8 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
                 | "webauthn-remove"
                 | "webauthn-list"
                 | "recovery-codes-issue"
+                | "recovery-codes-revoke"
+                | "token-revoke"
                 | "temporary-credential-issue"
                 | "account-disable"
                 | "account-enable"
@@ -243,7 +245,19 @@ pub trait Identity: Send + Sync {
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, LoginOutcome>;
     fn logout(&self, ctx: AccessContext, token: TokenHash) -> StoreFuture<'_, ()>;
+    /// The holder of a session replaces their own recovery codes (AUTH-8) after proving their
+    /// current password; returns the new codes (shown once).
+    fn regenerate_recovery_codes(
+        &self,
+        ctx: AccessContext,
+        principal: Principal,
+        current_password: Zeroizing<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Vec<Zeroizing<String>>>;
 }
+
+/// How many recovery codes a set holds.
+pub const RECOVERY_CODE_COUNT: usize = 10;
 
 pub(crate) const TICKET_SECOND_FACTOR: &str = "second-factor";
 pub(crate) const TICKET_PASSWORD_CHANGE: &str = "password-change";
@@ -578,6 +592,25 @@ impl SqliteStore {
             .and_then(|kept| kept)
     }
 
+    /// An administrative job on an existing account: a missing one is audited (404) and refused.
+    /// `f` gets the context and the account name.
+    pub(crate) async fn account_job<T: Send + 'static>(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        action: Action,
+        f: impl FnOnce(&Tx<'_>, &mut Events, &AccessContext, &str) -> Result<Kept<T>, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let account = name.as_str().to_string();
+        self.identity_job(move |tx, ev| {
+            if account_state(tx.conn, &account)?.is_none() {
+                return missing_account(ev, &ctx, action, &account);
+            }
+            f(tx, ev, &ctx, &account)
+        })
+        .await
+    }
+
     pub(crate) fn now_us(&self) -> i64 {
         to_micros(self.inner.clock.now())
     }
@@ -671,7 +704,7 @@ impl SqliteStore {
                 let (ticket, expires_in) = issue_ticket(tx.conn, &account, TICKET_ENROL, now, policy.ticket_ttl)?;
                 LoginOutcome::EnrolmentRequired { ticket, expires_in }
             } else {
-                create_session(tx, ev, &who, &account, "password", &policy)?
+                create_session(tx, ev, &who, &account, mamori_access::login::PASSWORD_ONLY, &policy)?
             };
             ev.push(
                 &who,
@@ -917,23 +950,8 @@ impl SqliteStore {
         // With a session, the current password is proof that the person at the keyboard is the
         // account holder (a session left open is not enough to change it).
         if let Subject::Session { .. } = &subject {
-            let p = Arc::clone(&policy);
-            let phc = state.phc.clone();
             let cur = current.clone().unwrap_or_default();
-            let ok = Self::blocking(move || match &phc {
-                Some(h) => p.hasher.verify(h, &cur),
-                None => p.hasher.verify_dummy(&cur),
-            })
-            .await?;
-            if !ok {
-                let acc = account.clone();
-                return self
-                    .identity_job(move |tx, ev| {
-                        record_failure(tx, ev, &ctx, Some(&acc), "bad-current-password", &policy)?;
-                        Ok(Err(StoreError::InvalidCredentials))
-                    })
-                    .await;
-            }
+            self.confirm_current_password(&ctx, &account, state.phc.clone(), cur, &policy).await?;
         }
         policy.passwords.check(&new, &account, state.has_second_factor()).map_err(policy_error)?;
         let keep = policy.passwords.history;
@@ -964,6 +982,66 @@ impl SqliteStore {
                     .with_detail(format!("{ended} other session(s) ended")),
             );
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// The holder's current password, re-proved for a sensitive step taken with a session (a
+    /// session left open is not enough). A wrong one counts towards lockout like a failed login.
+    async fn confirm_current_password(
+        &self,
+        ctx: &AccessContext,
+        account: &str,
+        phc: Option<String>,
+        current: Zeroizing<String>,
+        policy: &SharedLoginPolicy,
+    ) -> Result<(), StoreError> {
+        let p = Arc::clone(policy);
+        let ok = Self::blocking(move || match &phc {
+            Some(h) => p.hasher.verify(h, &current),
+            None => p.hasher.verify_dummy(&current),
+        })
+        .await?;
+        if ok {
+            return Ok(());
+        }
+        let (ctx, acc, policy) = (ctx.clone(), account.to_string(), Arc::clone(policy));
+        self.identity_job(move |tx, ev| {
+            record_failure(tx, ev, &ctx, Some(&acc), "bad-current-password", &policy)?;
+            Ok(Err(StoreError::InvalidCredentials))
+        })
+        .await
+    }
+
+    /// The holder replaces their own recovery codes (AUTH-8), proving the current password with
+    /// their session; only an account with a second factor has codes to stand in for it.
+    async fn regenerate_recovery_codes_now(
+        &self,
+        ctx: AccessContext,
+        principal: Principal,
+        current: Zeroizing<String>,
+        policy: SharedLoginPolicy,
+    ) -> Result<Vec<Zeroizing<String>>, StoreError> {
+        let a = principal.account.clone();
+        let state = self.inner.engine.read_now(move |c| account_state(c, &a))?;
+        let Some(state) = state.filter(|s| !s.disabled) else { return Err(StoreError::InvalidCredentials) };
+        self.confirm_current_password(&ctx, &principal.account, state.phc.clone(), current, &policy).await?;
+        let account = principal.account;
+        self.identity_job(move |tx, ev| {
+            if !account_state(tx.conn, &account)?.is_some_and(|s| s.has_second_factor()) {
+                let e = StoreError::invalid(
+                    "business-rule",
+                    "recovery codes stand in for a second factor: enrol TOTP or a WebAuthn credential first",
+                );
+                ev.push(
+                    &ctx,
+                    account_target(AuditEvent::new(Action::RecoveryCodesIssue, e.status()), &account)
+                        .with_detail("refused: no second factor enrolled"),
+                );
+                return Ok(Err(e));
+            }
+            tracing::warn!(target: "security", account = %account, "recovery codes replaced by their holder");
+            Ok(Ok(replace_recovery_codes(tx, ev, &ctx, &account, RECOVERY_CODE_COUNT, "by the holder; ")?))
         })
         .await
     }
@@ -1080,7 +1158,7 @@ impl SqliteStore {
         }
         // AUTH-2 per zone: a session opened with a password alone (where that was allowed) does
         // not carry over to a zone where the role needs two factors.
-        if factors == "password" && policy.requires_two_factors_from(role, zone.as_deref()) {
+        if !policy.factors_suffice(role, &factors, zone.as_deref()) {
             return Ok(None);
         }
         if now - last_used >= TOUCH_EVERY_US {
@@ -1124,10 +1202,23 @@ impl SqliteStore {
         password: Zeroizing<String>,
         policy: SharedLoginPolicy,
     ) -> Result<(), StoreError> {
+        // Separation of duties: one's own password is changed with the current one
+        // (`/auth/password`), never reset by oneself as an administrator.
+        if own_account(&ctx, name.as_str()) {
+            let e = StoreError::invalid(
+                "forbidden",
+                "separation of duties: no one sets an initial password for their own account; change it with the current password",
+            );
+            return self.refused(ctx, Action::PasswordSet, name.as_str(), e).await;
+        }
         let n = name.as_str().to_string();
         let state = self.inner.engine.read_now(move |c| account_state(c, &n))?;
-        let Some(state) = state else { return Err(StoreError::NotFound(format!("account '{name}'"))) };
-        policy.passwords.check(&password, name.as_str(), state.has_second_factor()).map_err(policy_error)?;
+        let Some(state) = state else {
+            return self.refused(ctx, Action::PasswordSet, name.as_str(), missing(name.as_str())).await;
+        };
+        if let Err(p) = policy.passwords.check(&password, name.as_str(), state.has_second_factor()) {
+            return self.refused(ctx, Action::PasswordSet, name.as_str(), policy_error(p)).await;
+        }
         let p = Arc::clone(&policy);
         let phc = Self::blocking(move || p.hasher.hash(&password)).await?.map_err(StoreError::internal)?;
         let account = name.as_str().to_string();
@@ -1152,43 +1243,35 @@ impl SqliteStore {
         name: &AccountName,
         count: usize,
     ) -> Result<Vec<Zeroizing<String>>, StoreError> {
-        let account = name.as_str().to_string();
-        self.identity_job(move |tx, ev| {
-            if account_state(tx.conn, &account)?.is_none() {
-                return Ok(Err(StoreError::NotFound(format!("account '{account}'"))));
-            }
-            tx.conn.execute("DELETE FROM recovery_code WHERE account = ?1", [&account])?;
-            let mut codes = Vec::with_capacity(count);
-            for _ in 0..count {
-                let c = IssuedSecret::readable(RECOVERY_CODE_GROUPS);
-                tx.conn.execute(
-                    "INSERT INTO recovery_code (hash, account, created_us, used_us) VALUES (?1, ?2, ?3, NULL)",
-                    params![&c.hash().0[..], account, tx.now_us],
-                )?;
-                codes.push(Zeroizing::new(c.text().to_string()));
-            }
+        self.account_job(ctx, name, Action::RecoveryCodesIssue, move |tx, ev, ctx, account| {
+            Ok(Ok(replace_recovery_codes(tx, ev, ctx, account, count, "")?))
+        })
+        .await
+    }
+
+    /// Invalidates every unused recovery code of an account (AUTH-8: codes reported lost or
+    /// seen by someone else); returns how many there were.
+    pub async fn revoke_recovery_codes(&self, ctx: AccessContext, name: &AccountName) -> Result<usize, StoreError> {
+        self.account_job(ctx, name, Action::RecoveryCodesRevoke, |tx, ev, ctx, account| {
+            let n = tx.conn.execute("DELETE FROM recovery_code WHERE account = ?1 AND used_us IS NULL", [account])?;
             ev.push(
-                &ctx,
-                account_target(AuditEvent::new(Action::RecoveryCodesIssue, 201), &account)
-                    .with_detail(format!("{count} codes; earlier codes revoked")),
+                ctx,
+                account_target(AuditEvent::new(Action::RecoveryCodesRevoke, 200), account)
+                    .with_detail(format!("{n} unused code(s) revoked")),
             );
-            Ok(Ok(codes))
+            Ok(Ok(n))
         })
         .await
     }
 
     /// Lifts an account's lockout (AUTH-5).
     pub async fn unlock_account(&self, ctx: AccessContext, name: &AccountName) -> Result<bool, StoreError> {
-        let account = name.as_str().to_string();
-        self.identity_job(move |tx, ev| {
-            if account_state(tx.conn, &account)?.is_none() {
-                return Ok(Err(StoreError::NotFound(format!("account '{account}'"))));
-            }
-            let was = locked(tx.conn, "account", &account, tx.now_us)?;
-            tx.conn.execute("DELETE FROM login_throttle WHERE kind = 'account' AND key = ?1", [&account])?;
+        self.account_job(ctx, name, Action::Unlock, |tx, ev, ctx, account| {
+            let was = locked(tx.conn, "account", account, tx.now_us)?;
+            tx.conn.execute("DELETE FROM login_throttle WHERE kind = 'account' AND key = ?1", [account])?;
             ev.push(
-                &ctx,
-                account_target(AuditEvent::new(Action::Unlock, 200), &account).with_detail(if was {
+                ctx,
+                account_target(AuditEvent::new(Action::Unlock, 200), account).with_detail(if was {
                     "lock lifted"
                 } else {
                     "was not locked; failure count reset"
@@ -1210,7 +1293,7 @@ impl SqliteStore {
         self.identity_job(move |tx, ev| {
             // Separation of duties: the fallback for a lost factor is someone else's act, never a
             // way round one's own second factor.
-            if matches!(&ctx.actor, Actor::Person(p) if p.account == account) {
+            if own_account(&ctx, &account) {
                 ev.push(
                     &ctx,
                     account_target(AuditEvent::new(Action::TemporaryCredentialIssue, 403), &account)
@@ -1222,8 +1305,15 @@ impl SqliteStore {
                 )));
             }
             match account_state(tx.conn, &account)? {
-                None => return Ok(Err(StoreError::NotFound(format!("account '{account}'")))),
-                Some(s) if s.disabled => return Ok(Err(StoreError::Forbidden)),
+                None => return missing_account(ev, &ctx, Action::TemporaryCredentialIssue, &account),
+                Some(s) if s.disabled => {
+                    ev.push(
+                        &ctx,
+                        account_target(AuditEvent::new(Action::TemporaryCredentialIssue, 403), &account)
+                            .with_detail("refused: the account is disabled"),
+                    );
+                    return Ok(Err(StoreError::Forbidden));
+                }
                 Some(_) => {}
             }
             tx.conn.execute("DELETE FROM temporary_credential WHERE account = ?1 AND used_us IS NULL", [&account])?;
@@ -1265,6 +1355,54 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Whether the context's actor is the person `account` (separation of duties).
+pub(crate) fn own_account(ctx: &AccessContext, account: &str) -> bool {
+    matches!(&ctx.actor, Actor::Person(p) if p.account == account)
+}
+
+pub(crate) fn missing(account: &str) -> StoreError {
+    StoreError::NotFound(format!("account '{account}'"))
+}
+
+/// An administrative action on an account that does not exist: audited (404) and refused.
+pub(crate) fn missing_account<T>(
+    ev: &mut Events,
+    ctx: &AccessContext,
+    action: Action,
+    account: &str,
+) -> Result<Kept<T>, StoreError> {
+    ev.push(ctx, account_target(AuditEvent::new(action, 404), account).with_detail("refused: no such account"));
+    Ok(Err(missing(account)))
+}
+
+/// Replaces an account's recovery codes with `count` new ones (only their SHA-256 is stored) and
+/// audits the issue (`by`: who, when not the context's actor alone).
+fn replace_recovery_codes(
+    tx: &Tx<'_>,
+    ev: &mut Events,
+    ctx: &AccessContext,
+    account: &str,
+    count: usize,
+    by: &str,
+) -> Result<Vec<Zeroizing<String>>, StoreError> {
+    tx.conn.execute("DELETE FROM recovery_code WHERE account = ?1", [account])?;
+    let mut codes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let c = IssuedSecret::readable(RECOVERY_CODE_GROUPS);
+        tx.conn.execute(
+            "INSERT INTO recovery_code (hash, account, created_us, used_us) VALUES (?1, ?2, ?3, NULL)",
+            params![&c.hash().0[..], account, tx.now_us],
+        )?;
+        codes.push(Zeroizing::new(c.text().to_string()));
+    }
+    ev.push(
+        ctx,
+        account_target(AuditEvent::new(Action::RecoveryCodesIssue, 201), account)
+            .with_detail(format!("{count} codes, {by}earlier codes revoked")),
+    );
+    Ok(codes)
 }
 
 /// The most history entries ever read (the policy's `history` is capped by the configuration).
@@ -1385,6 +1523,16 @@ impl Identity for SqliteStore {
 
     fn logout(&self, ctx: AccessContext, token: TokenHash) -> StoreFuture<'_, ()> {
         Box::pin(self.logout_now(ctx, token))
+    }
+
+    fn regenerate_recovery_codes(
+        &self,
+        ctx: AccessContext,
+        principal: Principal,
+        current_password: Zeroizing<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Vec<Zeroizing<String>>> {
+        Box::pin(self.regenerate_recovery_codes_now(ctx, principal, current_password, policy))
     }
 }
 

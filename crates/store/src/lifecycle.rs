@@ -158,9 +158,10 @@ pub struct SweepOutcome {
 
 /// Account administration over HTTP; each call is audited.
 pub trait Lifecycle: Send + Sync {
-    /// Adds an account of a staff job type (AUTH-1); it has no credential until an administrator
-    /// gives it an initial password or a temporary credential.
-    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()>;
+    /// Adds the account `who` of a staff job type (AUTH-1), linked to the person's Practitioner
+    /// `pr` if given (it must exist; the ID token's `fhirUser`); it has no credential until an
+    /// administrator gives it an initial password or a temporary credential.
+    fn add_account(&self, ctx: AccessContext, who: AccountName, role: Role, pr: Option<String>) -> StoreFuture<'_, ()>;
     /// Adds a patient account linked to the (existing) Patient `patient` (ACL-4).
     fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()>;
     /// A one-time temporary credential for a person who lost their second factor or password
@@ -202,6 +203,36 @@ pub trait Lifecycle: Send + Sync {
     fn enable_account(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, ()>;
     /// The review report of every account; the report itself is audited.
     fn account_report(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<AccountReportRow>>;
+    /// Every account: name, job type, state (audited).
+    fn accounts(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<crate::AccountInfo>>;
+    /// An API token for an enabled staff account, of lifetime `ttl` (the policy's default when
+    /// `None`, at most its maximum): the token (shown once) and its expiry (µs).
+    fn issue_api_token(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        ttl: Option<time::Duration>,
+        policy: crate::accounts::TokenPolicy,
+    ) -> StoreFuture<'_, (mamori_access::ApiToken, i64)>;
+    /// An account's API tokens: ids and dates, never secrets.
+    fn api_tokens(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, Vec<crate::accounts::TokenInfo>>;
+    /// Revokes one API token of an account by its listed id; it stops working at once.
+    fn revoke_api_token(&self, ctx: AccessContext, account: AccountName, id: String) -> StoreFuture<'_, ()>;
+    /// Lifts a lockout (AUTH-5); whether the account was locked.
+    fn unlock(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, bool>;
+    /// Invalidates an account's unused recovery codes (AUTH-8); how many there were.
+    fn revoke_recovery_codes_of(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, usize>;
+    /// Sets an initial password, to be changed at first login (AUTH-3); never one's own.
+    fn initial_password(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        password: zeroize::Zeroizing<String>,
+        policy: mamori_access::SharedLoginPolicy,
+    ) -> StoreFuture<'_, ()>;
+    /// Runs the lifecycle sweep now (inactive accounts, expired requests): each change is
+    /// audited, and so is the sweep itself (`account-sweep`, with what it did).
+    fn sweep(&self, ctx: AccessContext, policy: SharedLifecyclePolicy) -> StoreFuture<'_, SweepOutcome>;
 }
 
 /// Free text from people (reasons, notes): one line, bounded, no control characters.
@@ -265,7 +296,7 @@ fn status_of<T>(r: &Result<T, StoreError>, ok: u16) -> u16 {
     r.as_ref().map(|_| ok).unwrap_or_else(|e| e.status())
 }
 
-fn failure_detail(e: &StoreError) -> String {
+pub(crate) fn failure_detail(e: &StoreError) -> String {
     match e {
         StoreError::Invalid { message, .. } => format!("refused: {}", message.chars().take(120).collect::<String>()),
         other => format!("refused: {}", other.issue_code()),
@@ -717,8 +748,8 @@ pub fn report_csv(rows: &[AccountReportRow]) -> String {
 }
 
 impl Lifecycle for SqliteStore {
-    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()> {
-        Box::pin(async move { self.create_account(ctx, &account, role, None).await })
+    fn add_account(&self, ctx: AccessContext, who: AccountName, role: Role, pr: Option<String>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.create_staff_account(ctx, &who, role, None, pr).await })
     }
 
     fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()> {
@@ -774,6 +805,59 @@ impl Lifecycle for SqliteStore {
 
     fn account_report(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<AccountReportRow>> {
         Box::pin(self.account_report_now(ctx))
+    }
+
+    fn accounts(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<crate::AccountInfo>> {
+        Box::pin(self.list_accounts(ctx))
+    }
+
+    fn issue_api_token(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        ttl: Option<time::Duration>,
+        policy: crate::accounts::TokenPolicy,
+    ) -> StoreFuture<'_, (mamori_access::ApiToken, i64)> {
+        Box::pin(async move { self.issue_token(ctx, &account, ttl, policy).await })
+    }
+
+    fn api_tokens(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, Vec<crate::accounts::TokenInfo>> {
+        Box::pin(async move { self.list_tokens(ctx, &account).await })
+    }
+
+    fn revoke_api_token(&self, ctx: AccessContext, account: AccountName, id: String) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.revoke_token(ctx, &account, &id).await })
+    }
+
+    fn unlock(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, bool> {
+        Box::pin(async move { self.unlock_account(ctx, &account).await })
+    }
+
+    fn revoke_recovery_codes_of(&self, ctx: AccessContext, account: AccountName) -> StoreFuture<'_, usize> {
+        Box::pin(async move { self.revoke_recovery_codes(ctx, &account).await })
+    }
+
+    fn initial_password(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        password: zeroize::Zeroizing<String>,
+        policy: mamori_access::SharedLoginPolicy,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.set_initial_password(ctx, &account, password, policy).await })
+    }
+
+    fn sweep(&self, ctx: AccessContext, policy: SharedLifecyclePolicy) -> StoreFuture<'_, SweepOutcome> {
+        Box::pin(async move {
+            let out = self.lifecycle_sweep(ctx.clone(), &policy).await?;
+            let ev = AuditEvent::new(Action::AccountSweep, 200).with_detail(format!(
+                "{} account(s) disabled, {} request(s) expired",
+                out.disabled.len(),
+                out.expired.len()
+            ));
+            self.audit(ctx, ev).await?;
+            Ok(out)
+        })
     }
 }
 

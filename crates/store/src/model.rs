@@ -116,6 +116,10 @@ pub enum Action {
     AccountCreate,
     AccountList,
     TokenCreate,
+    /// Someone listed an account's API tokens (never their secrets).
+    TokenList,
+    /// An API token was revoked; it stopped working at once.
+    TokenRevoke,
     Initialise,
     IntegrityCheck,
     AuditReview,
@@ -156,6 +160,10 @@ pub enum Action {
     WebauthnCloneSuspected,
     /// Recovery codes were issued (AUTH-8).
     RecoveryCodesIssue,
+    /// An administrator invalidated an account's unused recovery codes (AUTH-8).
+    RecoveryCodesRevoke,
+    /// A lifecycle sweep was run on request (its changes have rows of their own).
+    AccountSweep,
     /// A recovery code was used instead of the second factor (AUTH-8).
     RecoveryCodeUse,
     /// An administrator issued a temporary credential (AUTH-8).
@@ -222,6 +230,8 @@ impl Action {
             Action::AccountCreate => "account-create",
             Action::AccountList => "account-list",
             Action::TokenCreate => "token-create",
+            Action::TokenList => "token-list",
+            Action::TokenRevoke => "token-revoke",
             Action::Initialise => "initialise",
             Action::IntegrityCheck => "integrity-check",
             Action::AuditReview => "audit-review",
@@ -245,6 +255,8 @@ impl Action {
             Action::WebauthnCloneSuspected => "webauthn-clone-suspected",
             Action::RecoveryCodesIssue => "recovery-codes-issue",
             Action::RecoveryCodeUse => "recovery-code-use",
+            Action::RecoveryCodesRevoke => "recovery-codes-revoke",
+            Action::AccountSweep => "account-sweep",
             Action::TemporaryCredentialIssue => "temporary-credential-issue",
             Action::TemporaryCredentialUse => "temporary-credential-use",
             Action::AccountDisable => "account-disable",

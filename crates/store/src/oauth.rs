@@ -9,6 +9,13 @@
 //! disabling end the app's tokens too. Reusing a spent code or a rotated refresh token revokes
 //! the whole family (OAuth 2.0 Security BCP §4.14).
 //!
+//! A family also records how the person signed in (`factors`: a password alone, or with which
+//! second factor) and the network zone of the sign-in page (ACL-3). The per-zone two-factor rule
+//! of login sessions (AUTH-2, `LoginPolicy::factors_suffice`) applies to the family's tokens at
+//! the zone of every request, code exchange and refresh: a password-only sign-in where that was
+//! allowed (a clerk on the HIS network) does not carry over to a zone where the role needs two
+//! factors.
+//!
 //! Protocol refusals (`invalid_grant`, …) are the inner error of [`Refusal`]; they are audited
 //! as `oauth-failure` rows with the reason, while the client only learns the RFC 6749 code.
 
@@ -87,6 +94,16 @@ CREATE TABLE oauth_jti (
 ) WITHOUT ROWID;
 "#;
 
+/// AUTH-2/ACL-3: the sign-in behind a family (factors, zone of the sign-in page) and the zone of
+/// the page on each code. Families from before this have their session's factors.
+pub(crate) const SIGN_IN_MIGRATION: &str = r#"
+ALTER TABLE oauth_code ADD COLUMN zone TEXT;
+ALTER TABLE oauth_family ADD COLUMN factors TEXT;
+ALTER TABLE oauth_family ADD COLUMN zone TEXT;
+UPDATE oauth_family SET factors = (SELECT s.factors FROM login_session s WHERE s.hash = oauth_family.session)
+ WHERE session IS NOT NULL;
+"#;
+
 /// How long an authorisation code may be exchanged.
 pub const CODE_TTL_US: i64 = 60_000_000;
 
@@ -131,6 +148,89 @@ impl ClientKind {
     }
 }
 
+/// A client registration as an operator or administrator writes it (CLI flags or the admin API's
+/// JSON), parsed and checked by [`ClientRegistration::parse`] — one set of rules for both.
+#[derive(Clone, Debug, Default)]
+pub struct ClientRegistration {
+    pub client_id: String,
+    pub name: String,
+    /// Space-separated scopes the client may ever be granted.
+    pub scope: String,
+    /// An app used by people: its exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// A backend service: its public JWK Set (`{"keys": […]}`) or one public JWK.
+    pub jwks: Option<String>,
+    /// A backend service: the staff job type it acts as.
+    pub role: Option<String>,
+}
+
+impl ClientRegistration {
+    /// The client's kind and scopes, or why the registration is refused.
+    pub fn parse(&self) -> Result<(ClientKind, ScopeSet), StoreError> {
+        let bad = |m: String| StoreError::invalid("invalid", m);
+        let scope: ScopeSet = self.scope.parse().map_err(|e| bad(format!("scope: {e}")))?;
+        if scope.clinical.is_empty() {
+            return Err(bad(
+                "the scope names no resource scope (such as user/*.rs, patient/*.rs or system/Observation.rs)".into(),
+            ));
+        }
+        let kind = match (self.redirect_uris.is_empty(), &self.jwks, &self.role) {
+            (false, None, None) => {
+                if self.redirect_uris.len() > 10 {
+                    return Err(bad("at most 10 redirect URIs".into()));
+                }
+                for u in &self.redirect_uris {
+                    check_redirect_uri(u)?;
+                }
+                ClientKind::Public { redirect_uris: self.redirect_uris.clone() }
+            }
+            (true, Some(jwks), Some(role)) => {
+                let jwks = key_set(jwks)?;
+                mamori_access::client_assertion::ClientKeys::parse(&jwks).map_err(|e| bad(e.to_string()))?;
+                let role: Role = role.parse().map_err(|e| bad(format!("role: {e}")))?;
+                // The rules of the kind itself (a staff job type, scopes of its kind) are
+                // `check_registration`'s, applied to every registration.
+                ClientKind::System { jwks, role }
+            }
+            _ => {
+                return Err(bad(
+                    "give redirect URIs for an app used by people, or a JWK Set and a role for a backend service"
+                        .into(),
+                ));
+            }
+        };
+        Ok((kind, scope))
+    }
+}
+
+/// A JWK Set as stored: a single JWK (an object with `kty`) is wrapped as `{"keys": [jwk]}`.
+fn key_set(raw: &str) -> Result<String, StoreError> {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v) if v.get("kty").is_some() && v.get("keys").is_none() => Ok(serde_json::json!({"keys": [v]}).to_string()),
+        _ => Ok(raw.to_string()),
+    }
+}
+
+/// A redirect URI must be absolute, without a fragment; plain http only for loopback (RFC 8252).
+pub fn check_redirect_uri(u: &str) -> Result<(), StoreError> {
+    let shown: String = u.chars().take(80).collect();
+    let bad = |m: &str| StoreError::invalid("invalid", format!("redirect URI '{shown}' {m}"));
+    let Some((scheme, rest)) = u.split_once(':') else { return Err(bad("is not absolute")) };
+    if u.contains('#') || u.chars().any(|c| c.is_whitespace() || c.is_control()) || u.len() > 512 {
+        return Err(bad("must have no fragment or spaces and be at most 512 characters"));
+    }
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        return Err(bad("is not absolute"));
+    }
+    if scheme == "http" {
+        let host = rest.trim_start_matches("//").split(['/', ':', '?']).next().unwrap_or("");
+        if !matches!(host, "127.0.0.1" | "localhost") && !rest.starts_with("//[::1]") {
+            return Err(bad("uses plain http, which is allowed for loopback addresses only; use https"));
+        }
+    }
+    Ok(())
+}
+
 /// What an authorisation code binds.
 pub struct CodeGrant {
     /// The login session the person created on the authorisation page.
@@ -141,6 +241,8 @@ pub struct CodeGrant {
     /// PKCE S256 challenge: BASE64URL(SHA-256(verifier)).
     pub challenge: String,
     pub scope: ScopeSet,
+    /// The network zone of the sign-in page's request (recorded with the tokens).
+    pub zone: Option<String>,
     /// EHR launch value and OpenID Connect nonce (`oauth_launch`).
     pub context: crate::oauth_launch::CodeContext,
 }
@@ -151,6 +253,18 @@ pub struct CodeExchange {
     pub code: Zeroizing<String>,
     pub redirect_uri: String,
     pub verifier: Zeroizing<String>,
+    /// The network zone of the token request: the sign-in must be strong enough there.
+    pub zone: Option<String>,
+}
+
+/// A token request with a refresh token (RFC 6749 §6).
+pub struct RefreshRequest {
+    pub client_id: String,
+    pub refresh_token: Zeroizing<String>,
+    /// Narrower scopes, if asked for.
+    pub scope: Option<ScopeSet>,
+    /// The network zone of the token request: the sign-in must be strong enough there.
+    pub zone: Option<String>,
 }
 
 /// Tokens handed to a client (RFC 6749 §5.1).
@@ -188,9 +302,41 @@ pub struct OAuthGrant {
     pub principal: Principal,
     pub client_id: String,
     pub scope: ScopeSet,
+    /// How the person signed in; `None` for a system client (no person, no sign-in).
+    pub sign_in: Option<SignIn>,
     /// The EHR launch context's Patient: the request is confined to its compartment.
     pub patient: Option<String>,
 }
+
+/// How the person behind a token signed in, and whether that is strong enough for the zone of
+/// the request at hand (AUTH-2 per zone, ACL-3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignIn {
+    /// As the login session records them: `password`, `password+totp`, `password+webauthn`,
+    /// `password+recovery-code`.
+    pub factors: String,
+    /// The zone of the sign-in page.
+    pub zone: Option<String>,
+    /// `LoginPolicy::factors_suffice` for the person's role at the request's zone. A token whose
+    /// sign-in is not strong enough must be refused (the store does not count its use).
+    pub suffices: bool,
+}
+
+impl SignIn {
+    /// For the audit trail: why this sign-in is refused from `here`.
+    pub fn refusal_detail(&self, here: Option<&str>) -> String {
+        format!(
+            "sign-in with {} in zone {} is not enough from zone {}: two factors required",
+            self.factors,
+            self.zone.as_deref().unwrap_or("?"),
+            here.unwrap_or("?")
+        )
+    }
+}
+
+/// The reason (and RFC 6749 `invalid_grant` refusal) when a code or refresh token is presented
+/// from a zone where the person's sign-in is not strong enough.
+pub const SIGN_IN_TOO_WEAK: &str = "the sign-in is not strong enough for this network zone";
 
 /// The principal name a system client acts under: account names cannot contain ':', so it
 /// never collides with a person.
@@ -236,9 +382,7 @@ pub trait OAuth: Send + Sync {
     fn refresh(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        refresh_token: Zeroizing<String>,
-        scope: Option<ScopeSet>,
+        req: RefreshRequest,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>>;
@@ -260,7 +404,20 @@ pub trait OAuth: Send + Sync {
     fn oauth_failure(&self, ctx: AccessContext, client_id: Option<String>, reason: String) -> StoreFuture<'_, ()>;
     /// Resolves an access token: unexpired, family not revoked, client registered, and for a
     /// person's token the login session alive (idle and absolute limits) and the account enabled.
-    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>>;
+    /// For a person's token, [`SignIn::suffices`] says whether the sign-in is strong enough for
+    /// the request's network `zone`; if not, the use does not count as use of the session.
+    fn authenticate_oauth(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<OAuthGrant>>;
+    /// Registers a client (administration; audited, refusals too).
+    fn register_oauth_client(&self, ctx: AccessContext, registration: ClientRegistration) -> StoreFuture<'_, Client>;
+    /// Every registered client (audited).
+    fn oauth_clients(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<Client>>;
+    /// Removes a client; its tokens stop working at once. Returns the token families revoked.
+    fn remove_oauth_client(&self, ctx: AccessContext, client_id: String) -> StoreFuture<'_, usize>;
 }
 
 fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
@@ -301,26 +458,57 @@ fn refusal_event(reason: &str) -> AuditEvent {
 /// Whether a login session is alive now: present, issued for the interface `policy` serves
 /// (ACL-4: a token of a patient's sign-in works only at the patient interface, a staff one only
 /// at the staff interface), within its absolute and idle limits, and its account enabled and
-/// admitted there. Returns the account's role.
+/// admitted there.
 fn session_alive(
     c: &Connection,
     session: &[u8],
     now: i64,
     policy: &mamori_access::LoginPolicy,
-) -> Result<Option<(String, Role, i64)>, StoreError> {
-    let row: Option<(String, String, i64, i64)> = c
+) -> Result<Option<LiveSession>, StoreError> {
+    let row: Option<(String, String, i64, i64, String)> = c
         .prepare_cached(
-            "SELECT s.account, a.role, s.last_used_us, s.expires_us FROM login_session s \
+            "SELECT s.account, a.role, s.last_used_us, s.expires_us, s.factors FROM login_session s \
              JOIN account a ON a.name = s.account WHERE s.hash = ?1 AND a.disabled_us IS NULL \
              AND s.audience = ?2",
         )?
-        .query_row(params![session, policy.audience.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row(params![session, policy.audience.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
-    let Some((account, role, last_used, expires)) = row else { return Ok(None) };
+    let Some((account, role, last_used, expires, factors)) = row else { return Ok(None) };
     if now >= expires || now >= last_used + dur_us(policy.sessions.idle_timeout) {
         return Ok(None);
     }
-    Ok(role.parse::<Role>().ok().filter(|r| policy.admits(*r)).map(|r| (account, r, last_used)))
+    let role = role.parse::<Role>().ok().filter(|r| policy.admits(*r));
+    Ok(role.map(|role| LiveSession { account, role, last_used, factors }))
+}
+
+/// A login session that is alive, and what it records.
+struct LiveSession {
+    account: String,
+    role: Role,
+    last_used: i64,
+    /// How the person signed in (`password`, `password+totp`, …).
+    factors: String,
+}
+
+/// A refresh token's row: family, scope, expiry, rotation, client, account, session, revocation.
+type RefreshRow = (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>);
+/// A family's sign-in: factors and zone of the sign-in page.
+type SignInRow = (Option<String>, Option<String>);
+
+/// The sign-in recorded with a family, judged for `role` at the request's zone `here`. A family
+/// without recorded factors counts as a password alone (fail closed).
+fn sign_in_at(
+    factors: Option<String>,
+    zone: Option<String>,
+    role: Role,
+    here: Option<&str>,
+    policy: &mamori_access::LoginPolicy,
+) -> SignIn {
+    let factors = factors.unwrap_or_else(|| mamori_access::login::PASSWORD_ONLY.to_string());
+    let suffices = policy.factors_suffice(role, &factors, here);
+    SignIn { factors, zone, suffices }
 }
 
 struct Issued {
@@ -362,6 +550,50 @@ fn revoke_family(c: &Connection, family: &str, now: i64) -> Result<bool, StoreEr
     Ok(n == 1)
 }
 
+/// The rules every registration meets, whoever makes it.
+fn check_registration(client_id: &str, name: &str, kind: &ClientKind, scope: &ScopeSet) -> Result<(), StoreError> {
+    use mamori_access::scope::Context;
+    check_client_id(client_id)?;
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(StoreError::invalid("invalid", "the client name must be 1-100 printable characters"));
+    }
+    let refusal = match kind {
+        ClientKind::Public { redirect_uris } if redirect_uris.is_empty() => {
+            "a public (SMART app) client needs at least one redirect URI"
+        }
+        ClientKind::Public { .. } if scope.has_context(Context::System) => "system/ scopes are for system clients",
+        ClientKind::System { .. } if scope.has_context(Context::User) => "user/ scopes are for apps used by people",
+        ClientKind::System { .. } if scope.has_context(Context::Patient) => {
+            "patient/ scopes are for apps used by patients"
+        }
+        // AUTH-6: launch contexts and ID tokens come with a person's sign-in.
+        ClientKind::System { .. } if scope.launch || scope.launch_patient || scope.openid || scope.fhir_user => {
+            "launch, launch/patient, openid and fhirUser are for apps used by people; a backend service has no sign-in"
+        }
+        // ACL-4: an app is either for staff (user/ scopes, or patient/ scopes with EHR launch at
+        // the staff interface) or for patients (patient/ scopes, patient interface); one
+        // registration is never both.
+        ClientKind::Public { .. } if scope.has_context(Context::User) && scope.has_context(Context::Patient) => {
+            "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two"
+        }
+        ClientKind::Public { .. } if scope.launch && scope.launch_patient => {
+            "a client is for staff (EHR launch: launch) or for patients (launch/patient), not both: register two"
+        }
+        // AUTH-6: a launch context is a patient context, which only patient/ scopes use (an
+        // EHR-launched token is confined to the launch patient; user/ scopes are not).
+        ClientKind::Public { .. } if (scope.launch || scope.launch_patient) && !scope.has_context(Context::Patient) => {
+            "launch and launch/patient give a patient context, which only patient/ scopes use: register patient/ scopes \
+             with them"
+        }
+        // A backend service acts as a staff job type (ACL-4), whoever registers it.
+        ClientKind::System { role: Role::Patient, .. } => {
+            "a backend service acts as a staff job type; patients sign in at the patient interface (ACL-4)"
+        }
+        _ => return Ok(()),
+    };
+    Err(StoreError::invalid("invalid", refusal))
+}
+
 impl SqliteStore {
     // ---- operator actions (CLI), audited ----------------------------------------------------
 
@@ -374,38 +606,12 @@ impl SqliteStore {
         kind: ClientKind,
         scope: ScopeSet,
     ) -> Result<(), StoreError> {
-        check_client_id(&client_id)?;
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(StoreError::invalid("invalid", "the client name must be 1-100 printable characters"));
-        }
-        match &kind {
-            ClientKind::Public { redirect_uris } if redirect_uris.is_empty() => {
-                return Err(StoreError::invalid(
-                    "invalid",
-                    "a public (SMART app) client needs at least one redirect URI",
-                ));
-            }
-            ClientKind::Public { .. } if scope.has_context(mamori_access::scope::Context::System) => {
-                return Err(StoreError::invalid("invalid", "system/ scopes are for system clients"));
-            }
-            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::User) => {
-                return Err(StoreError::invalid("invalid", "user/ scopes are for apps used by people"));
-            }
-            ClientKind::System { .. } if scope.has_context(mamori_access::scope::Context::Patient) => {
-                return Err(StoreError::invalid("invalid", "patient/ scopes are for apps used by patients"));
-            }
-            // ACL-4: an app is either for staff (user/ scopes, staff interface) or for patients
-            // (patient/ scopes, patient interface); one registration is never both.
-            ClientKind::Public { .. }
-                if scope.has_context(mamori_access::scope::Context::User)
-                    && scope.has_context(mamori_access::scope::Context::Patient) =>
-            {
-                return Err(StoreError::invalid(
-                    "invalid",
-                    "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two",
-                ));
-            }
-            _ => {}
+        if let Err(e) = check_registration(&client_id, &name, &kind, &scope) {
+            let ev = AuditEvent::new(Action::OAuthClientRegister, e.status())
+                .with_target("oauth-client", check_client_id(&client_id).is_ok().then_some(client_id))
+                .with_detail(crate::lifecycle::failure_detail(&e));
+            self.audit(ctx, ev).await?;
+            return Err(e);
         }
         let (uris, jwks, role) = match &kind {
             ClientKind::Public { redirect_uris } => {
@@ -422,7 +628,14 @@ impl SqliteStore {
                 |r| r.get(0),
             )?;
             if exists {
-                return Ok(Err(StoreError::PreconditionFailed(format!("client '{client_id}' already exists"))));
+                let e = StoreError::PreconditionFailed(format!("client '{client_id}' already exists"));
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthClientRegister, e.status())
+                        .with_target("oauth-client", Some(client_id.clone()))
+                        .with_detail("refused: already registered"),
+                );
+                return Ok(Err(e));
             }
             tx.conn.execute(
                 "INSERT INTO oauth_client (client_id, kind, name, redirect_uris, scope, jwks, role, created_us) \
@@ -440,11 +653,25 @@ impl SqliteStore {
         .await
     }
 
-    /// Removes a client: every token it holds stops working at once.
-    pub async fn remove_client(&self, ctx: AccessContext, client_id: String) -> Result<(), StoreError> {
+    /// Removes a client: every token it holds stops working at once. Returns the token families
+    /// revoked.
+    pub async fn remove_client(&self, ctx: AccessContext, client_id: String) -> Result<usize, StoreError> {
+        if let Err(e) = check_client_id(&client_id) {
+            let ev = AuditEvent::new(Action::OAuthClientRemove, e.status())
+                .with_target("oauth-client", None)
+                .with_detail(crate::lifecycle::failure_detail(&e));
+            self.audit(ctx, ev).await?;
+            return Err(e);
+        }
         self.identity_job(move |tx, ev| {
             let n = tx.conn.execute("DELETE FROM oauth_client WHERE client_id = ?1", [&client_id])?;
             if n == 0 {
+                ev.push(
+                    &ctx,
+                    AuditEvent::new(Action::OAuthClientRemove, 404)
+                        .with_target("oauth-client", Some(client_id.clone()))
+                        .with_detail("refused: no such client"),
+                );
                 return Ok(Err(StoreError::NotFound(format!("client '{client_id}'"))));
             }
             let revoked = tx.conn.execute(
@@ -458,7 +685,7 @@ impl SqliteStore {
                     .with_target("oauth-client", Some(client_id.clone()))
                     .with_detail(format!("{revoked} token famil(ies) revoked")),
             );
-            Ok(Ok(()))
+            Ok(Ok(revoked))
         })
         .await
     }
@@ -494,9 +721,22 @@ impl SqliteStore {
     }
 }
 
-/// A code's row; the last two: its launch Patient and OpenID Connect nonce.
-type Row =
-    (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>, Option<String>, Option<String>);
+/// A code's row; the last three: the zone of its sign-in page, its launch Patient and OpenID
+/// Connect nonce.
+type Row = (
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 fn exchange(
     tx: &Tx<'_>,
@@ -517,13 +757,25 @@ fn exchange(
     let row: Option<Row> = tx
         .conn
         .prepare_cached(
-            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, \
+            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, zone, \
              patient, nonce FROM oauth_code WHERE hash = ?1",
         )?
         .query_row([&hash.0[..]], |r| Row::try_from(r))
         .optional()?;
-    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family, patient, nonce)) =
-        row
+    let Some((
+        code_client,
+        account,
+        session,
+        code_redirect,
+        challenge,
+        scope,
+        expires,
+        used,
+        family,
+        signed_in_zone,
+        patient,
+        nonce,
+    )) = row
     else {
         return refuse("unknown code", ev);
     };
@@ -556,23 +808,32 @@ fn exchange(
     if pkce_s256(verifier).as_deref() != Some(challenge.as_str()) {
         return refuse("PKCE code_verifier does not match", ev);
     }
-    let Some((acct, role, _)) = session_alive(tx.conn, &session, now, policy)? else {
+    let Some(LiveSession { account: acct, role, factors, .. }) = session_alive(tx.conn, &session, now, policy)? else {
         return refuse("the login session has ended", ev);
     };
+    // AUTH-2/ACL-3: no tokens to a zone where this sign-in would not be accepted.
+    let sign_in = sign_in_at(Some(factors), signed_in_zone, role, req.zone.as_deref(), policy);
+    if !sign_in.suffices {
+        ev.push(&person(ctx, &acct, role), refusal_event(&sign_in.refusal_detail(req.zone.as_deref())));
+        return Ok(Err(Refusal::grant(SIGN_IN_TOO_WEAK)));
+    }
     let Ok(scope) = scope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
     let family = uuid::Uuid::new_v4().to_string();
     tx.conn.execute(
-        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, patient) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
-        params![family, client_id, acct, session, scope.to_string(), now, patient],
+        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, factors, zone, \
+         patient) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)",
+        params![family, client_id, acct, session, scope.to_string(), now, sign_in.factors, sign_in.zone, patient],
     )?;
     tx.conn.execute("UPDATE oauth_code SET family = ?1 WHERE hash = ?2", params![family, &hash.0[..]])?;
     let with_refresh = scope.offline_access || scope.online_access;
     let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, with_refresh)?;
     let who = person(ctx, &acct, role);
-    let mut event = AuditEvent::new(Action::OAuthToken, 200)
-        .with_target("account", Some(acct.clone()))
-        .with_detail(format!("authorization_code; scope {scope}"));
+    let mut event =
+        AuditEvent::new(Action::OAuthToken, 200).with_target("account", Some(acct.clone())).with_detail(format!(
+            "authorization_code; scope {scope}; signed in with {} in zone {}",
+            sign_in.factors,
+            sign_in.zone.as_deref().unwrap_or("?")
+        ));
     event.patients = patient.iter().cloned().collect();
     ev.push(&who, event);
     Ok(Ok(Tokens {
@@ -589,6 +850,35 @@ fn exchange(
 impl OAuth for SqliteStore {
     fn oauth_client(&self, client_id: String) -> StoreFuture<'_, Option<Client>> {
         Box::pin(async move { self.inner.engine.read_now(move |c| load_client(c, &client_id)) })
+    }
+
+    fn register_oauth_client(&self, ctx: AccessContext, registration: ClientRegistration) -> StoreFuture<'_, Client> {
+        Box::pin(async move {
+            let client_id = registration.client_id.clone();
+            let (kind, scope) = match registration.parse() {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    let ev = AuditEvent::new(Action::OAuthClientRegister, e.status())
+                        .with_target("oauth-client", check_client_id(&client_id).is_ok().then(|| client_id.clone()))
+                        .with_detail(crate::lifecycle::failure_detail(&e));
+                    self.audit(ctx, ev).await?;
+                    return Err(e);
+                }
+            };
+            self.register_client(ctx, client_id.clone(), registration.name, kind, scope).await?;
+            self.inner
+                .engine
+                .read_now(move |c| load_client(c, &client_id))?
+                .ok_or_else(|| StoreError::internal("a client just registered cannot be read back"))
+        })
+    }
+
+    fn oauth_clients(&self, ctx: AccessContext) -> StoreFuture<'_, Vec<Client>> {
+        Box::pin(self.list_clients(ctx))
+    }
+
+    fn remove_oauth_client(&self, ctx: AccessContext, client_id: String) -> StoreFuture<'_, usize> {
+        Box::pin(self.remove_client(ctx, client_id))
     }
 
     fn issue_code(&self, ctx: AccessContext, grant: CodeGrant) -> StoreFuture<'_, Zeroizing<String>> {
@@ -612,8 +902,8 @@ impl OAuth for SqliteStore {
                 let scope = grant.scope.to_string();
                 tx.conn.execute(
                     "INSERT INTO oauth_code (hash, client_id, account, session, redirect_uri, challenge, scope, \
-                     expires_us, used_us, family, patient, nonce) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10)",
+                     expires_us, used_us, family, zone, patient, nonce) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10, ?11)",
                     params![
                         &code.hash().0[..],
                         grant.client_id,
@@ -623,6 +913,7 @@ impl OAuth for SqliteStore {
                         grant.challenge,
                         scope,
                         now + CODE_TTL_US,
+                        grant.zone,
                         patient,
                         grant.context.nonce
                     ],
@@ -654,12 +945,11 @@ impl OAuth for SqliteStore {
     fn refresh(
         &self,
         ctx: AccessContext,
-        client_id: String,
-        refresh_token: Zeroizing<String>,
-        scope: Option<ScopeSet>,
+        req: RefreshRequest,
         policy: SharedLoginPolicy,
         lifetimes: Lifetimes,
     ) -> StoreFuture<'_, Result<Tokens, Refusal>> {
+        let RefreshRequest { client_id, refresh_token, scope, zone } = req;
         let ctx = client_ctx(&ctx, &client_id);
         Box::pin(self.identity_job(move |tx, ev| {
             let now = tx.now_us;
@@ -670,18 +960,27 @@ impl OAuth for SqliteStore {
             let Some(hash) = presented(SecretKind::OAuthRefresh, &refresh_token) else {
                 return refuse("malformed refresh token", ev);
             };
-            type R =
-                (String, String, i64, Option<i64>, String, Option<String>, Option<Vec<u8>>, Option<i64>, Option<String>);
-            let row: Option<R> = tx
+            let row: Option<(RefreshRow, SignInRow, Option<String>)> = tx
                 .conn
                 .prepare_cached(
                     "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us, \
-                     f.patient FROM oauth_token t JOIN oauth_family f ON f.id = t.family \
-                     WHERE t.hash = ?1 AND t.kind = 'refresh'",
+                     f.factors, f.zone, f.patient \
+                     FROM oauth_token t JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1 AND t.kind = 'refresh'",
                 )?
-                .query_row([&hash.0[..]], |r| R::try_from(r))
+                .query_row([&hash.0[..]], |r| {
+                    Ok((
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?),
+                        (r.get(8)?, r.get(9)?),
+                        r.get(10)?,
+                    ))
+                })
                 .optional()?;
-            let Some((family, tscope, expires, used, fclient, account, session, revoked, patient)) = row else {
+            let Some((
+                (family, tscope, expires, used, fclient, account, session, revoked),
+                (factors, signed_in_zone),
+                patient,
+            )) = row
+            else {
                 return refuse("unknown refresh token", ev);
             };
             if fclient != client_id {
@@ -709,11 +1008,18 @@ impl OAuth for SqliteStore {
                 return refuse("not a person's token", ev);
             };
             // AUTH-6: the login session behind the app must still be alive.
-            let Some((acct, role, _)) = session_alive(tx.conn, &session, now, &policy)? else {
+            let Some(LiveSession { account: acct, role, .. }) = session_alive(tx.conn, &session, now, &policy)? else {
                 return refuse("the login session has ended", ev);
             };
             if acct != account {
                 return refuse("session belongs to another account", ev);
+            }
+            // AUTH-2/ACL-3: the sign-in must be strong enough where the refresh is asked for; the
+            // refresh token is not spent, so the app can still refresh from a zone where it is.
+            let sign_in = sign_in_at(factors, signed_in_zone, role, zone.as_deref(), &policy);
+            if !sign_in.suffices {
+                ev.push(&person(&ctx, &acct, role), refusal_event(&sign_in.refusal_detail(zone.as_deref())));
+                return Ok(Ok(Err(Refusal::grant(SIGN_IN_TOO_WEAK))));
             }
             let Ok(current) = tscope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
             let scope = match scope {
@@ -851,40 +1157,57 @@ impl OAuth for SqliteStore {
         Box::pin(async move { self.audit(ctx, AuditEvent::new(Action::OAuthFailure, 400).with_detail(reason)).await })
     }
 
-    fn authenticate_oauth(&self, token: TokenHash, policy: SharedLoginPolicy) -> StoreFuture<'_, Option<OAuthGrant>> {
+    fn authenticate_oauth(
+        &self,
+        token: TokenHash,
+        zone: Option<String>,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, Option<OAuthGrant>> {
         Box::pin(async move {
             let now = self.now_us();
             type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String, Option<String>);
             let p = Arc::clone(&policy);
             let found = self.inner.engine.read_now(move |c| {
-                let row: Option<R> = c
+                let row: Option<(R, SignInRow)> = c
                     .prepare_cached(
-                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.patient FROM oauth_token t \
+                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.patient, f.factors, \
+                         f.zone FROM oauth_token t \
                          JOIN oauth_family f ON f.id = t.family JOIN oauth_client cl ON cl.client_id = f.client_id \
                          WHERE t.hash = ?1 AND t.kind = 'access' AND t.expires_us > ?2 AND f.revoked_us IS NULL",
                     )?
                     .query_row(params![&token.0[..], now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                        Ok((
+                            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
+                            (r.get(7)?, r.get(8)?),
+                        ))
                     })
                     .optional()?;
-                let Some((scope, client_id, account, session, role, kind, patient)) = row else { return Ok(None) };
+                let Some(((scope, client_id, account, session, role, kind, patient), (factors, signed_in_zone))) = row
+                else {
+                    return Ok(None);
+                };
                 let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
                 match (kind.as_str(), account, session, role) {
                     ("public", Some(account), Some(session), _) => {
-                        let Some((acct, role, last_used)) = session_alive(c, &session, now, &p)? else {
+                        let Some(live) = session_alive(c, &session, now, &p)? else {
                             return Ok(None);
                         };
-                        if acct != account {
+                        if live.account != account {
                             return Ok(None);
                         }
-                        let touch = (now - last_used >= crate::identity::TOUCH_EVERY_US).then_some(session);
+                        let role = live.role;
+                        let sign_in = sign_in_at(factors, signed_in_zone, role, zone.as_deref(), &p);
+                        // A refused use is no use of the session (its idle timeout runs on).
+                        let touch = (sign_in.suffices && now - live.last_used >= crate::identity::TOUCH_EVERY_US)
+                            .then_some(session);
                         let principal = Principal { account, role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope, patient }, touch)))
+                        let grant = OAuthGrant { principal, client_id, scope, sign_in: Some(sign_in), patient };
+                        Ok(Some((grant, touch)))
                     }
                     ("system", None, None, Some(role)) => {
                         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
                         let principal = Principal { account: client_principal_name(&client_id), role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope, patient: None }, None)))
+                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: None, patient: None }, None)))
                     }
                     _ => Ok(None),
                 }

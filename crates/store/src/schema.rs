@@ -203,6 +203,15 @@ ALTER TABLE resource_current ADD COLUMN categories TEXT NOT NULL DEFAULT '';
 UPDATE resource_current SET categories = coalesce(
     (SELECT group_concat(category, ',') FROM resource_category k WHERE k.seq = resource_current.seq), '');
 "#,
+    r#"
+-- Searches select, count and page by the rid (first_seq). With the deleted flag and the version
+-- pointer in the index (and the key (rtype, id), which every index of a WITHOUT ROWID table
+-- carries), a candidate costs one seek instead of two: a 3-letter name prefix at 100,000 patients
+-- counts about 230 of them.
+DROP INDEX resource_current_by_rid;
+CREATE INDEX resource_current_by_rid ON resource_current (first_seq, deleted, seq, version);
+"#,
+    crate::oauth::SIGN_IN_MIGRATION,
     crate::oauth_launch::MIGRATION,
     crate::oidc::MIGRATION,
 ];

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use crate::accounts::AccountName;
 use crate::identity::{
     Events, Kept, LoginOutcome, Subject, TICKET_ENROL, TICKET_SECOND_FACTOR, account_state, account_target, acting,
-    create_session, dur_us, locked, person, record_failure, ticket_account,
+    create_session, dur_us, locked, missing_account, own_account, person, record_failure, ticket_account,
 };
 use crate::model::{AccessContext, Action, AuditEvent};
 use crate::writes::Tx;
@@ -164,6 +164,18 @@ pub trait Webauthn: Send + Sync {
         &self,
         ctx: AccessContext,
         principal: Principal,
+        credential: String,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, ()>;
+    /// An administrator lists an account's credentials (audited).
+    fn webauthn_credentials_of(&self, ctx: AccessContext, account: AccountName)
+    -> StoreFuture<'_, Vec<CredentialInfo>>;
+    /// An administrator removes a credential of someone else's account (audited); the last
+    /// second factor of a two-factor role is not removed.
+    fn webauthn_remove_of(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
         credential: String,
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, ()>;
@@ -314,7 +326,7 @@ fn remove_one(
     policy: &mamori_access::LoginPolicy,
 ) -> Result<Kept<()>, StoreError> {
     let Some(st) = account_state(tx.conn, account)? else {
-        return Ok(Err(StoreError::NotFound(format!("account '{account}'"))));
+        return missing_account(ev, who, Action::WebauthnRemove, account);
     };
     let raw = wa::from_b64url(id).unwrap_or_default();
     let exists: bool = tx
@@ -725,13 +737,9 @@ impl SqliteStore {
         ctx: AccessContext,
         name: &AccountName,
     ) -> Result<Vec<CredentialInfo>, StoreError> {
-        let account = name.as_str().to_string();
-        self.identity_job(move |tx, ev| {
-            if account_state(tx.conn, &account)?.is_none() {
-                return Ok(Err(StoreError::NotFound(format!("account '{account}'"))));
-            }
-            let l = list(tx.conn, &account)?;
-            ev.push(&ctx, account_target(AuditEvent::new(Action::WebauthnList, 200), &account));
+        self.account_job(ctx, name, Action::WebauthnList, |tx, ev, ctx, account| {
+            let l = list(tx.conn, account)?;
+            ev.push(ctx, account_target(AuditEvent::new(Action::WebauthnList, 200), account));
             Ok(Ok(l))
         })
         .await
@@ -749,7 +757,23 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let account = name.as_str().to_string();
         let credential = credential.to_string();
-        self.identity_job(move |tx, ev| remove_one(tx, ev, &ctx, &account, &credential, &policy)).await
+        self.identity_job(move |tx, ev| {
+            // Separation of duties: holders remove their own credentials with their session
+            // (`/auth/webauthn/remove`); the administration path is for someone else's.
+            if own_account(&ctx, &account) {
+                ev.push(
+                    &ctx,
+                    account_target(AuditEvent::new(Action::WebauthnRemove, 403), &account)
+                        .with_detail("refused: separation of duties: own account"),
+                );
+                return Ok(Err(StoreError::invalid(
+                    "forbidden",
+                    "separation of duties: remove your own credentials with your session (POST /auth/webauthn/remove)",
+                )));
+            }
+            remove_one(tx, ev, &ctx, &account, &credential, &policy)
+        })
+        .await
     }
 }
 
@@ -805,5 +829,23 @@ impl Webauthn for SqliteStore {
         policy: SharedLoginPolicy,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.own_remove_now(ctx, principal, credential, policy))
+    }
+
+    fn webauthn_credentials_of(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+    ) -> StoreFuture<'_, Vec<CredentialInfo>> {
+        Box::pin(async move { self.list_webauthn(ctx, &account).await })
+    }
+
+    fn webauthn_remove_of(
+        &self,
+        ctx: AccessContext,
+        account: AccountName,
+        credential: String,
+        policy: SharedLoginPolicy,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.remove_webauthn(ctx, &account, &credential, policy).await })
     }
 }

@@ -433,3 +433,69 @@ async fn auth7_a_login_counts_as_use_of_the_account() {
     e.advance_days(2);
     assert_eq!(e.store.lifecycle_sweep(system(), &p).await.unwrap().disabled.len(), 1);
 }
+
+/// AUTH-7, API tokens on the injected clock: lifetimes bounded by the token policy (refusals
+/// audited), the list shows ids, expiry and last use but no secret, a token past its expiry is
+/// listed as expired and refused, and revocation (by the listed id, of that account only) stops
+/// a token at once.
+#[tokio::test]
+async fn auth7_api_tokens_expire_by_clock_list_without_secrets_and_revoke_at_once() {
+    use mamori_store::accounts::TokenPolicy;
+    let e = env();
+    e.account("dr.a", Role::Physician).await;
+    e.account("dr.b", Role::Physician).await;
+    let p = TokenPolicy { default_ttl: Duration::hours(1), max_ttl: Duration::days(2) };
+    let boss = || as_person("boss", Role::Administrator);
+    let too_long = e.store.issue_api_token(boss(), name("dr.a"), Some(Duration::days(3)), p).await;
+    assert!(matches!(too_long, Err(StoreError::Invalid { .. })), "longer than max_ttl");
+    let (short, _) = e.store.issue_api_token(boss(), name("dr.a"), None, p).await.unwrap();
+    let (long, _) = e.store.issue_api_token(boss(), name("dr.a"), Some(Duration::days(2)), p).await.unwrap();
+    e.store.authenticate(long.hash()).await.unwrap().unwrap();
+
+    let list = e.store.api_tokens(boss(), name("dr.a")).await.unwrap();
+    assert_eq!(list.len(), 2);
+    let listed = serde_json::to_string(&list).unwrap();
+    assert!(!listed.contains(short.secret()) && !listed.contains(long.secret()), "{listed}");
+    assert_eq!(list[0].id, short.hash().public_id());
+    assert!(list.iter().all(|t| !t.expired));
+    assert!(list[1].last_used.is_some() && list[0].last_used.is_none());
+
+    // The default lifetime (1 h) passes: listed as expired, refused; the other still works.
+    e.clock.advance(Duration::minutes(61));
+    let list = e.store.api_tokens(boss(), name("dr.a")).await.unwrap();
+    assert_eq!((list[0].expired, list[1].expired), (true, false));
+    assert!(e.store.authenticate(short.hash()).await.unwrap().is_none());
+    assert!(e.store.authenticate(long.hash()).await.unwrap().is_some());
+
+    // Revocation: by the id, of that account only; at once.
+    let id = long.hash().public_id();
+    assert!(matches!(e.store.revoke_api_token(boss(), name("dr.b"), id.clone()).await, Err(StoreError::NotFound(_))));
+    assert!(e.store.authenticate(long.hash()).await.unwrap().is_some(), "another account's revocation changes nothing");
+    e.store.revoke_api_token(boss(), name("dr.a"), id.clone()).await.unwrap();
+    assert!(e.store.authenticate(long.hash()).await.unwrap().is_none());
+    assert!(matches!(e.store.revoke_api_token(boss(), name("dr.a"), id).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        e.store.revoke_api_token(boss(), name("dr.a"), "not-an-id".into()).await,
+        Err(StoreError::Invalid { .. })
+    ));
+
+    let rows = e.audit_rows("token-");
+    let outcomes: Vec<(&str, i64)> = rows.iter().map(|r| (r.0.as_str(), r.1)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("token-create", 400),
+            ("token-create", 201),
+            ("token-create", 201),
+            ("token-list", 200),
+            ("token-list", 200),
+            ("token-revoke", 404),
+            ("token-revoke", 200),
+            ("token-revoke", 404),
+            ("token-revoke", 400),
+        ]
+    );
+    assert!(
+        rows.iter().all(|r| r.4.as_deref() == Some("boss") && r.2.as_deref().is_some_and(|t| t.starts_with("dr.")))
+    );
+}

@@ -13,7 +13,9 @@ use mamori_access::{LoginPolicy, Role, SharedLoginPolicy, TokenHash};
 use mamori_store::clock::ManualClock;
 use mamori_store::identity::{Identity, LoginOutcome, Subject};
 use mamori_store::keys::MasterKey;
-use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, Lifetimes, OAuth, Tokens, pkce_s256};
+use mamori_store::oauth::{
+    ClientKind, CodeExchange, CodeGrant, Lifetimes, OAuth, OAuthGrant, RefreshRequest, Tokens, pkce_s256,
+};
 use mamori_store::oauth_launch::{CodeContext, LAUNCH_TTL_US, Launches};
 use mamori_store::{AccessContext, AccountName, SqliteStore, StoreConfig, StoreError};
 use time::Duration;
@@ -38,6 +40,20 @@ fn req() -> AccessContext {
 }
 
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// Physicians need two factors except on the HIS network, where a password alone suffices.
+async fn env_his_password_only() -> Env {
+    env_with(|p| {
+        p.two_factor_roles = vec![Role::Physician];
+        p.password_only_from = vec![("his".into(), vec![Role::Physician])];
+    })
+    .await
+}
+
+/// An environment whose login policy `adjust` changes (after the defaults of [`env`]).
+async fn env_with(adjust: impl FnOnce(&mut LoginPolicy)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-04-01 09:00 UTC)));
     let mut cfg = StoreConfig::new(dir.path().join("db"));
@@ -46,6 +62,7 @@ async fn env() -> Env {
     let mut p = LoginPolicy::with_hasher(PasswordHasher::floor());
     p.two_factor_roles.clear();
     p.sessions.max_per_account = 2;
+    adjust(&mut p);
     let policy = Arc::new(p);
     let op = AccessContext::operator("op", "operator:test");
     let n = AccountName::parse("dr.sato").unwrap();
@@ -76,7 +93,13 @@ impl Env {
     async fn code_for(&self, client: &str, scope: &str, context: CodeContext) -> Result<Zeroizing<String>, StoreError> {
         let LoginOutcome::Session { token, .. } = self
             .store
-            .login_password(req(), "dr.sato".into(), z("Hakone-Maple-42-River"), self.policy.clone())
+            .login_password_from(
+                req(),
+                Some("his".into()),
+                "dr.sato".into(),
+                z("Hakone-Maple-42-River"),
+                self.policy.clone(),
+            )
             .await
             .unwrap()
         else {
@@ -89,27 +112,60 @@ impl Env {
             redirect_uri: REDIRECT.into(),
             challenge: pkce_s256(VERIFIER).unwrap(),
             scope: scope.parse().unwrap(),
+            zone: Some("his".into()),
             context,
         };
         self.store.issue_code(req(), grant).await
     }
 
     async fn exchange(&self, code: Zeroizing<String>) -> Option<Tokens> {
+        self.exchange_for("app", code, "his").await
+    }
+
+    /// Exchanges a code for `client` from `zone`.
+    async fn exchange_for(&self, client: &str, code: Zeroizing<String>, zone: &str) -> Option<Tokens> {
         let l = Lifetimes::default();
-        let x = CodeExchange { client_id: "app".into(), code, redirect_uri: REDIRECT.into(), verifier: z(VERIFIER) };
+        let x = CodeExchange {
+            client_id: client.into(),
+            code,
+            redirect_uri: REDIRECT.into(),
+            verifier: z(VERIFIER),
+            zone: Some(zone.into()),
+        };
         let r = self.store.exchange_code(req(), x, self.policy.clone(), l);
         r.await.unwrap().ok()
     }
 
     async fn refresh(&self, t: &Tokens) -> Option<Tokens> {
+        self.refresh_from(t, "his").await
+    }
+
+    async fn refresh_from(&self, t: &Tokens, zone: &str) -> Option<Tokens> {
+        self.refresh_for("app", t, zone).await
+    }
+
+    /// Refreshes `client`'s tokens from `zone`.
+    async fn refresh_for(&self, client: &str, t: &Tokens, zone: &str) -> Option<Tokens> {
         let rt = t.refresh_token.clone().unwrap();
-        let r = self.store.refresh(req(), "app".into(), rt, None, self.policy.clone(), Lifetimes::default());
+        let x = RefreshRequest { client_id: client.into(), refresh_token: rt, scope: None, zone: Some(zone.into()) };
+        let r = self.store.refresh(req(), x, self.policy.clone(), Lifetimes::default());
         r.await.unwrap().ok()
     }
 
     async fn works(&self, t: &Tokens) -> bool {
+        self.works_from(t, "his").await
+    }
+
+    /// Whether the access token is accepted for a request from `zone` (present, alive, and its
+    /// sign-in strong enough there).
+    async fn works_from(&self, t: &Tokens, zone: &str) -> bool {
+        self.grant_from(t, zone).await.is_some_and(|g| g.sign_in.is_some_and(|s| s.suffices))
+    }
+
+    /// What the access token stands for in a request from `zone`, if it is known and alive.
+    async fn grant_from(&self, t: &Tokens, zone: &str) -> Option<OAuthGrant> {
         let h = presented(SecretKind::OAuthAccess, &t.access_token).unwrap();
-        self.store.authenticate_oauth(h, self.policy.clone()).await.unwrap().is_some()
+        self.store.authenticate_oauth(h, Some(zone.into()), self.policy.clone()).await.unwrap()
     }
 }
 
@@ -189,15 +245,11 @@ async fn auth6_launch_is_single_use_and_expires() {
     let code = e.code_for("viewer", scope, with(&l.launch)).await.expect("within five minutes");
     assert!(!e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap(), "spent");
     assert!(e.code_for("viewer", scope, with(&l.launch)).await.is_err(), "single use");
-    let x = CodeExchange { client_id: "viewer".into(), code, redirect_uri: REDIRECT.into(), verifier: z(VERIFIER) };
-    let t = e.store.exchange_code(req(), x, e.policy.clone(), Lifetimes::default()).await.unwrap().unwrap();
+    let t = e.exchange_for("viewer", code, "his").await.unwrap();
     assert_eq!((t.patient.as_deref(), t.nonce.as_deref()), (Some("p1"), Some("n-1")));
-    let h = presented(SecretKind::OAuthAccess, &t.access_token).unwrap();
-    let g = e.store.authenticate_oauth(h, e.policy.clone()).await.unwrap().unwrap();
+    let g = e.grant_from(&t, "his").await.unwrap();
     assert_eq!(g.patient.as_deref(), Some("p1"));
-    let rt = t.refresh_token.clone().unwrap();
-    let r = e.store.refresh(req(), "viewer".into(), rt, None, e.policy.clone(), Lifetimes::default());
-    let r = r.await.unwrap().unwrap();
+    let r = e.refresh_for("viewer", &t, "his").await.unwrap();
     assert_eq!((r.patient.as_deref(), r.nonce), (Some("p1"), None));
 
     // Another person's launch is refused (and spent); a code without launch has no patient.
@@ -206,4 +258,53 @@ async fn auth6_launch_is_single_use_and_expires() {
     assert!(!e.store.launch_usable(l.launch.clone(), "viewer".into()).await.unwrap());
     let t = e.exchange(e.code().await).await.unwrap();
     assert_eq!((t.patient, t.nonce), (None, None));
+}
+
+#[tokio::test]
+async fn auth2_acl3_a_password_only_token_is_refused_elsewhere_and_that_use_does_not_count() {
+    let e = env_his_password_only().await;
+    let refused = e.exchange(e.code().await).await.expect("a password alone suffices in the HIS zone");
+    let used = e.exchange(e.code().await).await.unwrap();
+    assert!(e.works_from(&refused, "his").await);
+    assert!(!e.works_from(&refused, "vpn").await, "a password-only sign-in does not carry over to the VPN");
+    assert!(!e.works_from(&refused, "internet").await);
+    // A refresh from the VPN is refused without spending the refresh token.
+    assert!(e.refresh_from(&refused, "vpn").await.is_none());
+    let refused = e.refresh(&refused).await.expect("the refresh token was not spent by the refusal");
+    assert!(!e.works_from(&refused, "vpn").await, "the rotated tokens keep the sign-in's factors");
+
+    // Four minutes on, one token is used from the VPN (refused), the other from the HIS.
+    e.clock.advance(Duration::minutes(4));
+    assert!(!e.works_from(&refused, "vpn").await);
+    assert!(e.works_from(&used, "his").await);
+    // 31 minutes after sign-in: the refused use did not restart the 30-minute idle timeout.
+    e.clock.advance(Duration::minutes(27));
+    assert!(e.refresh(&refused).await.is_none(), "idle since the sign-in: a refused use is no use");
+    assert!(e.refresh(&used).await.is_some(), "used 27 minutes ago: alive");
+}
+
+#[tokio::test]
+async fn auth2_auth6_an_ehr_launch_token_meets_the_zone_rule_and_keeps_its_patient() {
+    let e = env_his_password_only().await;
+    let op = AccessContext::operator("op", "operator:test");
+    let kind = ClientKind::Public { redirect_uris: vec![REDIRECT.into()] };
+    let scope = "launch patient/*.rs offline_access";
+    e.store.register_client(op, "viewer".into(), "Viewer".into(), kind, scope.parse().unwrap()).await.unwrap();
+    let launched = || async {
+        let l = e.store.create_launch(req(), "dr.sato".into(), "viewer".into(), "p1".into()).await.unwrap();
+        e.code_for("viewer", scope, CodeContext { launch: Some(l.launch), nonce: None }).await.unwrap()
+    };
+    // The code of a password-only sign-in on the HIS network is refused from the VPN (and spent).
+    assert!(e.exchange_for("viewer", launched().await, "vpn").await.is_none());
+    let t = e.exchange_for("viewer", launched().await, "his").await.expect("a password alone suffices in the HIS");
+    assert_eq!(t.patient.as_deref(), Some("p1"));
+    // Every request: the launch patient comes with the sign-in, judged at the request's zone.
+    let g = e.grant_from(&t, "vpn").await.unwrap();
+    assert_eq!((g.patient.as_deref(), g.sign_in.map(|s| s.suffices)), (Some("p1"), Some(false)));
+    assert!(e.works_from(&t, "his").await && !e.works_from(&t, "vpn").await);
+    // Refresh: refused from the VPN without spending the token; the rotated tokens keep both.
+    assert!(e.refresh_for("viewer", &t, "vpn").await.is_none());
+    let r = e.refresh_for("viewer", &t, "his").await.expect("the refresh token was not spent by the refusal");
+    assert_eq!(r.patient.as_deref(), Some("p1"));
+    assert!(e.works_from(&r, "his").await && !e.works_from(&r, "vpn").await);
 }

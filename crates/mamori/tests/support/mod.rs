@@ -233,7 +233,22 @@ pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) ->
     json(r.send().await.unwrap()).await
 }
 
-/// Status and parsed JSON body of a response.
+/// Creates `resource` (as the server's API token user) and returns its logical id.
+pub async fn create_resource(s: &Server, resource: Value) -> String {
+    let t = resource["resourceType"].as_str().unwrap().to_string();
+    let (status, body) = json(s.post_json(&t, &resource).send().await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// POSTs JSON whose answer carries a secret shown once: asserts it is never cached, and returns
+/// (status, JSON body).
+pub async fn post_secret(s: &Server, path: &str, body: &Value, bearer: &str) -> (u16, Value) {
+    let resp = s.http.post(format!("{}{path}", root(s))).bearer_auth(bearer).json(body).send().await.unwrap();
+    assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    json(resp).await
+}
+
 /// The ids of the resources in a Bundle's entries, in order.
 pub fn ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
@@ -242,6 +257,7 @@ pub fn ids(bundle: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Status and parsed JSON body of a response.
 pub async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();

@@ -1,7 +1,9 @@
 //! Browser-free helpers for the OAuth sign-in page (AUTH-6): form posts with the form token and
 //! its cookie, an independent RFC 6238 TOTP, PKCE, and the app's view of the redirect. Used by
-//! the patient-interface tests (`patient_oauth.rs`); every helper takes the interface's root URL
-//! (`http://host:port`), so the staff flow in `oauth.rs` can use them too.
+//! the patient-interface tests (`patient_oauth.rs`) and the zone tests (`oauth_zones.rs`); every
+//! helper takes the interface's root URL (`http://host:port`), so the staff flow in `oauth.rs`
+//! can use them too. The `…_with` forms take the HTTP client, e.g. one whose connections come
+//! from a chosen source address ([`browser_from`]), for zones by source address.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::support::{DataDir, Server, base32_decode, json, mamori, ok, set_password, totp, unix_now};
@@ -13,24 +15,50 @@ use sha2::Digest;
 /// The app's registered redirect URI (nothing listens there: the test reads the 303).
 pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
-/// The password people choose in these tests (after the initial one).
+/// The password people of these tests choose at their first login.
 pub const PASSWORD: &str = "Hakone-Maple-42-River";
 
-/// POSTs JSON to `path` under `root` (no credential) and returns the JSON answer.
+/// Registers the public app `id` (redirect URI [`REDIRECT`]) with the CLI: (exit code, stdout,
+/// stderr).
+pub fn add_app(dir: &DataDir, id: &str, scope: &str) -> (i32, String, String) {
+    mamori(&[
+        "client",
+        "add",
+        "--data-dir",
+        dir.arg(),
+        "--id",
+        id,
+        "--name",
+        id,
+        "--scope",
+        scope,
+        "--redirect-uri",
+        REDIRECT,
+    ])
+}
+
+/// POSTs JSON to `path` under `root` (from 127.0.0.1) and returns the JSON answer.
 pub async fn post_at(root: &str, path: &str, body: &Value) -> Value {
     let r = reqwest::Client::new().post(format!("{root}{path}")).json(body).send().await.unwrap();
     json(r).await.1
 }
 
-/// Sets an initial password, changes it to [`PASSWORD`], and enrols TOTP through the login API
-/// at `root`; returns the TOTP secret and recovery codes.
-pub async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
+/// Sets an initial password with the CLI and changes it to [`PASSWORD`] through the login API
+/// at `root`; returns the answer of the next login with it (a session, a second-factor step or
+/// an enrolment ticket, as the login policy decides).
+pub async fn own_password(dir: &DataDir, root: &str, name: &str) -> Value {
     let (code, out) = set_password(dir, name, "Initial-Pass-9876!");
     assert_eq!(code, 0, "{out}");
     let r = post_at(root, "/auth/login", &json!({"account": name, "password": "Initial-Pass-9876!"})).await;
     let t = r["password_ticket"].as_str().expect("password change").to_string();
     post_at(root, "/auth/password", &json!({"password_ticket": t, "new_password": PASSWORD})).await;
-    let r = post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await;
+    post_at(root, "/auth/login", &json!({"account": name, "password": PASSWORD})).await
+}
+
+/// [`own_password`], then enrols TOTP with the enrolment ticket that login gives; returns the
+/// TOTP secret and recovery codes.
+pub async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<String>) {
+    let r = own_password(dir, root, name).await;
     let enrol = r["enrol_ticket"].as_str().expect("TOTP enrolment").to_string();
     let r = post_at(root, "/auth/totp", &json!({"enrol_ticket": enrol})).await;
     let secret = base32_decode(r["secret"].as_str().unwrap());
@@ -55,24 +83,6 @@ pub fn server_with_portal() -> (Server, String, String) {
     (s, staff, portal)
 }
 
-/// `mamori client add` for a SMART app redirecting to [`REDIRECT`]: (exit code, stdout, stderr).
-pub fn add_client(s: &Server, id: &str, scope: &str) -> (i32, String, String) {
-    mamori(&[
-        "client",
-        "add",
-        "--data-dir",
-        s.dir.arg(),
-        "--id",
-        id,
-        "--name",
-        id,
-        "--scope",
-        scope,
-        "--redirect-uri",
-        REDIRECT,
-    ])
-}
-
 /// `application/x-www-form-urlencoded` bodies, as a browser or an OAuth client sends them.
 pub trait FormExt {
     fn form_(self, pairs: &[(&str, &str)]) -> Self;
@@ -92,6 +102,16 @@ pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
+/// A browser (no redirects followed) whose connections come from `local`, a loopback address
+/// of the test machine (127.0.0.2, …): the server puts it in the zone of that address.
+pub fn browser_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 /// A PKCE verifier and its S256 challenge.
 pub fn pkce() -> (String, String) {
     let verifier = format!("v{}", uuid::Uuid::new_v4().simple()) + &uuid::Uuid::new_v4().simple().to_string();
@@ -101,11 +121,11 @@ pub fn pkce() -> (String, String) {
 
 /// `/oauth/authorize` at `root` for `client`, with `aud` = `root/fhir`.
 pub fn authorize_at(root: &str, client: &str, scope: &str, challenge: &str) -> String {
-    authorize_with(root, client, scope, challenge, &[])
+    authorize_params(root, client, scope, challenge, &[])
 }
 
 /// [`authorize_at`] with `extra` parameters (`launch`, `nonce`).
-pub fn authorize_with(root: &str, client: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
+pub fn authorize_params(root: &str, client: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("response_type", "code")
         .append_pair("client_id", client)
@@ -135,7 +155,17 @@ pub fn set_cookie(resp: &reqwest::Response) -> String {
 /// Opens the sign-in page at `url` (checking its anti-framing, CSP and caching headers) and
 /// posts the password step; returns the response.
 pub async fn password_step(root: &str, url: &str, account: &str, password: &str) -> reqwest::Response {
-    let http = no_redirects();
+    password_step_with(&no_redirects(), root, url, account, password).await
+}
+
+/// [`password_step`] with the browser `http`.
+pub async fn password_step_with(
+    http: &reqwest::Client,
+    root: &str,
+    url: &str,
+    account: &str,
+    password: &str,
+) -> reqwest::Response {
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "{url}");
     let h = resp.headers();
@@ -159,16 +189,17 @@ pub enum Factor<'a> {
     Recovery(&'a str),
 }
 
-/// Signs in on the page at `root` like a browser (password, then the second factor) and
-/// returns the redirect's query parameters.
-pub async fn sign_in_at(
+/// Signs in on the page at `root` with the browser `http` (password, then the second factor)
+/// and returns the redirect's query parameters.
+pub async fn sign_in_with(
+    http: &reqwest::Client,
     root: &str,
     url: &str,
     account: &str,
     password: &str,
     factor: Factor<'_>,
 ) -> Vec<(String, String)> {
-    let resp = password_step(root, url, account, password).await;
+    let resp = password_step_with(http, root, url, account, password).await;
     assert_eq!(resp.status().as_u16(), 200);
     let cookie = set_cookie(&resp);
     let html = resp.text().await.unwrap();
@@ -178,7 +209,7 @@ pub async fn sign_in_at(
         Factor::Totp(secret, at) => ("totp", totp(secret, at)),
         Factor::Recovery(c) => ("recovery_code", c.to_string()),
     };
-    let resp = no_redirects()
+    let resp = http
         .post(format!("{root}/oauth/authorize"))
         .header("cookie", &cookie)
         .form_(&[("form_token", ft.as_str()), ("step", "second-factor"), ("method", method), ("code", code.as_str())])
@@ -203,14 +234,31 @@ pub fn param<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 
 /// `POST /oauth/token` at `root`.
 pub async fn token_at(root: &str, form: &[(&str, &str)]) -> (u16, Value) {
-    let resp = reqwest::Client::new().post(format!("{root}/oauth/token")).form_(form).send().await.unwrap();
+    token_with(&reqwest::Client::new(), root, form).await
+}
+
+/// [`token_at`] with the client `http`.
+pub async fn token_with(http: &reqwest::Client, root: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let resp = http.post(format!("{root}/oauth/token")).form_(form).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Exchanges a code for `client` at `root`.
 pub async fn exchange_at(root: &str, client: &str, code: &str, verifier: &str) -> (u16, Value) {
-    token_at(
+    exchange_with(&reqwest::Client::new(), root, client, code, verifier).await
+}
+
+/// [`exchange_at`] with the client `http`.
+pub async fn exchange_with(
+    http: &reqwest::Client,
+    root: &str,
+    client: &str,
+    code: &str,
+    verifier: &str,
+) -> (u16, Value) {
+    token_with(
+        http,
         root,
         &[
             ("grant_type", "authorization_code"),

@@ -561,6 +561,29 @@ fn page_ids(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// One page of matches, decrypted, in result order, and whether more follow: the ids and the
+/// version rows come from one statement.
+fn page_records(
+    ctx: &Ctx<'_>,
+    q: &SearchQuery,
+    snapshot: i64,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<(VersionRecord, i64)>, bool), StoreError> {
+    let (filter, mut args) = filter_sql(ctx, q, snapshot);
+    let order = order_sql(q);
+    // CROSS JOIN keeps resource_current the outer loop, so the filter and order plan is the one
+    // page_ids gets; each row that survives costs one primary-key lookup of its version.
+    let sql = format!(
+        "SELECT {}, c.version, c.first_seq FROM resource_current c CROSS JOIN resource_version v ON v.seq = c.seq \
+         WHERE {filter} ORDER BY {order} LIMIT ? OFFSET ?",
+        rows::VERSION_COLUMNS
+    );
+    args.push(Sql::Integer(limit as i64 + 1));
+    args.push(Sql::Integer(offset as i64));
+    rows::load_selected(ctx.conn, ctx.keys, ctx.protect, &sql, params_from_iter(args), limit)
+}
+
 fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
     let (filter, args) = filter_sql(ctx, q, snapshot);
     let mut stmt = ctx.conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {filter}"))?;
@@ -598,11 +621,11 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
             out.total = Some(count(ctx, q, snapshot)?);
             return Ok(out);
         }
-        let ids = page_ids(ctx, q, snapshot, offset, q.count + 1)?;
-        has_more = ids.len() > q.count;
+        let (rows, more) = page_records(ctx, q, snapshot, offset, q.count)?;
+        has_more = more;
         // The last page knows the total without counting (unless a stale cursor overshot it).
-        let counted = (!has_more && (offset == 0 || !ids.is_empty())).then_some((offset + ids.len()) as u64);
-        page = load(ctx, ids.into_iter().take(q.count))?;
+        let counted = (!has_more && (offset == 0 || !rows.is_empty())).then_some((offset + rows.len()) as u64);
+        page = rows;
         if q.total == TotalMode::Accurate {
             out.total = Some(match counted {
                 Some(n) => n,
