@@ -7,6 +7,7 @@
 
 pub mod client_assertion;
 pub mod login;
+pub mod oidc;
 pub mod password;
 pub mod policy;
 pub mod role;

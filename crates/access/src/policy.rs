@@ -862,6 +862,17 @@ impl Rights {
         self
     }
 
+    /// These rights confined to the compartment of the Patient `patient_id` (AUTH-6: a staff
+    /// app's EHR launch context): resources outside it do not exist for the request; nothing the
+    /// rights deny becomes allowed. Rights already confined to another Patient allow nothing.
+    pub fn confined_to(mut self, patient_id: &str) -> Rights {
+        if self.compartment.as_deref().is_some_and(|p| p != patient_id) {
+            self.allowed = [CategorySet::EMPTY; 6];
+        }
+        self.compartment = Some(Arc::from(patient_id));
+        self
+    }
+
     /// Whether scopes narrow these rights (an OAuth access token).
     pub fn is_scoped(&self) -> bool {
         self.scope.is_some()
@@ -1166,6 +1177,27 @@ mod tests {
         assert_eq!(z(Some("127.0.0.1:8443"), ClientCert::None), "internet");
         assert!(parse_fingerprint("12:34").is_err());
         assert_eq!(parse_fingerprint("AB:".repeat(32).trim_end_matches(':')), Ok([0xab; 32]));
+    }
+
+    #[test]
+    fn auth6_launch_confinement_narrows_staff_rights_and_never_widens_them() {
+        let pol = default();
+        let his = zone(&pol, "his");
+        let dr = pol.rights(&p(Role::Physician), his, Purpose::Treatment);
+        let hidden = dr.hidden_names();
+        let r = dr.confined_to("p1");
+        assert_eq!(r.compartment(), Some("p1"));
+        assert!(r.any(Operation::View) && r.any(Operation::Create));
+        assert_eq!(r.hidden_names(), hidden, "confinement hides no less than the policy");
+        // A pharmacist confined to a patient still may not see psychiatric data.
+        let ph = pol.rights(&p(Role::Pharmacist), his, Purpose::Treatment).confined_to("p1");
+        assert!(ph.hidden_names().contains(&"psychiatric".to_string()));
+        assert!(!ph.permits_names(Operation::View, ["psychiatric"]));
+        // Confining rights already confined to another patient leaves nothing.
+        let other = pol.patient_rights("p2").confined_to("p1");
+        assert!(!other.any(Operation::View));
+        // An administrator confined to a patient gets no clinical rights.
+        assert!(!pol.rights(&p(Role::Administrator), his, Purpose::Treatment).confined_to("p1").any(Operation::View));
     }
 
     #[test]

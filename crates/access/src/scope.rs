@@ -7,14 +7,15 @@
 //! ```text
 //! user/Observation.rs    system/*.cruds    user/Patient.read (= .rs)   user/*.write (= .cud)
 //! user/*.* (= .cruds)    offline_access    online_access
+//! launch   launch/patient   openid   fhirUser
 //! ```
 //!
 //! `patient/…` scopes parse here too; which contexts an interface grants is the server's call
-//! (ACL-4: `patient/` only at the patient interface, whose signed-in patient is the context;
-//! `user/` and `system/` only at the staff one).
+//! (ACL-4: at the patient interface the signed-in patient is the context; at the staff one only
+//! an EHR launch (`launch` + a launch context) provides one).
 //!
 //! Refused as `invalid_scope` (not silently dropped): anything else, including granular scopes
-//! with a `?query`, `openid`/`fhirUser` (no ID tokens are issued) and `launch…`.
+//! with a `?query` and other launch contexts (`launch/encounter`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -132,7 +133,18 @@ pub struct ScopeSet {
     pub clinical: Vec<ClinicalScope>,
     pub offline_access: bool,
     pub online_access: bool,
+    /// `launch`: the app was launched from the EHR and asks for its launch context.
+    pub launch: bool,
+    /// `launch/patient`: the app asks for a patient context (standalone launch).
+    pub launch_patient: bool,
+    /// `openid`: an OpenID Connect ID token.
+    pub openid: bool,
+    /// `fhirUser`: the ID token names the user's FHIR resource.
+    pub fhir_user: bool,
 }
+
+/// The scopes that are flags of a [`ScopeSet`], as written.
+const FLAGS: [&str; 6] = ["launch", "launch/patient", "openid", "fhirUser", "online_access", "offline_access"];
 
 const MAX_SCOPES: usize = 64;
 
@@ -154,6 +166,16 @@ impl FromStr for ScopeSet {
             match w {
                 "offline_access" => out.offline_access = true,
                 "online_access" => out.online_access = true,
+                "launch" => out.launch = true,
+                "launch/patient" => out.launch_patient = true,
+                "openid" => out.openid = true,
+                "fhirUser" => out.fhir_user = true,
+                w if w.starts_with("launch/") => {
+                    return Err(ScopeError(format!(
+                        "scope '{}': only the patient launch context (launch/patient) is supported",
+                        clip(w)
+                    )));
+                }
                 _ => {
                     let c = parse_clinical(w)?;
                     if !out.clinical.contains(&c) {
@@ -193,12 +215,7 @@ fn parse_clinical(w: &str) -> Result<ClinicalScope, ScopeError> {
 impl fmt::Display for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = self.clinical.iter().map(ToString::to_string).collect();
-        if self.online_access {
-            parts.push("online_access".into());
-        }
-        if self.offline_access {
-            parts.push("offline_access".into());
-        }
+        parts.extend(FLAGS.iter().zip(self.flags()).filter(|(_, on)| *on).map(|(name, _)| name.to_string()));
         f.write_str(&parts.join(" "))
     }
 }
@@ -229,7 +246,16 @@ impl ScopeSet {
             clinical,
             offline_access: self.offline_access && registered.offline_access,
             online_access: self.online_access && registered.online_access,
+            launch: self.launch && registered.launch,
+            launch_patient: self.launch_patient && registered.launch_patient,
+            openid: self.openid && registered.openid,
+            fhir_user: self.fhir_user && registered.fhir_user,
         }
+    }
+
+    /// The flag scopes, in the order of [`FLAGS`].
+    fn flags(&self) -> [bool; 6] {
+        [self.launch, self.launch_patient, self.openid, self.fhir_user, self.online_access, self.offline_access]
     }
 
     /// Whether any clinical scope is of `context`.
@@ -306,14 +332,26 @@ mod tests {
             "user/Nonsense.rs",
             "patient/Observation.rs?category=laboratory",
             "user/Observation.rs?category=laboratory",
-            "openid",
-            "fhirUser",
-            "launch",
+            "launch/encounter",
+            "launch/Patient",
+            "fhiruser",
             "user/Observation",
             "practitioner/*.rs",
         ] {
             assert!(bad.parse::<ScopeSet>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn auth6_launch_and_openid_scopes_parse_and_are_granted_only_if_registered() {
+        let s = set("fhirUser launch patient/Observation.rs openid launch/patient offline_access");
+        assert!(s.launch && s.launch_patient && s.openid && s.fhir_user && s.offline_access);
+        assert_eq!(s.to_string(), "patient/Observation.rs launch launch/patient openid fhirUser offline_access");
+        assert_eq!(s.to_string().parse::<ScopeSet>().unwrap(), s, "the stored form parses back");
+        let g = s.intersect(&set("patient/*.rs launch openid"));
+        assert_eq!(g.to_string(), "patient/Observation.rs launch openid");
+        assert!(!set("openid").within(&set("user/*.rs")));
+        assert!(set("launch").within(&set("launch openid")));
     }
 
     #[test]

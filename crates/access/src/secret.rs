@@ -26,6 +26,8 @@ pub enum SecretKind {
     OAuthCode,
     /// The anti-forgery token of a login page form (`mamorif_…`).
     FormToken,
+    /// An EHR launch context (`mamoril_…`, SMART `launch`): single use, short-lived.
+    OAuthLaunch,
 }
 
 impl SecretKind {
@@ -37,6 +39,7 @@ impl SecretKind {
             SecretKind::OAuthRefresh => "mamorir_",
             SecretKind::OAuthCode => "mamoric_",
             SecretKind::FormToken => "mamorif_",
+            SecretKind::OAuthLaunch => "mamoril_",
         }
     }
 }

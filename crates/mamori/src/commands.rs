@@ -11,6 +11,7 @@ use mamori_access::Role;
 use mamori_store::clock::{Clock, SystemClock, to_micros};
 use mamori_store::keys::MasterKey;
 use mamori_store::lifecycle::Lifecycle as _;
+use mamori_store::oidc::OpenId as _;
 use mamori_store::{
     AccessContext, AccountName, Action, AuditEvent, PageLimits, SealingConfig, SqliteStore, StoreConfig,
 };
@@ -123,14 +124,32 @@ pub async fn init(data_dir: &Path, admin: &str, password_hash_ms: u64) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn user_add(data_dir: &Path, name: &str, role: &str) -> anyhow::Result<ExitCode> {
+pub async fn user_add(
+    data_dir: &Path,
+    name: &str,
+    role: &str,
+    practitioner: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(data_dir)?;
     let name = AccountName::parse(name)?;
     let role: Role = role.parse()?;
     let store = open_store(data_dir, &cfg)?;
-    store.create_account(operator_ctx(), &name, role, None).await?;
+    let linked = practitioner.as_ref().map(|p| format!(", Practitioner/{p}")).unwrap_or_default();
+    let result = store.create_staff_account(operator_ctx(), &name, role, None, practitioner).await;
     store.shutdown();
-    println!("Added account {name} ({role}).");
+    result?;
+    println!("Added account {name} ({role}{linked}).");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn user_practitioner(data_dir: &Path, name: &str, practitioner: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(data_dir)?;
+    let name = AccountName::parse(name)?;
+    let store = open_store(data_dir, &cfg)?;
+    let result = store.link_practitioner(operator_ctx(), name.clone(), practitioner.to_string()).await;
+    store.shutdown();
+    result?;
+    println!("Linked account {name} to Practitioner/{practitioner}.");
     Ok(ExitCode::SUCCESS)
 }
 

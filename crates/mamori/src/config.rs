@@ -95,6 +95,8 @@ impl OAuthSection {
         Ok(mamori_server::oauth_api::OAuthSettings {
             issuer: self.issuer.clone(),
             lifetimes: mamori_store::oauth::Lifetimes { access, refresh },
+            // Loaded from the store by `serve` (generated at the first start).
+            id_token_key: None,
         })
     }
 }

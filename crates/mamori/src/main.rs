@@ -107,6 +107,18 @@ enum UserCommand {
         /// Job type: physician, nurse, pharmacist, clerk, administrator, auditor or maintenance.
         #[arg(long)]
         role: String,
+        /// The person's Practitioner resource (logical id; it must exist): the `fhirUser` of
+        /// their OpenID Connect ID tokens.
+        #[arg(long)]
+        practitioner: Option<String>,
+    },
+    /// Link a staff account to the person's Practitioner resource (the ID token's `fhirUser`).
+    Practitioner {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        /// The Practitioner's logical id (it must exist).
+        practitioner: String,
     },
     /// List accounts.
     List {
@@ -339,8 +351,11 @@ fn main() -> ExitCode {
                 commands::init(&data_dir, &admin, password_hash_ms).await
             }
             Command::Serve { data_dir, listen, dev } => serve::run(&data_dir, listen, dev).await,
-            Command::User { command: UserCommand::Add { data_dir, name, role } } => {
-                commands::user_add(&data_dir, &name, &role).await
+            Command::User { command: UserCommand::Add { data_dir, name, role, practitioner } } => {
+                commands::user_add(&data_dir, &name, &role, practitioner).await
+            }
+            Command::User { command: UserCommand::Practitioner { data_dir, name, practitioner } } => {
+                commands::user_practitioner(&data_dir, &name, &practitioner).await
             }
             Command::User { command: UserCommand::List { data_dir } } => commands::user_list(&data_dir).await,
             Command::User { command: UserCommand::Password { data_dir, name } } => {

@@ -78,6 +78,8 @@ pub async fn run(data_dir: &Path, listen_override: Vec<SocketAddr>, dev: bool) -
     }
     shared.oauth = cfg.oauth.settings()?;
     shared.tokens = cfg.token_policy()?;
+    // AUTH-6: the OpenID Connect ID token signing key, generated (and audited) at the first start.
+    shared.oauth.id_token_key = Some(Arc::new(store.id_token_key(crate::commands::operator_ctx()).await?));
     let login = Arc::new(cfg.login_policy()?);
     // The dummy hash that unknown accounts are verified against, computed before the first login.
     let warm = Arc::clone(&login);

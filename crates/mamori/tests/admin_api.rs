@@ -237,6 +237,7 @@ async fn acl3_account_administration_refused_outside_the_administration_zones() 
         (M::POST, "/accounts/sweep".into(), Some(json!({}))),
         (M::POST, "/accounts/dr.x/unlock".into(), Some(json!({}))),
         (M::POST, "/accounts/dr.x/password".into(), Some(pw)),
+        (M::POST, "/accounts/dr.x/practitioner".into(), Some(json!({"practitioner": "p1"}))),
         (M::GET, "/accounts/dr.x/tokens".into(), None),
         (M::POST, "/accounts/dr.x/tokens".into(), Some(json!({}))),
         (M::DELETE, format!("/accounts/dr.x/tokens/{token_id}"), None),
@@ -256,4 +257,46 @@ async fn acl3_account_administration_refused_outside_the_administration_zones() 
     assert_eq!(fhir_status(&s, &s.token).await, 200);
     assert_eq!(ok(&["client", "list", "--data-dir", s.dir.arg()]).trim(), "");
     assert_eq!(s.dir.query_i64("SELECT count(*) FROM credential_password"), 0);
+}
+
+/// AUTH-6 (`mamori user add --practitioner`, `mamori user practitioner` over HTTP): an
+/// administrator links a staff account to the person's Practitioner (the `fhirUser` of their ID
+/// tokens) when adding it or later. The Practitioner must exist, patient accounts stand for their
+/// Patient, other job types are refused; everything is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth6_practitioner_links_over_the_admin_api() {
+    let s = Server::start();
+    let boss = s.dir.user_with_token("boss", "administrator");
+    let pr = create_resource(&s, json!({"resourceType": "Practitioner", "name": [{"family": "Sato"}]})).await;
+    let pa = create_resource(&s, json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
+
+    let sato = json!({"name": "dr.sato", "role": "physician", "practitioner": pr});
+    let (st, r) = post_admin(&s, "/accounts", &sato, &boss).await;
+    assert_eq!((st, r["practitioner"].as_str()), (201, Some(pr.as_str())), "{r}");
+    let ghost = json!({"name": "dr.ghost", "role": "nurse", "practitioner": "no-such-practitioner"});
+    assert_eq!(post_admin(&s, "/accounts", &ghost, &boss).await.0, 404, "the Practitioner must exist");
+    let (_, list) = get(&s, "/accounts", &boss).await;
+    assert!(!list.to_string().contains("dr.ghost"), "nothing was created: {list}");
+
+    let link = json!({"practitioner": pr});
+    assert_eq!(post_admin(&s, "/accounts/dr.test/practitioner", &link, &s.token).await.0, 403);
+    let (st, r) = post_admin(&s, "/accounts/dr.test/practitioner", &link, &boss).await;
+    assert_eq!((st, r["practitioner"].as_str()), (200, Some(pr.as_str())), "{r}");
+    let missing = json!({"practitioner": "no-such-practitioner"});
+    assert_eq!(post_admin(&s, "/accounts/dr.test/practitioner", &missing, &boss).await.0, 404);
+    assert_eq!(post_admin(&s, "/accounts/nobody/practitioner", &link, &boss).await.0, 404);
+    assert_eq!(post_admin(&s, "/patient-accounts", &json!({"name": "alice", "patient": pa}), &boss).await.0, 201);
+    assert_eq!(
+        post_admin(&s, "/accounts/alice/practitioner", &link, &boss).await.0,
+        400,
+        "a patient stands for a Patient"
+    );
+    assert_eq!(post_admin(&s, "/accounts/dr.test/practitioner", &json!({"id": pr}), &boss).await.0, 400);
+
+    assert_eq!(s.dir.query_i64("SELECT count(*) FROM account_practitioner"), 2);
+    assert_eq!(count(&s, "action = 'account-create' AND outcome = 201 AND detail LIKE '%Practitioner/%'"), 1);
+    assert_eq!(count(&s, "action = 'account-create' AND outcome = 404"), 1);
+    assert_eq!(count(&s, "action = 'practitioner-link' AND actor = 'boss' AND outcome = 200"), 1);
+    assert_eq!(count(&s, "action = 'practitioner-link' AND actor = 'boss' AND outcome IN (400, 404)"), 3);
+    assert_eq!(count(&s, "action = 'refused' AND outcome = 403 AND actor = 'dr.test'"), 1);
 }

@@ -550,7 +550,12 @@ async fn auth6_smart_configuration_and_capability_statement() {
     assert_eq!(c["token_endpoint_auth_methods_supported"], json!(["none", "private_key_jwt"]));
     let caps: Vec<&str> = c["capabilities"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(caps.contains(&"launch-standalone") && caps.contains(&"client-confidential-asymmetric"));
-    assert!(!caps.contains(&"launch-ehr") && !caps.contains(&"permission-patient"), "only what works");
+    // EHR launch and OpenID Connect are listed since they work (smart_launch.rs); nothing else.
+    assert!(caps.contains(&"launch-ehr") && caps.contains(&"sso-openid-connect"), "{caps:?}");
+    assert!(
+        !caps.contains(&"context-ehr-encounter") && !caps.contains(&"context-standalone-patient"),
+        "only what works"
+    );
     let (_, cap) = json(s.get("metadata").send().await.unwrap()).await;
     let ext = &cap["rest"][0]["security"]["extension"][0];
     assert_eq!(ext["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
@@ -830,6 +835,26 @@ async fn auth6_clients_registered_and_removed_over_the_admin_api() {
     let cli = ok(&["client", "list", "--data-dir", s.dir.arg()]);
     assert!(cli.contains("lab\tsystem\tLab feed") && cli.contains("viewer\tpublic\tChart viewer"), "{cli}");
 
+    // EHR launch and OpenID Connect scopes register where they can work: an app launched from
+    // the EHR (launch with patient/ scopes, confined to the launch patient), never a service.
+    let ehr = json!({"id": "ehr-viewer", "name": "EHR viewer", "scope": "launch patient/*.rs openid fhirUser",
+        "redirect_uris": ["https://viewer.clinic.example/ehr"]});
+    let (st, r) = admin_call(&s, M::POST, "/clients", Some(&ehr), &boss).await;
+    assert_eq!((st, r["scope"].as_str()), (201, Some("patient/*.rs launch openid fhirUser")), "{r}");
+    let app =
+        |scope: &str| json!({"id": "app3", "name": "A", "scope": scope, "redirect_uris": ["https://a.example/cb"]});
+    for (bad, needle) in [
+        (with(json!({"scope": "system/*.rs openid"})), "no sign-in"),
+        (with(json!({"scope": "system/*.rs launch"})), "no sign-in"),
+        (app("launch user/*.rs"), "patient context"),
+        (app("launch launch/patient patient/*.rs"), "not both"),
+        (app("launch/encounter patient/*.rs"), "launch/patient"),
+    ] {
+        let resp =
+            s.http.post(format!("{}/admin/clients", root(&s))).bearer_auth(&boss).json(&bad).send().await.unwrap();
+        expect_outcome(resp, 400, needle).await;
+    }
+
     // Removal: its tokens stop working at once and it gets no new ones.
     assert_eq!(admin_call(&s, M::DELETE, "/clients/lab", None, &auditor).await.0, 403);
     let (st, r) = admin_call(&s, M::DELETE, "/clients/lab", None, &boss).await;
@@ -839,8 +864,8 @@ async fn auth6_clients_registered_and_removed_over_the_admin_api() {
     assert_eq!(admin_call(&s, M::DELETE, "/clients/lab", None, &boss).await.0, 404);
 
     let n = |sql_where: &str| s.dir.audit_i64(&format!("SELECT count(*) FROM audit_event WHERE {sql_where}"));
-    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 201"), 2);
-    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 400"), 11);
+    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 201"), 3);
+    assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 400"), 16);
     assert_eq!(n("action = 'oauth-client-register' AND actor = 'boss' AND outcome = 412"), 1);
     assert_eq!(n("action = 'oauth-client-list' AND actor = 'audit.k' AND outcome = 200"), 1);
     assert_eq!(n("action = 'oauth-client-remove' AND actor = 'boss' AND outcome = 200"), 1);

@@ -2,7 +2,8 @@
 //! patient signs in on the patient listener's `/oauth/authorize` page (password + TOTP, code +
 //! PKCE, no browser), the token response names their Patient, and the app's `patient/` scopes
 //! narrow the patient's compartment rights, never widen them. Tokens work only at the interface
-//! that issued them; `user/` scopes are refused there and `patient/` scopes at the staff one.
+//! that issued them; `user/` scopes are refused there and `patient/` scopes at the staff one
+//! (unless launched from the EHR: `smart_launch.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/oauth_page.rs"]
@@ -12,10 +13,6 @@ mod support;
 use oauth_page::*;
 use serde_json::{Value, json};
 use support::*;
-
-fn root_of(base: &str) -> String {
-    base.trim_end_matches("/fhir").to_string()
-}
 
 async fn get(s: &Server, root: &str, token: &str, path: &str) -> (u16, Value) {
     json(s.http.get(format!("{root}/fhir/{path}")).bearer_auth(token).send().await.unwrap()).await
@@ -44,13 +41,7 @@ async fn authorize_error(root: &str, client: &str, scope: &str) -> Option<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
-    let dir = DataDir::init();
-    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
-    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
-        .unwrap();
-    let api = dir.user_with_token("dr.test", "physician");
-    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
-    let (staff, portal) = (root_of(&s.base), root_of(&bases[1]));
+    let (s, staff, portal) = server_with_portal();
     assert_ne!(staff, portal);
 
     // Two patients' data; alice is linked to Patient A.
@@ -92,7 +83,9 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     assert!(has(&d, "scopes_supported", "patient/*.rs") && !has(&d, "scopes_supported", "user/*.rs"));
     assert!(!has(&d, "grant_types_supported", "client_credentials"), "{d}");
     let (_, d) = json(s.http.get(format!("{staff}/fhir/.well-known/smart-configuration")).send().await.unwrap()).await;
-    assert!(!has(&d, "capabilities", "context-standalone-patient") && !has(&d, "scopes_supported", "patient/*.rs"));
+    assert!(!has(&d, "capabilities", "context-standalone-patient") && !has(&d, "scopes_supported", "launch/patient"));
+    // At the staff interface patient/ scopes come with an EHR launch only (smart_launch.rs).
+    assert!(has(&d, "capabilities", "launch-ehr") && has(&d, "capabilities", "context-ehr-patient"), "{d}");
 
     // Scopes by interface: user/ (and system/) refused at the patient interface, patient/ at the staff one.
     assert_eq!(authorize_error(&portal, "phr", "user/*.rs").await.as_deref(), Some("invalid_scope"));

@@ -1,13 +1,15 @@
 //! Account administration over HTTP beyond the lifecycle (AUTH-5, AUTH-7, AUTH-8, AUTH-2): the
-//! account list, API tokens, lockouts, initial passwords, recovery codes, someone else's WebAuthn
-//! credentials and the lifecycle sweep — what `mamori user …` and `mamori token …` do, through
-//! the same store operations. Under `/admin`, behind the authentication middleware:
+//! account list, API tokens, lockouts, initial passwords, Practitioner links (AUTH-6: the ID
+//! token's `fhirUser`), recovery codes, someone else's WebAuthn credentials and the lifecycle
+//! sweep — what `mamori user …` and `mamori token …` do, through the same store operations.
+//! Under `/admin`, behind the authentication middleware:
 //!
 //! ```text
 //! GET    /admin/accounts                                  administrators, auditors
 //! POST   /admin/accounts/sweep                            administrators
 //! POST   /admin/accounts/{name}/unlock                    administrators
 //! POST   /admin/accounts/{name}/password {password}       administrators, never their own account
+//! POST   /admin/accounts/{name}/practitioner {practitioner} administrators (the ID token's fhirUser)
 //! GET    /admin/accounts/{name}/tokens                    administrators, auditors (no secrets)
 //! POST   /admin/accounts/{name}/tokens {ttl?}             administrators; the token shown once
 //! DELETE /admin/accounts/{name}/tokens/{id}               administrators
@@ -28,9 +30,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use mamori_access::Operation;
-use mamori_store::Action;
 use mamori_store::clock::fhir_instant;
+use mamori_store::{AccountName, Action};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -61,6 +64,22 @@ pub async fn list_accounts(
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+/// The first steps of a change an administrator makes to the account named `raw_name`: the
+/// policy point decides `action` (`account-manage`), then the name and the JSON body (`shape`)
+/// are parsed. A denial or bad input is audited and answered.
+async fn manage<T: DeserializeOwned>(
+    s: &Shared,
+    auth: &Authenticated,
+    action: Action,
+    raw_name: &str,
+    raw: Body,
+    shape: &str,
+) -> Result<(AccountName, T)> {
+    auth.permit(s, Operation::AccountManage, action, ACCOUNT).await?;
+    let name = account_name(s, auth, raw_name).await?;
+    Ok((name, body(s, auth, raw, shape).await?))
+}
+
 /// The lifecycle sweep, now (AUTH-7): accounts unused for `lifecycle.disable_after_days` are
 /// disabled, undecided role requests past `lifecycle.request_ttl` expire.
 pub async fn sweep(
@@ -83,12 +102,29 @@ pub async fn unlock(
     Path(name): Path<String>,
     raw: Body,
 ) -> Result<Response> {
-    auth.permit(&s, Operation::AccountManage, Action::Unlock, ACCOUNT).await?;
-    let name = account_name(&s, &auth, &name).await?;
-    let _: Empty = body(&s, &auth, raw, "{} (or empty)").await?;
+    let (name, Empty {}) = manage(&s, &auth, Action::Unlock, &name, raw, "{} (or empty)").await?;
     let was_locked = s.store.unlock(auth.ctx.clone(), name.clone()).await?;
     let status = if was_locked { "unlocked" } else { "not-locked" };
     Ok(json_response(StatusCode::OK, &json!({"account": name.as_str(), "status": status})))
+}
+
+/// Links (or re-links) a staff account to the person's Practitioner resource, which must exist
+/// (AUTH-6: the `fhirUser` of their OpenID Connect ID tokens).
+pub async fn link_practitioner(
+    State(s): State<Arc<Shared>>,
+    Extension(auth): Extension<Authenticated>,
+    Path(name): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PractitionerLink {
+        practitioner: String,
+    }
+    let shape = "{\"practitioner\": \"<Practitioner id>\"}";
+    let (name, req): (_, PractitionerLink) = manage(&s, &auth, Action::PractitionerLink, &name, raw, shape).await?;
+    s.store.link_practitioner(auth.ctx.clone(), name.clone(), req.practitioner.clone()).await?;
+    Ok(json_response(StatusCode::OK, &json!({"account": name.as_str(), "practitioner": req.practitioner})))
 }
 
 #[derive(Deserialize)]
@@ -105,9 +141,8 @@ pub async fn initial_password(
     Path(name): Path<String>,
     raw: Body,
 ) -> Result<Response> {
-    auth.permit(&s, Operation::AccountManage, Action::PasswordSet, ACCOUNT).await?;
-    let name = account_name(&s, &auth, &name).await?;
-    let req: InitialPassword = body(&s, &auth, raw, "{\"password\": …}").await?;
+    let (name, req): (_, InitialPassword) =
+        manage(&s, &auth, Action::PasswordSet, &name, raw, "{\"password\": …}").await?;
     let password = Zeroizing::new(req.password);
     s.store.initial_password(auth.ctx.clone(), name.clone(), password, Arc::clone(&s.login)).await?;
     Ok(json_response(StatusCode::OK, &json!({"account": name.as_str(), "status": "password-set", "must_change": true})))
@@ -140,9 +175,8 @@ pub async fn create_token(
     Path(name): Path<String>,
     raw: Body,
 ) -> Result<Response> {
-    auth.permit(&s, Operation::AccountManage, Action::TokenCreate, ACCOUNT).await?;
-    let name = account_name(&s, &auth, &name).await?;
-    let req: NewToken = body(&s, &auth, raw, "{\"ttl\": \"8h\"} (optional)").await?;
+    let shape = "{\"ttl\": \"8h\"} (optional)";
+    let (name, req): (_, NewToken) = manage(&s, &auth, Action::TokenCreate, &name, raw, shape).await?;
     let ttl = match req.ttl.as_deref().map(mamori_store::accounts::parse_duration).transpose() {
         Ok(t) => t,
         Err(e) => return Err(auth.refuse(&s, ApiError::from(e), ACCOUNT).await),

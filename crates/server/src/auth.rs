@@ -165,11 +165,11 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
         Ok(None) => None,
         Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
     };
-    let (principal, session, scope, client) = match oauth {
-        Some(g) => (Some(g.principal), None, Some(Arc::new(g.scope)), Some(g.client_id)),
+    let (principal, session, scope, client, launch) = match oauth {
+        Some(g) => (Some(g.principal), None, Some(Arc::new(g.scope)), Some(g.client_id), g.patient),
         None => match bearer_principal(&state, req.headers(), zone).await {
-            Ok(Some((p, session))) => (Some(p), session, None, None),
-            Ok(None) => (None, None, None, None),
+            Ok(Some((p, session))) => (Some(p), session, None, None, None),
+            Ok(None) => (None, None, None, None, None),
             Err(e) => return with_request_id(ApiError::from(e).into_response(), &request_id),
         },
     };
@@ -206,7 +206,14 @@ pub async fn require_token(State(state): State<Arc<crate::Shared>>, mut req: Req
     // ACL-1: one decision per request, from job type, zone and purpose; the store applies it per
     // resource (information category).
     let mut rights: Rights = request_rights(&state, &principal, zone, purpose);
-    // AUTH-6: scopes narrow what the policy allows, never widen it.
+    // AUTH-6: an EHR-launched app's token is confined to the launch patient's compartment, and
+    // scopes narrow what the policy allows, never widen it. patient/ scopes without a launch
+    // patient (never issued here) get nothing.
+    match (&launch, &scope) {
+        (Some(patient), _) => rights = rights.confined_to(patient),
+        (None, Some(sc)) if sc.has_context(mamori_access::scope::Context::Patient) => rights = Rights::none(),
+        _ => {}
+    }
     if let Some(scope) = scope {
         rights = rights.narrowed(scope);
     }

@@ -83,7 +83,7 @@ pub async fn register(
 ) -> Result<Response> {
     const SHAPE: &str = "{\"id\": …, \"name\": …, \"scope\": …, \"redirect_uris\": […]} or {\"id\": …, \"name\": …, \"scope\": …, \"jwks\": {\"keys\": […]}, \"role\": …}";
     auth.permit(&s, Operation::AccountManage, Action::OAuthClientRegister, CLIENT).await?;
-    let req: NewClient = body_within(&s, &auth, raw, SHAPE, MAX_CLIENT_BODY).await?;
+    let req: NewClient = body_within(&s, &auth, raw, SHAPE, MAX_CLIENT_BODY, CLIENT).await?;
     let jwks = match req.jwks {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text),

@@ -126,7 +126,7 @@ pub async fn metadata(State(s): St, Extension(auth): Auth, Extension(conn): Conn
     let root = crate::oauth_api::root(&s, &h, Some(&conn));
     let body = match serde_json::from_slice::<serde_json::Value>(&s.capability) {
         Ok(mut cap) => {
-            cap["rest"][0]["security"] = crate::oauth_api::capability_security(&root);
+            cap["rest"][0]["security"] = crate::oauth_api::capability_security(&s, &root);
             serde_json::to_vec(&cap).unwrap_or_else(|_| s.capability.clone())
         }
         Err(_) => s.capability.clone(),

@@ -19,8 +19,10 @@ mod fhir_api;
 mod lifecycle_api;
 pub mod listener;
 pub mod oauth_api;
+mod oauth_launch;
 mod oauth_webauthn;
 mod oauth_zone;
+mod oidc;
 mod patient;
 pub mod respond;
 pub mod syslog;
@@ -144,7 +146,11 @@ impl Shared {
             policy_bypass: std::sync::atomic::AtomicBool::new(false),
             // Patient-facing SMART apps: the same token lifetimes; the issuer is this interface's
             // own base URL (`[patient_portal] base_url`, else the request's Host).
-            oauth: oauth_api::OAuthSettings { issuer: None, lifetimes: self.oauth.lifetimes },
+            oauth: oauth_api::OAuthSettings {
+                issuer: None,
+                lifetimes: self.oauth.lifetimes,
+                id_token_key: self.oauth.id_token_key.clone(),
+            },
             oauth_pending: oauth_api::PendingRequests::default(),
             capability: self.capability.clone(),
         }
@@ -215,6 +221,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/accounts/sweep", post(account_admin_api::sweep))
         .route("/accounts/{name}/unlock", post(account_admin_api::unlock))
         .route("/accounts/{name}/password", post(account_admin_api::initial_password))
+        .route("/accounts/{name}/practitioner", post(account_admin_api::link_practitioner))
         .route("/accounts/{name}/tokens", get(account_admin_api::list_tokens).post(account_admin_api::create_token))
         .route("/accounts/{name}/tokens/{id}", delete(account_admin_api::revoke_token))
         .route("/accounts/{name}/recovery-codes", delete(account_admin_api::revoke_recovery_codes))
@@ -224,11 +231,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/clients/{id}", delete(client_admin_api::remove))
         .fallback(f::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
+    // SMART EHR launch: the EHR asks with the person's credential (staff interface only).
+    let launch = Router::new()
+        .route("/launch", post(oauth_launch::create))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth::require_token));
     Router::new()
         .nest("/auth", auth_api::routes())
-        .nest("/oauth", oauth_routes())
-        // SMART discovery is public (apps read it before they have a token).
+        .nest("/oauth", oauth_routes().merge(launch))
+        // SMART and OpenID discovery are public (apps read them before they have a token).
         .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
+        .route("/.well-known/openid-configuration", get(oidc::configuration))
         .nest("/admin", admin)
         // The nested "/" route serves POST /fhir; this one serves POST /fhir/ (both are the base).
         .route(
@@ -249,6 +261,7 @@ fn oauth_routes() -> Router<Arc<Shared>> {
         .route("/authorize", get(oauth_api::authorize_get).post(oauth_api::authorize_post))
         .route("/token", post(oauth_api::token))
         .route("/revoke", post(oauth_api::revoke))
+        .route("/jwks", get(oidc::jwks))
         .fallback(outside_fhir)
 }
 
@@ -262,6 +275,7 @@ pub fn patient_app(shared: Arc<Shared>) -> Router {
         .nest("/auth", auth_api::routes())
         .nest("/oauth", oauth_routes())
         .route("/fhir/.well-known/smart-configuration", get(oauth_api::smart_configuration))
+        .route("/.well-known/openid-configuration", get(oidc::configuration))
         .route(
             "/fhir/",
             post(fhir_api::bundle)

@@ -41,7 +41,7 @@ use crate::error::ApiError;
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// Administration bodies are small; anything larger is refused before parsing (NET-2).
-const MAX_ADMIN_BODY: usize = 16 * 1024;
+pub(crate) const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
@@ -49,29 +49,31 @@ pub(crate) fn bad(message: impl Into<String>) -> ApiError {
 
 /// Reads and parses a bounded JSON body; bad input is audited as a refusal.
 pub(crate) async fn body<T: DeserializeOwned>(s: &Shared, auth: &Authenticated, body: Body, shape: &str) -> Result<T> {
-    body_within(s, auth, body, shape, MAX_ADMIN_BODY).await
+    body_within(s, auth, body, shape, MAX_ADMIN_BODY, Some("account")).await
 }
 
-/// As [`body`], with its own size limit.
+/// As [`body`], with its own size limit, for an administrative or OAuth request about `rtype`
+/// (what a refusal is audited as).
 pub(crate) async fn body_within<T: DeserializeOwned>(
     s: &Shared,
     auth: &Authenticated,
     body: Body,
     shape: &str,
     limit: usize,
+    rtype: Option<&str>,
 ) -> Result<T> {
     let parsed = match axum::body::to_bytes(body, limit).await {
         Err(_) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
-            format!("this administration request is limited to {limit} bytes"),
+            format!("this request is limited to {limit} bytes"),
         )),
         Ok(b) if b.is_empty() => serde_json::from_slice(b"{}").map_err(|_| bad(format!("the body must be {shape}"))),
         Ok(b) => serde_json::from_slice(&b).map_err(|_| bad(format!("the body must be a JSON object {shape}"))),
     };
     match parsed {
         Ok(v) => Ok(v),
-        Err(e) => Err(auth.refuse(s, e, Some("account")).await),
+        Err(e) => Err(auth.refuse(s, e, rtype).await),
     }
 }
 
@@ -250,24 +252,32 @@ pub async fn enable(
 struct NewAccount {
     name: String,
     role: String,
+    /// The person's Practitioner (logical id; it must exist): the ID token's `fhirUser`.
+    #[serde(default)]
+    practitioner: Option<String>,
 }
 
-/// Adds a staff account (AUTH-1). It can do nothing until it has a credential: an initial password
-/// (`mamori user password`) or a temporary credential.
+/// Adds a staff account (AUTH-1), linked to the person's Practitioner if given. It can do nothing
+/// until it has a credential: an initial password (`mamori user password`) or a temporary
+/// credential.
 pub async fn add_account(
     State(s): State<Arc<Shared>>,
     Extension(auth): Extension<Authenticated>,
     raw: Body,
 ) -> Result<Response> {
     auth.permit(&s, Operation::AccountManage, Action::AccountCreate, Some("account")).await?;
-    let req: NewAccount = body(&s, &auth, raw, "{\"name\": …, \"role\": …}").await?;
+    let req: NewAccount = body(&s, &auth, raw, "{\"name\": …, \"role\": …, \"practitioner\"?: …}").await?;
     let name = account_name(&s, &auth, &req.name).await?;
     let role: Role = match req.role.parse() {
         Ok(r) => r,
         Err(e) => return Err(auth.refuse(&s, bad(format!("{e}")), Some("account")).await),
     };
-    s.store.add_account(auth.ctx.clone(), name.clone(), role).await?;
-    Ok(json_response(StatusCode::CREATED, &serde_json::json!({"account": name.as_str(), "role": role.as_str()})))
+    s.store.add_account(auth.ctx.clone(), name.clone(), role, req.practitioner.clone()).await?;
+    let mut answer = serde_json::json!({"account": name.as_str(), "role": role.as_str()});
+    if let Some(p) = req.practitioner {
+        answer["practitioner"] = serde_json::json!(p);
+    }
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,9 @@
 //! GET  /fhir/.well-known/smart-configuration
 //! ```
 //!
+//! EHR launch (`launch`, the `/oauth/launch` endpoint) is `oauth_launch`; OpenID Connect ID
+//! tokens, the JWK Set and OpenID discovery are `oidc`.
+//!
 //! Both interfaces serve these (ACL-4). At the staff interface people sign in with the staff
 //! login policy and apps get `user/` scopes (`system/` for backend services); at the patient
 //! interface patients sign in with the patient login policy, apps get `patient/` scopes only,
@@ -35,10 +38,11 @@ use axum::response::{IntoResponse, Response};
 use mamori_access::Audience;
 use mamori_access::TokenHash;
 use mamori_access::client_assertion::{self, ClientKeys};
-use mamori_access::scope::{Context, ScopeSet};
+use mamori_access::scope::ScopeSet;
 use mamori_access::secret::{IssuedSecret, SecretKind, presented};
 use mamori_store::identity::{LoginOutcome, SecondFactor};
 use mamori_store::oauth::{ClientKind, CodeExchange, CodeGrant, RefreshRequest, Refusal, SIGN_IN_TOO_WEAK, Tokens};
+use mamori_store::oauth_launch::CodeContext;
 use mamori_store::webauthn::RequestOptions;
 use mamori_store::{AccessContext, StoreError};
 use serde_json::json;
@@ -68,6 +72,8 @@ pub struct OAuthSettings {
     /// the request when unset.
     pub issuer: Option<String>,
     pub lifetimes: mamori_store::oauth::Lifetimes,
+    /// The OpenID Connect ID token signing key; `None`: no ID tokens (`openid` is not offered).
+    pub id_token_key: Option<Arc<mamori_access::oidc::IdTokenKey>>,
 }
 
 /// Which step a sign-in is at.
@@ -87,6 +93,8 @@ struct Pending {
     state: Option<String>,
     challenge: String,
     scope: ScopeSet,
+    /// The EHR launch value and OpenID Connect nonce, for the code.
+    context: CodeContext,
     expires_us: i64,
     step: Step,
 }
@@ -341,21 +349,6 @@ fn ctx_of(conn: Option<&ConnInfo>, client: Option<&str>) -> AccessContext {
 
 // ---- /oauth/authorize ------------------------------------------------------------------------
 
-/// ACL-4: the scope contexts this interface grants. `patient/` needs the patient context, which
-/// only the patient interface has (the signed-in patient); `user/` and `system/` are staff's.
-fn scopes_fit_interface(s: &Shared, scope: &ScopeSet) -> Result<(), &'static str> {
-    match s.login.audience {
-        Audience::Patient if scope.has_context(Context::User) || scope.has_context(Context::System) => {
-            Err("only patient/ scopes can be granted at the patient interface")
-        }
-        Audience::Staff if scope.has_context(Context::Patient) => {
-            Err("patient/ scopes need a patient context, which staff sign-in does not provide; use user/ scopes here, \
-             or the patient interface for apps used by patients")
-        }
-        _ => Ok(()),
-    }
-}
-
 pub(crate) async fn authorize_get(State(s): St, req: Request) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let headers = req.headers().clone();
@@ -414,15 +407,42 @@ pub(crate) async fn authorize_get(State(s): St, req: Request) -> Response {
             return fail("invalid_scope", &e.to_string());
         }
     };
-    if let Err(why) = scopes_fit_interface(&s, &requested) {
+    let launch = get("launch");
+    if let Err((error, why)) = crate::oauth_launch::scopes_fit(s.login.audience, &requested, launch.is_some()) {
         let ctx = ctx_of(conn.as_ref(), Some(client_id));
-        let _ = s.store.oauth_failure(ctx, Some(client_id.into()), format!("authorize: invalid_scope: {why}")).await;
-        return fail("invalid_scope", why);
+        let _ = s.store.oauth_failure(ctx, Some(client_id.into()), format!("authorize: {error}: {why}")).await;
+        return fail(error, why);
     }
-    let scope = requested.intersect(&client.scope);
-    if scope.clinical.is_empty() {
+    let mut scope = requested.intersect(&client.scope);
+    if scope.clinical.is_empty() && !scope.openid {
         return fail("invalid_scope", "none of the requested scopes is registered for this app");
     }
+    if requested.launch && !scope.launch {
+        return fail("invalid_scope", "this app is not registered for EHR launch (scope launch)");
+    }
+    if let Some(l) = launch
+        && !matches!(s.store.launch_usable(Zeroizing::new(l.to_string()), client_id.to_string()).await, Ok(true))
+    {
+        let ctx = ctx_of(conn.as_ref(), Some(client_id));
+        let why = "authorize: launch unknown, expired, used or for another app".to_string();
+        let _ = s.store.oauth_failure(ctx, Some(client_id.into()), why).await;
+        return fail(
+            "invalid_request",
+            "the launch context is unknown, expired or already used; start the app again from the EHR",
+        );
+    }
+    if !crate::oidc::enabled(&s) {
+        scope.openid = false;
+        scope.fhir_user = false;
+    }
+    let nonce = get("nonce");
+    if nonce.is_some_and(|n| !crate::oidc::nonce_ok(n)) {
+        return fail("invalid_request", "nonce must be at most 512 printable ASCII characters");
+    }
+    let context = CodeContext {
+        launch: launch.map(|l| Zeroizing::new(l.to_string())),
+        nonce: nonce.filter(|_| scope.openid).map(str::to_string),
+    };
     let now = s.now_us();
     let pending = Pending {
         client_id: client.client_id.clone(),
@@ -431,6 +451,7 @@ pub(crate) async fn authorize_get(State(s): St, req: Request) -> Response {
         state: state.map(str::to_string),
         challenge: challenge.to_string(),
         scope,
+        context,
         expires_us: now + PENDING_TTL_US,
         step: Step::Password,
     };
@@ -529,6 +550,7 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
                 challenge: p.challenge.clone(),
                 scope: p.scope.clone(),
                 zone: zone_name_of(&s, conn.as_ref()),
+                context: p.context.clone(),
             };
             drop(token);
             match s.store.issue_code(ctx, grant).await {
@@ -539,6 +561,14 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
                     }
                     redirect(&p.redirect_uri, &params)
                 }
+                // The launch context could not be used (the store audited why).
+                Err(StoreError::Invalid { .. }) => redirect_error(
+                    &p.redirect_uri,
+                    "access_denied",
+                    "the launch context is expired, already used, or was issued to another person; start the app \
+                     again from the EHR",
+                    p.state.as_deref(),
+                ),
                 Err(_) => error_page(StatusCode::INTERNAL_SERVER_ERROR, "the sign-in could not be completed"),
             }
         }
@@ -574,7 +604,7 @@ pub(crate) async fn authorize_post(State(s): St, req: Request) -> Response {
 
 // ---- /oauth/token and /oauth/revoke ----------------------------------------------------------
 
-fn token_json(status: StatusCode, v: serde_json::Value) -> Response {
+pub(crate) fn token_json(status: StatusCode, v: serde_json::Value) -> Response {
     let mut resp = (status, serde_json::to_vec(&v).unwrap_or_default()).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -584,7 +614,7 @@ fn token_json(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 /// RFC 6749 §5.2.
-fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+pub(crate) fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
     let status = if error == "invalid_client" { StatusCode::UNAUTHORIZED } else { status };
     token_json(status, json!({"error": error, "error_description": description}))
 }
@@ -603,7 +633,7 @@ fn refusal(r: Refusal) -> Response {
     token_error(StatusCode::BAD_REQUEST, r.error, description)
 }
 
-fn tokens_json(t: Tokens, patient: Option<String>) -> Response {
+fn tokens_json(t: Tokens, patient: Option<String>, id_token: Option<String>) -> Response {
     let mut v = json!({
         "access_token": t.access_token.as_str(),
         "token_type": "Bearer",
@@ -616,6 +646,9 @@ fn tokens_json(t: Tokens, patient: Option<String>) -> Response {
     // SMART launch context: the Patient whose compartment the patient/ scopes apply to.
     if let Some(p) = patient {
         v["patient"] = json!(p);
+    }
+    if let Some(id) = id_token {
+        v["id_token"] = json!(id);
     }
     token_json(StatusCode::OK, v)
 }
@@ -704,7 +737,8 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                     s.oauth.lifetimes,
                 )
                 .await;
-            answer_person(&s, r).await
+            let issuer = root(&s, &headers, conn);
+            answer_person(&s, r, Some((client_id, &issuer))).await
         }
         Some("refresh_token") => {
             let (Some(client_id), Some(rt)) = (get("client_id"), get("refresh_token")) else {
@@ -735,7 +769,7 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
                     s.oauth.lifetimes,
                 )
                 .await;
-            answer_person(&s, r).await
+            answer_person(&s, r, None).await
         }
         Some("client_credentials") if s.login.audience == Audience::Patient => {
             refused(&s, conn, get("client_id"), "unsupported_grant_type", "backend services use the staff interface")
@@ -781,26 +815,41 @@ pub(crate) async fn token(State(s): St, req: Request) -> Response {
     with_request_id(resp, &id)
 }
 
-/// A person's tokens; at the patient interface with the signed-in patient's Patient as the
-/// launch context (the tokens work only while that link exists: `patient::require_patient`).
-async fn answer_person(s: &Shared, r: Result<Result<Tokens, Refusal>, StoreError>) -> Response {
-    match r {
-        Ok(Ok(t)) if s.login.audience == Audience::Patient => {
-            let Some(account) = t.account.clone() else { return answer(Ok(Ok(t))) };
-            match s.store.patient_of(account).await {
-                Ok(patient) => tokens_json(t, patient),
-                Err(_) => {
-                    token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed")
-                }
-            }
-        }
-        r => answer(r),
-    }
+/// A person's tokens with their launch context: at the patient interface the signed-in
+/// patient's Patient (the tokens work only while that link exists: `patient::require_patient`),
+/// at the staff interface the EHR launch's Patient, if any. `id_token_for` (client id, issuer):
+/// a code exchange, which carries an ID token when `openid` was granted.
+async fn answer_person(
+    s: &Shared,
+    r: Result<Result<Tokens, Refusal>, StoreError>,
+    id_token_for: Option<(&str, &str)>,
+) -> Response {
+    let server_error =
+        || token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed");
+    let t = match r {
+        Ok(Ok(t)) => t,
+        r => return answer(r),
+    };
+    let patient = match (s.login.audience, &t.account) {
+        (Audience::Patient, Some(account)) => match s.store.patient_of(account.clone()).await {
+            Ok(p) => p,
+            Err(_) => return server_error(),
+        },
+        _ => t.patient.clone(),
+    };
+    let id_token = match id_token_for {
+        Some((client_id, issuer)) => match crate::oidc::id_token(s, &t, client_id, issuer).await {
+            Ok(id) => id,
+            Err(()) => return server_error(),
+        },
+        None => None,
+    };
+    tokens_json(t, patient, id_token)
 }
 
 fn answer(r: Result<Result<Tokens, Refusal>, StoreError>) -> Response {
     match r {
-        Ok(Ok(t)) => tokens_json(t, None),
+        Ok(Ok(t)) => tokens_json(t, None, None),
         Ok(Err(refusal_)) => refusal(refusal_),
         Err(_) => token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the request could not be completed"),
     }
@@ -844,33 +893,54 @@ pub(crate) async fn revoke(State(s): St, req: Request) -> Response {
 pub(crate) async fn smart_configuration(State(s): St, req: Request) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let root = root(&s, req.headers(), conn.as_ref());
-    let mut resp = token_json(StatusCode::OK, smart_document(&root, s.login.audience));
+    let mut resp = token_json(StatusCode::OK, smart_document(&s, &root));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
 /// The discovery document of the staff interface (`Audience::Staff`: staff apps with `user/`
-/// scopes, backend services with `system/`) or the patient interface (`Audience::Patient`:
-/// patients' apps, standalone launch with the signed-in patient as the context, `patient/`
-/// scopes, no backend services).
-pub(crate) fn smart_document(root: &str, audience: Audience) -> serde_json::Value {
-    let (grants, auth_methods, mut scopes, context) = match audience {
+/// scopes, EHR launch with `patient/` scopes confined to the launch patient, backend services with
+/// `system/`) or the patient interface (`Audience::Patient`: patients' apps, standalone launch
+/// with the signed-in patient as the context, `patient/` scopes, no backend services). OpenID
+/// Connect (`openid fhirUser`, `sso-openid-connect`) when the server has its ID token key.
+pub(crate) fn smart_document(s: &Shared, root: &str) -> serde_json::Value {
+    let audience = s.login.audience;
+    let oidc = crate::oidc::enabled(s);
+    let (grants, auth_methods, mut scopes, mut capabilities) = match audience {
         Audience::Staff => (
             json!(["authorization_code", "refresh_token", "client_credentials"]),
             json!(["none", "private_key_jwt"]),
-            vec!["user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"],
-            ["client-confidential-asymmetric", "permission-user"],
+            vec![
+                "user/*.cruds",
+                "user/*.rs",
+                "patient/*.cruds",
+                "patient/*.rs",
+                "system/*.cruds",
+                "system/*.rs",
+                "launch",
+            ],
+            vec![
+                "launch-standalone",
+                "launch-ehr",
+                "client-public",
+                "client-confidential-asymmetric",
+                "context-ehr-patient",
+                "permission-user",
+                "permission-patient",
+            ],
         ),
         Audience::Patient => (
             json!(["authorization_code", "refresh_token"]),
             json!(["none"]),
-            vec!["patient/*.cruds", "patient/*.rs"],
-            ["context-standalone-patient", "permission-patient"],
+            vec!["patient/*.cruds", "patient/*.rs", "launch/patient"],
+            vec!["launch-standalone", "client-public", "context-standalone-patient", "permission-patient"],
         ),
     };
+    if oidc {
+        scopes.extend(["openid", "fhirUser"]);
+        capabilities.push("sso-openid-connect");
+    }
     scopes.extend(["offline_access", "online_access"]);
-    let mut capabilities = vec!["launch-standalone", "client-public"];
-    capabilities.extend(context);
     capabilities.extend(["permission-offline", "permission-online", "permission-v1", "permission-v2"]);
     let mut doc = json!({
         "issuer": root,
@@ -887,22 +957,37 @@ pub(crate) fn smart_document(root: &str, audience: Audience) -> serde_json::Valu
     if audience == Audience::Staff {
         doc["token_endpoint_auth_signing_alg_values_supported"] = json!(client_assertion::ALGORITHMS);
     }
+    if oidc {
+        doc["jwks_uri"] = json!(format!("{root}/oauth/jwks"));
+    }
     doc
 }
 
-/// The SMART OAuth URIs extension for the CapabilityStatement's security section.
-pub(crate) fn capability_security(root: &str) -> serde_json::Value {
+/// The SMART OAuth URIs and capabilities extensions for the CapabilityStatement's security
+/// section: the same endpoints and capabilities as the SMART configuration.
+pub(crate) fn capability_security(s: &Shared, root: &str) -> serde_json::Value {
+    let smart = smart_document(s, root);
+    let capabilities: Vec<serde_json::Value> = smart["capabilities"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|v| json!({"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/capabilities", "valueCode": v}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut extension = vec![json!({
+        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+        "extension": [
+            {"url": "authorize", "valueUri": format!("{root}/oauth/authorize")},
+            {"url": "token", "valueUri": format!("{root}/oauth/token")},
+            {"url": "revoke", "valueUri": format!("{root}/oauth/revoke")}
+        ]
+    })];
+    extension.extend(capabilities);
     json!({
         "cors": false,
         "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
-        "extension": [{
-            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [
-                {"url": "authorize", "valueUri": format!("{root}/oauth/authorize")},
-                {"url": "token", "valueUri": format!("{root}/oauth/token")},
-                {"url": "revoke", "valueUri": format!("{root}/oauth/revoke")}
-            ]
-        }],
-        "description": "Bearer tokens: SMART on FHIR OAuth 2.0 (authorization code with PKCE for apps, client credentials with private_key_jwt for backend services), login sessions, or API tokens from `mamori token create`; scopes narrow the access policy, never widen it; every access is audited."
+        "extension": extension,
+        "description": "Bearer tokens: SMART on FHIR OAuth 2.0 (authorization code with PKCE for apps, standalone or launched from the EHR, OpenID Connect ID tokens, client credentials with private_key_jwt for backend services), login sessions, or API tokens from `mamori token create`; scopes narrow the access policy, never widen it; every access is audited."
     })
 }

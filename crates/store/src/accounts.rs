@@ -48,6 +48,14 @@ pub struct AccountInfo {
     pub disabled: bool,
 }
 
+/// The FHIR resource an account stands for: a patient account's Patient (ACL-4), a staff
+/// account's Practitioner (the ID token's `fhirUser`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountLink {
+    Patient(String),
+    Practitioner(String),
+}
+
 /// Lifetimes of API tokens (`[tokens]`): the default when none is asked for, and the longest
 /// allowed.
 #[derive(Clone, Copy, Debug)]
@@ -133,13 +141,26 @@ impl SqliteStore {
         role: Role,
         setup_secret_hash: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
+        self.create_staff_account(ctx, name, role, setup_secret_hash, None).await
+    }
+
+    /// [`SqliteStore::create_account`], linked to the person's Practitioner resource if given
+    /// (it must exist), in the same transaction.
+    pub async fn create_staff_account(
+        &self,
+        ctx: AccessContext,
+        name: &AccountName,
+        role: Role,
+        setup_secret_hash: Option<[u8; 32]>,
+        practitioner: Option<String>,
+    ) -> Result<(), StoreError> {
         if role == Role::Patient {
             return Err(StoreError::invalid(
                 "business-rule",
                 "patient accounts are created with `mamori patient-account add NAME --patient ID`",
             ));
         }
-        self.insert_account(ctx, name, role, setup_secret_hash, None).await
+        self.insert_account(ctx, name, role, setup_secret_hash, practitioner.map(AccountLink::Practitioner)).await
     }
 
     /// Creates an account, linked to its Patient when it is a patient account (ACL-4).
@@ -149,11 +170,11 @@ impl SqliteStore {
         name: &AccountName,
         role: Role,
         setup_secret_hash: Option<[u8; 32]>,
-        patient: Option<String>,
+        link: Option<AccountLink>,
     ) -> Result<(), StoreError> {
         let name = name.clone();
         let target = name.to_string();
-        let linked = patient.clone();
+        let audited = link.clone();
         self.write_audited(
             ctx,
             move |tx| {
@@ -164,18 +185,24 @@ impl SqliteStore {
                 if exists.is_some() {
                     return Err(StoreError::PreconditionFailed(format!("account '{name}' already exists")));
                 }
-                if let Some(p) = &patient {
-                    crate::patients::check_patient(tx.conn, p)?;
+                match &link {
+                    Some(AccountLink::Patient(p)) => crate::patients::check_live(tx.conn, "Patient", p)?,
+                    Some(AccountLink::Practitioner(p)) => crate::patients::check_live(tx.conn, "Practitioner", p)?,
+                    None => {}
                 }
                 tx.conn.execute(
                     "INSERT INTO account (name, role, created_us, setup_secret_hash) VALUES (?1, ?2, ?3, ?4)",
                     params![name.as_str(), role.as_str(), tx.now_us, setup_secret_hash.as_ref().map(|h| &h[..])],
                 )?;
-                if let Some(p) = &patient {
-                    tx.conn.execute(
-                        "INSERT INTO patient_account (account, patient) VALUES (?1, ?2)",
-                        params![name.as_str(), p],
-                    )?;
+                match &link {
+                    Some(AccountLink::Patient(p)) => {
+                        tx.conn.execute(
+                            "INSERT INTO patient_account (account, patient) VALUES (?1, ?2)",
+                            params![name.as_str(), p],
+                        )?;
+                    }
+                    Some(AccountLink::Practitioner(p)) => crate::oidc::set_practitioner(tx.conn, name.as_str(), p)?,
+                    None => {}
                 }
                 Ok(())
             },
@@ -185,8 +212,12 @@ impl SqliteStore {
                     AuditEvent::new(Action::AccountCreate, r.as_ref().map(|_| 201).unwrap_or_else(|e| e.status()))
                         .with_target("account", Some(target))
                         .with_detail(format!("role={}", role.as_str()));
-                if let Some(p) = linked {
-                    ev.patients = vec![p];
+                match audited {
+                    Some(AccountLink::Patient(p)) => ev.patients = vec![p],
+                    Some(AccountLink::Practitioner(p)) => {
+                        ev.detail = Some(format!("role={}; Practitioner/{p}", role.as_str()));
+                    }
+                    None => {}
                 }
                 vec![ev]
             },

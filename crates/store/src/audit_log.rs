@@ -523,7 +523,7 @@ pub fn audit_event_resource(e: &AuditEntry) -> serde_json::Value {
     let rest = match e.action.as_str() {
         "initialise" | "account-create" | "account-list" | "token-create" | "audit-review" | "audit-export"
         | "integrity-check" | "clock-step" | "clock-status" | "status" | "role-request-list" | "account-report"
-        | "oauth-client-list" | "token-list" | "account-sweep" => false,
+        | "oauth-client-list" | "token-list" | "account-sweep" | "server-key-create" => false,
         a if crate::identity::is_identity_action(a) => false,
         "refused" => e.outcome != 401,
         _ => true,

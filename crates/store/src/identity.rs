@@ -111,6 +111,7 @@ pub(crate) fn is_authentication_action(a: &str) -> bool {
             | "oauth-refresh"
             | "oauth-revoke"
             | "oauth-failure"
+            | "oauth-launch"
             | "webauthn-challenge"
             | "webauthn-clone-suspected"
     )
@@ -140,6 +141,7 @@ pub(crate) fn is_identity_action(a: &str) -> bool {
                 | "role-request-expire"
                 | "oauth-client-register"
                 | "oauth-client-remove"
+                | "practitioner-link"
         )
 }
 

@@ -22,6 +22,8 @@ pub mod keys;
 pub mod lifecycle;
 pub mod model;
 pub mod oauth;
+pub mod oauth_launch;
+pub mod oidc;
 pub mod patients;
 pub mod query;
 mod rows;
@@ -76,6 +78,8 @@ pub trait Store:
     + lifecycle::Lifecycle
     + patients::PatientAccounts
     + oauth::OAuth
+    + oauth_launch::Launches
+    + oidc::OpenId
     + webauthn::Webauthn
     + Send
     + Sync

@@ -158,9 +158,10 @@ pub struct SweepOutcome {
 
 /// Account administration over HTTP; each call is audited.
 pub trait Lifecycle: Send + Sync {
-    /// Adds an account of a staff job type (AUTH-1); it has no credential until an administrator
-    /// gives it an initial password or a temporary credential.
-    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()>;
+    /// Adds the account `who` of a staff job type (AUTH-1), linked to the person's Practitioner
+    /// `pr` if given (it must exist; the ID token's `fhirUser`); it has no credential until an
+    /// administrator gives it an initial password or a temporary credential.
+    fn add_account(&self, ctx: AccessContext, who: AccountName, role: Role, pr: Option<String>) -> StoreFuture<'_, ()>;
     /// Adds a patient account linked to the (existing) Patient `patient` (ACL-4).
     fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()>;
     /// A one-time temporary credential for a person who lost their second factor or password
@@ -747,8 +748,8 @@ pub fn report_csv(rows: &[AccountReportRow]) -> String {
 }
 
 impl Lifecycle for SqliteStore {
-    fn add_account(&self, ctx: AccessContext, account: AccountName, role: Role) -> StoreFuture<'_, ()> {
-        Box::pin(async move { self.create_account(ctx, &account, role, None).await })
+    fn add_account(&self, ctx: AccessContext, who: AccountName, role: Role, pr: Option<String>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.create_staff_account(ctx, &who, role, None, pr).await })
     }
 
     fn add_patient_account(&self, ctx: AccessContext, account: AccountName, patient: String) -> StoreFuture<'_, ()> {

@@ -202,6 +202,12 @@ pub enum Action {
     OAuthRevoke,
     /// A token request was refused; the detail says why.
     OAuthFailure,
+    /// An EHR asked for a launch context for a patient (SMART `launch`, AUTH-6).
+    OAuthLaunch,
+    /// An account was linked to its Practitioner (the ID token's `fhirUser`).
+    PractitionerLink,
+    /// A server key kept in the database was generated (the ID token signing key).
+    ServerKeyCreate,
 }
 
 impl Action {
@@ -269,6 +275,9 @@ impl Action {
             Action::OAuthRefresh => "oauth-refresh",
             Action::OAuthRevoke => "oauth-revoke",
             Action::OAuthFailure => "oauth-failure",
+            Action::OAuthLaunch => "oauth-launch",
+            Action::PractitionerLink => "practitioner-link",
+            Action::ServerKeyCreate => "server-key-create",
         }
     }
 }

@@ -243,6 +243,8 @@ pub struct CodeGrant {
     pub scope: ScopeSet,
     /// The network zone of the sign-in page's request (recorded with the tokens).
     pub zone: Option<String>,
+    /// EHR launch value and OpenID Connect nonce (`oauth_launch`).
+    pub context: crate::oauth_launch::CodeContext,
 }
 
 /// A token request with an authorisation code (RFC 6749 §4.1.3, RFC 7636 §4.5).
@@ -273,6 +275,10 @@ pub struct Tokens {
     pub scope: ScopeSet,
     /// The person, for user tokens.
     pub account: Option<String>,
+    /// The EHR launch context's Patient: the compartment the tokens are confined to.
+    pub patient: Option<String>,
+    /// The OpenID Connect nonce of the authorisation request (code exchange only).
+    pub nonce: Option<String>,
 }
 
 /// A protocol refusal: the RFC 6749 §5.2 error code, and the reason for the audit trail (not
@@ -298,6 +304,8 @@ pub struct OAuthGrant {
     pub scope: ScopeSet,
     /// How the person signed in; `None` for a system client (no person, no sign-in).
     pub sign_in: Option<SignIn>,
+    /// The EHR launch context's Patient: the request is confined to its compartment.
+    pub patient: Option<String>,
 }
 
 /// How the person behind a token signed in, and whether that is strong enough for the zone of
@@ -432,7 +440,7 @@ fn client_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Client>> {
 
 const CLIENT_COLUMNS: &str = "client_id, kind, name, redirect_uris, scope, jwks, role, created_us";
 
-fn load_client(c: &Connection, client_id: &str) -> Result<Option<Client>, StoreError> {
+pub(crate) fn load_client(c: &Connection, client_id: &str) -> Result<Option<Client>, StoreError> {
     Ok(c.prepare_cached(&format!("SELECT {CLIENT_COLUMNS} FROM oauth_client WHERE client_id = ?1"))?
         .query_row([client_id], client_from_row)
         .optional()?
@@ -558,10 +566,24 @@ fn check_registration(client_id: &str, name: &str, kind: &ClientKind, scope: &Sc
         ClientKind::System { .. } if scope.has_context(Context::Patient) => {
             "patient/ scopes are for apps used by patients"
         }
-        // ACL-4: an app is either for staff (user/ scopes, staff interface) or for patients
-        // (patient/ scopes, patient interface); one registration is never both.
+        // AUTH-6: launch contexts and ID tokens come with a person's sign-in.
+        ClientKind::System { .. } if scope.launch || scope.launch_patient || scope.openid || scope.fhir_user => {
+            "launch, launch/patient, openid and fhirUser are for apps used by people; a backend service has no sign-in"
+        }
+        // ACL-4: an app is either for staff (user/ scopes, or patient/ scopes with EHR launch at
+        // the staff interface) or for patients (patient/ scopes, patient interface); one
+        // registration is never both.
         ClientKind::Public { .. } if scope.has_context(Context::User) && scope.has_context(Context::Patient) => {
             "a client is for staff (user/ scopes) or for patients (patient/ scopes), not both: register two"
+        }
+        ClientKind::Public { .. } if scope.launch && scope.launch_patient => {
+            "a client is for staff (EHR launch: launch) or for patients (launch/patient), not both: register two"
+        }
+        // AUTH-6: a launch context is a patient context, which only patient/ scopes use (an
+        // EHR-launched token is confined to the launch patient; user/ scopes are not).
+        ClientKind::Public { .. } if (scope.launch || scope.launch_patient) && !scope.has_context(Context::Patient) => {
+            "launch and launch/patient give a patient context, which only patient/ scopes use: register patient/ scopes \
+             with them"
         }
         // A backend service acts as a staff job type (ACL-4), whoever registers it.
         ClientKind::System { role: Role::Patient, .. } => {
@@ -699,7 +721,22 @@ impl SqliteStore {
     }
 }
 
-type Row = (String, String, Vec<u8>, String, String, String, i64, Option<i64>, Option<String>, Option<String>);
+/// A code's row; the last three: the zone of its sign-in page, its launch Patient and OpenID
+/// Connect nonce.
+type Row = (
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 fn exchange(
     tx: &Tx<'_>,
@@ -720,26 +757,25 @@ fn exchange(
     let row: Option<Row> = tx
         .conn
         .prepare_cached(
-            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, zone \
-             FROM oauth_code WHERE hash = ?1",
+            "SELECT client_id, account, session, redirect_uri, challenge, scope, expires_us, used_us, family, zone, \
+             patient, nonce FROM oauth_code WHERE hash = ?1",
         )?
-        .query_row([&hash.0[..]], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })
+        .query_row([&hash.0[..]], |r| Row::try_from(r))
         .optional()?;
-    let Some((code_client, account, session, code_redirect, challenge, scope, expires, used, family, signed_in_zone)) =
-        row
+    let Some((
+        code_client,
+        account,
+        session,
+        code_redirect,
+        challenge,
+        scope,
+        expires,
+        used,
+        family,
+        signed_in_zone,
+        patient,
+        nonce,
+    )) = row
     else {
         return refuse("unknown code", ev);
     };
@@ -784,28 +820,30 @@ fn exchange(
     let Ok(scope) = scope.parse::<ScopeSet>() else { return refuse("stored scope unreadable", ev) };
     let family = uuid::Uuid::new_v4().to_string();
     tx.conn.execute(
-        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, factors, zone) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
-        params![family, client_id, acct, session, scope.to_string(), now, sign_in.factors, sign_in.zone],
+        "INSERT INTO oauth_family (id, client_id, account, session, scope, created_us, revoked_us, factors, zone, \
+         patient) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)",
+        params![family, client_id, acct, session, scope.to_string(), now, sign_in.factors, sign_in.zone, patient],
     )?;
     tx.conn.execute("UPDATE oauth_code SET family = ?1 WHERE hash = ?2", params![family, &hash.0[..]])?;
     let with_refresh = scope.offline_access || scope.online_access;
     let issued = issue_tokens(tx.conn, &family, &scope, now, lifetimes, with_refresh)?;
     let who = person(ctx, &acct, role);
-    ev.push(
-        &who,
+    let mut event =
         AuditEvent::new(Action::OAuthToken, 200).with_target("account", Some(acct.clone())).with_detail(format!(
             "authorization_code; scope {scope}; signed in with {} in zone {}",
             sign_in.factors,
             sign_in.zone.as_deref().unwrap_or("?")
-        )),
-    );
+        ));
+    event.patients = patient.iter().cloned().collect();
+    ev.push(&who, event);
     Ok(Ok(Tokens {
         access_token: issued.access,
         expires_in: lifetimes.access.whole_seconds(),
         refresh_token: issued.refresh,
         scope,
         account: Some(acct),
+        patient,
+        nonce,
     }))
 }
 
@@ -849,11 +887,23 @@ impl OAuth for SqliteStore {
             self.identity_job(move |tx, ev| {
                 let now = tx.now_us;
                 tx.conn.execute("DELETE FROM oauth_code WHERE expires_us <= ?1 AND used_us IS NULL", [now])?;
+                let patient = match crate::oauth_launch::patient_for_code(
+                    tx,
+                    ev,
+                    &ctx,
+                    &grant.context,
+                    &grant.client_id,
+                    &grant.account,
+                )? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
                 let code = IssuedSecret::generate(SecretKind::OAuthCode);
                 let scope = grant.scope.to_string();
                 tx.conn.execute(
                     "INSERT INTO oauth_code (hash, client_id, account, session, redirect_uri, challenge, scope, \
-                     expires_us, used_us, family, zone) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9)",
+                     expires_us, used_us, family, zone, patient, nonce) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, ?10, ?11)",
                     params![
                         &code.hash().0[..],
                         grant.client_id,
@@ -863,15 +913,19 @@ impl OAuth for SqliteStore {
                         grant.challenge,
                         scope,
                         now + CODE_TTL_US,
-                        grant.zone
+                        grant.zone,
+                        patient,
+                        grant.context.nonce
                     ],
                 )?;
-                ev.push(
-                    &ctx,
-                    AuditEvent::new(Action::OAuthAuthorize, 200)
-                        .with_target("account", Some(grant.account.clone()))
-                        .with_detail(format!("code issued; scope {scope}")),
-                );
+                let mut event = AuditEvent::new(Action::OAuthAuthorize, 200)
+                    .with_target("account", Some(grant.account.clone()))
+                    .with_detail(format!("code issued; scope {scope}"));
+                if let Some(p) = patient {
+                    event.detail = Some(format!("code issued; scope {scope}; EHR launch"));
+                    event.patients = vec![p];
+                }
+                ev.push(&ctx, event);
                 Ok(Ok(Zeroizing::new(code.text().to_string())))
             })
             .await
@@ -906,22 +960,26 @@ impl OAuth for SqliteStore {
             let Some(hash) = presented(SecretKind::OAuthRefresh, &refresh_token) else {
                 return refuse("malformed refresh token", ev);
             };
-            let row: Option<(RefreshRow, SignInRow)> = tx
+            let row: Option<(RefreshRow, SignInRow, Option<String>)> = tx
                 .conn
                 .prepare_cached(
                     "SELECT t.family, t.scope, t.expires_us, t.used_us, f.client_id, f.account, f.session, f.revoked_us, \
-                     f.factors, f.zone \
+                     f.factors, f.zone, f.patient \
                      FROM oauth_token t JOIN oauth_family f ON f.id = t.family WHERE t.hash = ?1 AND t.kind = 'refresh'",
                 )?
                 .query_row([&hash.0[..]], |r| {
                     Ok((
                         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?),
                         (r.get(8)?, r.get(9)?),
+                        r.get(10)?,
                     ))
                 })
                 .optional()?;
-            let Some(((family, tscope, expires, used, fclient, account, session, revoked), (factors, signed_in_zone))) =
-                row
+            let Some((
+                (family, tscope, expires, used, fclient, account, session, revoked),
+                (factors, signed_in_zone),
+                patient,
+            )) = row
             else {
                 return refuse("unknown refresh token", ev);
             };
@@ -989,6 +1047,8 @@ impl OAuth for SqliteStore {
                 refresh_token: issued.refresh,
                 scope,
                 account: Some(acct),
+                patient,
+                nonce: None,
             })))
         }))
     }
@@ -1042,6 +1102,8 @@ impl OAuth for SqliteStore {
                 refresh_token: None,
                 scope,
                 account: None,
+                patient: None,
+                nonce: None,
             })))
         }))
     }
@@ -1103,21 +1165,25 @@ impl OAuth for SqliteStore {
     ) -> StoreFuture<'_, Option<OAuthGrant>> {
         Box::pin(async move {
             let now = self.now_us();
-            type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String);
+            type R = (String, String, Option<String>, Option<Vec<u8>>, Option<String>, String, Option<String>);
             let p = Arc::clone(&policy);
             let found = self.inner.engine.read_now(move |c| {
                 let row: Option<(R, SignInRow)> = c
                     .prepare_cached(
-                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.factors, f.zone \
-                         FROM oauth_token t \
+                        "SELECT t.scope, f.client_id, f.account, f.session, cl.role, cl.kind, f.patient, f.factors, \
+                         f.zone FROM oauth_token t \
                          JOIN oauth_family f ON f.id = t.family JOIN oauth_client cl ON cl.client_id = f.client_id \
                          WHERE t.hash = ?1 AND t.kind = 'access' AND t.expires_us > ?2 AND f.revoked_us IS NULL",
                     )?
                     .query_row(params![&token.0[..], now], |r| {
-                        Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?), (r.get(6)?, r.get(7)?)))
+                        Ok((
+                            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
+                            (r.get(7)?, r.get(8)?),
+                        ))
                     })
                     .optional()?;
-                let Some(((scope, client_id, account, session, role, kind), (factors, signed_in_zone))) = row else {
+                let Some(((scope, client_id, account, session, role, kind, patient), (factors, signed_in_zone))) = row
+                else {
                     return Ok(None);
                 };
                 let Ok(scope) = scope.parse::<ScopeSet>() else { return Ok(None) };
@@ -1135,12 +1201,13 @@ impl OAuth for SqliteStore {
                         let touch = (sign_in.suffices && now - live.last_used >= crate::identity::TOUCH_EVERY_US)
                             .then_some(session);
                         let principal = Principal { account, role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: Some(sign_in) }, touch)))
+                        let grant = OAuthGrant { principal, client_id, scope, sign_in: Some(sign_in), patient };
+                        Ok(Some((grant, touch)))
                     }
                     ("system", None, None, Some(role)) => {
                         let Ok(role) = role.parse::<Role>() else { return Ok(None) };
                         let principal = Principal { account: client_principal_name(&client_id), role };
-                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: None }, None)))
+                        Ok(Some((OAuthGrant { principal, client_id, scope, sign_in: None, patient: None }, None)))
                     }
                     _ => Ok(None),
                 }

@@ -25,15 +25,16 @@ pub trait PatientAccounts: Send + Sync {
     fn patient_of(&self, account: String) -> StoreFuture<'_, Option<String>>;
 }
 
-/// The Patient must exist (and not be deleted) when an account is linked to it.
-pub(crate) fn check_patient(conn: &Connection, id: &str) -> Result<(), StoreError> {
+/// The Patient (or a staff account's Practitioner) must exist, and not be deleted, when an
+/// account is linked to it.
+pub(crate) fn check_live(conn: &Connection, rtype: &str, id: &str) -> Result<(), StoreError> {
     mamori_fhir::id::Id::parse(id)?;
     let live: Option<bool> = conn
-        .query_row("SELECT deleted = 0 FROM resource_current WHERE rtype = 'Patient' AND id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT deleted = 0 FROM resource_current WHERE rtype = ?1 AND id = ?2", [rtype, id], |r| r.get(0))
         .optional()?;
     match live {
         Some(true) => Ok(()),
-        _ => Err(StoreError::NotFound(format!("Patient/{id}"))),
+        _ => Err(StoreError::NotFound(format!("{rtype}/{id}"))),
     }
 }
 
@@ -46,7 +47,8 @@ impl SqliteStore {
         name: &AccountName,
         patient: &str,
     ) -> Result<(), StoreError> {
-        self.insert_account(ctx, name, mamori_access::Role::Patient, None, Some(patient.to_string())).await
+        let link = Some(crate::accounts::AccountLink::Patient(patient.to_string()));
+        self.insert_account(ctx, name, mamori_access::Role::Patient, None, link).await
     }
 }
 

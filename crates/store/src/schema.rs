@@ -212,6 +212,8 @@ DROP INDEX resource_current_by_rid;
 CREATE INDEX resource_current_by_rid ON resource_current (first_seq, deleted, seq, version);
 "#,
     crate::oauth::SIGN_IN_MIGRATION,
+    crate::oauth_launch::MIGRATION,
+    crate::oidc::MIGRATION,
 ];
 
 /// The audit database (`mamori-audit.db`). It is a file of its own so that audit-only commits

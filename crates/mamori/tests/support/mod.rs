@@ -233,6 +233,14 @@ pub async fn post(s: &Server, path: &str, body: &Value, bearer: Option<&str>) ->
     json(r.send().await.unwrap()).await
 }
 
+/// Creates `resource` (as the server's API token user) and returns its logical id.
+pub async fn create_resource(s: &Server, resource: Value) -> String {
+    let t = resource["resourceType"].as_str().unwrap().to_string();
+    let (status, body) = json(s.post_json(&t, &resource).send().await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
 /// POSTs JSON whose answer carries a secret shown once: asserts it is never cached, and returns
 /// (status, JSON body).
 pub async fn post_secret(s: &Server, path: &str, body: &Value, bearer: &str) -> (u16, Value) {

@@ -6,7 +6,7 @@
 //! from a chosen source address ([`browser_from`]), for zones by source address.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::support::{DataDir, base32_decode, json, mamori, ok, set_password, totp, unix_now};
+use crate::support::{DataDir, Server, base32_decode, json, mamori, ok, set_password, totp, unix_now};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -69,6 +69,20 @@ pub async fn enrol_totp(dir: &DataDir, root: &str, name: &str) -> (Vec<u8>, Vec<
     (secret, out.lines().map(str::trim).filter(|l| l.len() == 19).map(str::to_string).collect())
 }
 
+/// A server with a patient interface (`[patient_portal]`) and a physician's API token; returns it
+/// with the staff and the patient interface's root URLs.
+pub fn server_with_portal() -> (Server, String, String) {
+    let dir = DataDir::init();
+    let cfg = std::fs::read_to_string(dir.path.join("mamori.toml")).unwrap();
+    std::fs::write(dir.path.join("mamori.toml"), format!("{cfg}\n[patient_portal]\nlisten = [\"127.0.0.1:0\"]\n"))
+        .unwrap();
+    let api = dir.user_with_token("dr.test", "physician");
+    let (s, bases) = Server::start_with(dir, api, &["--dev"], 2);
+    let (staff, portal) =
+        (bases[0].trim_end_matches("/fhir").to_string(), bases[1].trim_end_matches("/fhir").to_string());
+    (s, staff, portal)
+}
+
 /// `application/x-www-form-urlencoded` bodies, as a browser or an OAuth client sends them.
 pub trait FormExt {
     fn form_(self, pairs: &[(&str, &str)]) -> Self;
@@ -107,17 +121,24 @@ pub fn pkce() -> (String, String) {
 
 /// `/oauth/authorize` at `root` for `client`, with `aud` = `root/fhir`.
 pub fn authorize_at(root: &str, client: &str, scope: &str, challenge: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("response_type", "code")
+    authorize_params(root, client, scope, challenge, &[])
+}
+
+/// [`authorize_at`] with `extra` parameters (`launch`, `nonce`).
+pub fn authorize_params(root: &str, client: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("response_type", "code")
         .append_pair("client_id", client)
         .append_pair("redirect_uri", REDIRECT)
         .append_pair("scope", scope)
         .append_pair("state", "st-42")
         .append_pair("aud", &format!("{root}/fhir"))
         .append_pair("code_challenge", challenge)
-        .append_pair("code_challenge_method", "S256")
-        .finish();
-    format!("{root}/oauth/authorize?{q}")
+        .append_pair("code_challenge_method", "S256");
+    for (k, v) in extra {
+        q.append_pair(k, v);
+    }
+    format!("{root}/oauth/authorize?{}", q.finish())
 }
 
 /// The hidden form token of a page and the cookie that must come with it.
