@@ -13,8 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -24,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::StoreError;
 
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 
 /// The master key, read once at start-up. Never logged, never stored in the database.
 pub struct MasterKey(Zeroizing<[u8; 32]>);
@@ -90,12 +90,15 @@ pub(crate) struct DerivedKeys {
     pub index_key: Zeroizing<[u8; 32]>,
 }
 
-/// An AES-256-GCM key with the sealing format `nonce || ciphertext || tag`.
-pub struct SealKey(Aes256Gcm);
+/// An AES-256-GCM key with the sealing format `nonce || ciphertext || tag`, on aws-lc-rs
+/// (formerly RustCrypto's aes-gcm; the format is the same, see the known-answer test).
+pub struct SealKey(LessSafeKey);
 
 impl SealKey {
     pub fn new(key: &[u8; 32]) -> Self {
-        SealKey(Aes256Gcm::new(key.into()))
+        // A 32-byte key is always a valid AES-256 key; aws-lc-rs refuses only other lengths.
+        let unbound = UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable!("32-byte AES-256 key"));
+        SealKey(LessSafeKey::new(unbound))
     }
 
     pub fn random() -> (Zeroizing<[u8; 32]>, SealKey) {
@@ -109,24 +112,29 @@ impl SealKey {
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let ct = self
-            .0
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
-            .map_err(|_| StoreError::internal("encryption failed"))?;
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plain);
+        let mut body = out.split_off(NONCE_LEN);
+        self.0
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+            .map_err(|_| StoreError::internal("encryption failed"))?;
+        out.append(&mut body);
         Ok(out)
     }
 
     /// Decrypts and authenticates; any change to the ciphertext or to the row identity in `aad`
     /// fails here (REC-6).
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_LEN + 16 {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        self.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = ct.to_vec();
+        let plain_len = self.0.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?.len();
+        buf.truncate(plain_len);
+        Some(buf)
     }
 }
 
@@ -163,6 +171,25 @@ impl IndexKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows sealed before the move to aws-lc-rs must still open: a vector computed with an
+    /// independent AES-256-GCM (OpenSSL, through Python's `cryptography`) in the same
+    /// `nonce || ciphertext || tag` layout.
+    #[test]
+    fn enc1_opens_rows_sealed_by_an_independent_aes_256_gcm() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let sealed =
+            hex_bytes("000102030405060708090a0b2a63bb74b78ce268e820fbeed5c91a02e7afa30b9ccad062cb30443858bf0e3e77c8");
+        let aad = b"mamori/version/Patient\0p1";
+        assert_eq!(SealKey::new(&key).open(&sealed, aad).unwrap(), b"mamori sealed body");
+        let mut flipped = sealed.clone();
+        flipped[20] ^= 1;
+        assert!(SealKey::new(&key).open(&flipped, aad).is_none());
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
 
     #[test]
     fn seal_binds_ciphertext_to_its_row() {

@@ -184,16 +184,42 @@ pub(crate) fn load_selected(
             more = true;
             break;
         }
-        picked.push((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));
+        picked.push(Pointer::from_row(r)?);
     }
     drop(rows);
-    let mut out = Vec::with_capacity(picked.len());
-    for (seq, pointer, extra) in picked {
-        if let Some(rec) = open_pointed(conn, keys, protect, cache, seq, pointer)? {
-            out.push((rec, extra));
+    Ok((open_pointers(conn, keys, protect, cache, picked)?, more))
+}
+
+/// A current version as `resource_current` names it: its seq, the version number the pointer
+/// claims, and a value the caller carries along (a search's rid).
+pub(crate) struct Pointer {
+    seq: i64,
+    version: i64,
+    extra: i64,
+}
+
+impl Pointer {
+    /// From the first three columns of a row: seq, version, extra.
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Pointer> {
+        Ok(Pointer { seq: r.get(0)?, version: r.get(1)?, extra: r.get(2)? })
+    }
+}
+
+/// Opens the versions `pointers` name, in order, through the readers' cache.
+pub(crate) fn open_pointers(
+    conn: &Connection,
+    keys: &KeyRing,
+    protect: Protection,
+    cache: &VersionCache,
+    pointers: Vec<Pointer>,
+) -> Result<Vec<(VersionRecord, i64)>, StoreError> {
+    let mut out = Vec::with_capacity(pointers.len());
+    for p in pointers {
+        if let Some(rec) = open_pointed(conn, keys, protect, cache, p.seq, p.version)? {
+            out.push((rec, p.extra));
         }
     }
-    Ok((out, more))
+    Ok(out)
 }
 
 /// Opens version `seq`, which `resource_current` points at as version `pointer` of its resource;

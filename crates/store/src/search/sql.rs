@@ -584,6 +584,33 @@ fn page_records(
     rows::load_selected(ctx.conn, ctx.keys, ctx.protect, ctx.versions, &sql, params_from_iter(args), limit)
 }
 
+/// Every match's pointer in creation order: the window `offset..offset + limit` is opened, the
+/// rest only counted.
+fn page_and_total(
+    ctx: &Ctx<'_>,
+    q: &SearchQuery,
+    snapshot: i64,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<(VersionRecord, i64)>, u64), StoreError> {
+    let (filter, args) = filter_sql(ctx, q, snapshot);
+    let order = order_sql(q);
+    let sql = format!("SELECT c.seq, c.version, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {order}");
+    let mut stmt = ctx.conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut picked = Vec::new();
+    let mut total = 0usize;
+    while let Some(r) = rows.next()? {
+        if total >= offset && picked.len() < limit {
+            picked.push(rows::Pointer::from_row(r)?);
+        }
+        total += 1;
+    }
+    drop(rows);
+    let page = rows::open_pointers(ctx.conn, ctx.keys, ctx.protect, ctx.versions, picked)?;
+    Ok((page, total as u64))
+}
+
 fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
     let (filter, args) = filter_sql(ctx, q, snapshot);
     let mut stmt = ctx.conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {filter}"))?;
@@ -621,16 +648,25 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
             out.total = Some(count(ctx, q, snapshot)?);
             return Ok(out);
         }
-        let (rows, more) = page_records(ctx, q, snapshot, offset, q.count)?;
-        has_more = more;
-        // The last page knows the total without counting (unless a stale cursor overshot it).
-        let counted = (!has_more && (offset == 0 || !rows.is_empty())).then_some((offset + rows.len()) as u64);
-        page = rows;
-        if q.total == TotalMode::Accurate {
-            out.total = Some(match counted {
-                Some(n) => n,
-                None => count(ctx, q, snapshot)?,
-            });
+        if q.total == TotalMode::Accurate && q.sort.is_empty() && !q.all_types {
+            // Creation order is the order the driving clause lists its rids in: one walk gives
+            // the page and the total, where a page query and a count would walk twice.
+            let (rows, total) = page_and_total(ctx, q, snapshot, offset, q.count)?;
+            has_more = total > (offset + q.count) as u64;
+            out.total = Some(total);
+            page = rows;
+        } else {
+            let (rows, more) = page_records(ctx, q, snapshot, offset, q.count)?;
+            has_more = more;
+            // The last page knows the total without counting (unless a stale cursor overshot it).
+            let counted = (!has_more && (offset == 0 || !rows.is_empty())).then_some((offset + rows.len()) as u64);
+            page = rows;
+            if q.total == TotalMode::Accurate {
+                out.total = Some(match counted {
+                    Some(n) => n,
+                    None => count(ctx, q, snapshot)?,
+                });
+            }
         }
     } else {
         let all = materialize(ctx, q, snapshot, &checks, keyed_sort)?;
