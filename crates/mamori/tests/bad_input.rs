@@ -68,6 +68,11 @@ async fn net2_each_bad_input_gets_its_outcome_and_changes_nothing() {
 
     // Unknown search parameter names the parameter.
     expect_outcome(s.get("Patient?favourite-colour=blue").send().await.unwrap(), 400, "favourite-colour").await;
+
+    // A known URL with a method it does not take: 405, an OperationOutcome, and the Allow header.
+    let resp = s.http.delete(s.url("metadata")).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET,HEAD"));
+    expect_outcome(resp, 405, "method").await;
     assert_eq!(versions(&s), before, "no bad request stored anything");
 }
 

@@ -250,6 +250,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .nest("/fhir", fhir)
         .fallback(outside_fhir)
         .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes))
+        .layer(axum::middleware::map_response(outcome_for_bare_405))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(shared)
 }
@@ -284,12 +285,34 @@ pub fn patient_app(shared: Arc<Shared>) -> Router {
         .nest("/fhir", fhir)
         .fallback(outside_fhir)
         .layer(DefaultBodyLimit::max(shared.limits.max_body_bytes))
+        .layer(axum::middleware::map_response(outcome_for_bare_405))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(shared)
 }
 
 async fn outside_fhir() -> error::ApiError {
     error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not-found", "the FHIR endpoint is at /fhir")
+}
+
+/// axum answers a known URL asked with a method it does not take with a bare 405 (and its
+/// `Allow` header); FHIR and admin clients get an OperationOutcome there like everywhere else.
+async fn outcome_for_bare_405(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let mut out = error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        "this URL does not take this HTTP method",
+    )
+    .into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
 }
 
 /// Security headers on every response (NET-2).
