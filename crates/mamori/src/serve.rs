@@ -1,5 +1,6 @@
 //! `mamori serve`: listeners, TLS, graceful shutdown.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -197,7 +198,8 @@ async fn listen(
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("{label} listening on {scheme}://{local}/fhir");
+    // Not println!: a closed stdout (a supervisor that stopped reading) must not stop the server.
+    let _ = writeln!(std::io::stdout(), "{label} listening on {scheme}://{local}/fhir");
     let shutdown = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
