@@ -345,7 +345,7 @@ impl AuditLogReader {
     /// Every entry that disclosed or changed data of one patient ("who looked at me").
     pub fn patient_entries(&self, patient: &str, period: Period) -> Result<Vec<AuditEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE seq IN (SELECT seq FROM audit_patient WHERE patient = ?1) \
+            "SELECT {ENTRY_COLUMNS} FROM audit_event WHERE seq IN (SELECT seq FROM audit_patient_all WHERE patient = ?1) \
              AND recorded_us BETWEEN ?2 AND ?3 ORDER BY seq"
         ))?;
         let rows = stmt.query_map(rusqlite::params![patient, period.from_us, period.to_us], entry_from_row)?;
@@ -360,7 +360,7 @@ impl AuditLogReader {
     /// Per-patient access counts over the period, most accessed first.
     pub fn patient_counts(&self, period: Period) -> Result<Vec<PatientAccesses>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT p.patient, e.actor, count(*) FROM audit_patient p JOIN audit_event e ON e.seq = p.seq \
+            "SELECT p.patient, e.actor, count(*) FROM audit_patient_all p JOIN audit_event e ON e.seq = p.seq \
              WHERE e.recorded_us BETWEEN ?1 AND ?2 GROUP BY p.patient, e.actor",
         )?;
         let rows = stmt
@@ -401,7 +401,7 @@ impl AuditLogReader {
         const HOUR_US: i64 = 3_600_000_000;
         let mut stmt = self.conn.prepare_cached(
             "SELECT e.actor, (e.recorded_us / ?3) * ?3 AS hour, count(DISTINCT p.patient) AS n \
-             FROM audit_patient p JOIN audit_event e ON e.seq = p.seq \
+             FROM audit_patient_all p JOIN audit_event e ON e.seq = p.seq \
              WHERE e.recorded_us BETWEEN ?1 AND ?2 GROUP BY e.actor, hour HAVING n > ?4 ORDER BY hour, e.actor",
         )?;
         let rows = stmt.query_map(rusqlite::params![period.from_us, period.to_us, HOUR_US, limit as i64], |r| {
@@ -481,7 +481,7 @@ impl AuditLogReader {
             push(" AND actor = ?", vec![V::Text(a.clone())]);
         }
         if let Some(p) = &f.patient {
-            push(" AND seq IN (SELECT seq FROM audit_patient WHERE patient = ?)", vec![V::Text(p.clone())]);
+            push(" AND seq IN (SELECT seq FROM audit_patient_all WHERE patient = ?)", vec![V::Text(p.clone())]);
         }
         if let Some((t, id)) = &f.entity {
             push(" AND rtype = ? AND rid = ?", vec![V::Text(t.clone()), V::Text(id.clone())]);

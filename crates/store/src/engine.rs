@@ -53,7 +53,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("mamori-writer".into())
-            .spawn(move || writer_loop(conn, rx, sealer, index_runs))
+            .spawn(move || writer_loop(conn, rx, sealer, index_runs, synchronous_full))
             .map_err(StoreError::internal)?;
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
@@ -190,6 +190,18 @@ pub(crate) fn savepoint<T>(
     }
 }
 
+/// Under a queue that never empties, the per-patient audit index still moves every this many
+/// commits.
+const INDEX_EVERY_COMMITS: u32 = 16;
+
+/// One step of the per-patient audit index; a failure is retried at the next step (the review
+/// views read unindexed rows directly meanwhile).
+fn index_audit_patients(conn: &Connection, synchronous_full: bool) {
+    if let Err(e) = crate::audit::index_patients(conn, synchronous_full) {
+        tracing::warn!(error = %e, "per-patient audit index step failed; retried later");
+    }
+}
+
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -254,18 +266,31 @@ fn wal_bytes(wals: &[std::path::PathBuf]) -> u64 {
 /// How often an idle writer wakes to let the sealer make time-based checkpoints.
 const SEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>, index_runs: IndexRuns) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    mut sealer: Option<Sealer>,
+    index_runs: IndexRuns,
+    synchronous_full: bool,
+) {
     let mut runs = Maintainer::default();
+    // A job taken while looking whether the queue was empty; it opens the next group.
+    let mut carried: Option<Job> = None;
+    let mut commits_since_indexing = 0u32;
     loop {
-        let first = match rx.recv_timeout(SEAL_TICK) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(s) = sealer.as_mut() {
-                    s.after_commit(&conn, false);
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv_timeout(SEAL_TICK) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(s) = sealer.as_mut() {
+                        s.after_commit(&conn, false);
+                    }
+                    index_audit_patients(&conn, synchronous_full);
+                    continue;
                 }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -312,6 +337,18 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sea
         }
         if let Some(s) = sealer.as_mut() {
             s.after_commit(&conn, false);
+        }
+        // AUD-4's per-patient index catches up when the queue is empty (the callers have their
+        // answers already), and at least every few commits under a steady queue.
+        commits_since_indexing += 1;
+        match rx.try_recv() {
+            Ok(job) => carried = Some(job),
+            Err(mpsc::TryRecvError::Empty) => commits_since_indexing = INDEX_EVERY_COMMITS,
+            Err(mpsc::TryRecvError::Disconnected) => {}
+        }
+        if commits_since_indexing >= INDEX_EVERY_COMMITS {
+            commits_since_indexing = 0;
+            index_audit_patients(&conn, synchronous_full);
         }
     }
     // Shutdown: seal whatever the last checkpoint does not cover yet.

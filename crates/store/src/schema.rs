@@ -275,6 +275,21 @@ BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 CREATE TRIGGER audit_patient_no_delete BEFORE DELETE ON audit_patient
 BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
 "#,
+    r#"
+-- audit_patient is filled behind the trail (audit::index_patients, on the writer between
+-- commits): a search naming 50 patients dirtied 50 random index pages inside the request's own
+-- durable commit. The row's patient list is what is authoritative and Merkle-covered, and it is
+-- still written synchronously. `upto` is the last audit seq indexed; the views read the index up
+-- to it and the rows after it directly, so a review never misses or double-counts a row.
+CREATE TABLE audit_patient_mark (upto INTEGER NOT NULL);
+INSERT INTO audit_patient_mark (upto) SELECT COALESCE(max(seq), 0) FROM audit_event;
+-- Patient ids are FHIR ids ([A-Za-z0-9.-]), so the comma list becomes a JSON array safely.
+CREATE VIEW audit_patient_all (patient, seq) AS
+    SELECT patient, seq FROM audit_patient
+    UNION ALL
+    SELECT j.value, e.seq FROM audit_event e, json_each('["' || replace(e.patients, ',', '","') || '"]') j
+    WHERE e.seq > (SELECT upto FROM audit_patient_mark) AND e.patients <> '';
+"#,
 ];
 
 /// Which database file a connection is migrating.
