@@ -66,16 +66,17 @@ pub(crate) const INDEX_STEP_ROWS: i64 = 4096;
 /// mark; returns how many rows it covered. The rows themselves — with their patient lists — were
 /// written durably before; the `audit_patient_all` view reads rows past the mark directly, so a
 /// review sees every row whether or not this has run. Called by the writer between its commits.
-pub(crate) fn index_patients(conn: &Connection, synchronous_full: bool) -> Result<i64, StoreError> {
+pub(crate) fn index_patients(conn: &Connection) -> Result<i64, StoreError> {
     let upto: i64 = conn.query_row("SELECT upto FROM main.audit_patient_mark", [], |r| r.get(0))?;
     let last: i64 = conn.query_row("SELECT COALESCE(max(seq), 0) FROM main.audit_event", [], |r| r.get(0))?;
     if last <= upto {
         return Ok(0);
     }
     let until = last.min(upto + INDEX_STEP_ROWS);
-    // Derived data: its commit need not wait for the disk. A crash loses the step and its mark
-    // together, and the next step redoes it; the next durable commit syncs this one too.
-    conn.execute_batch("PRAGMA main.synchronous = NORMAL; BEGIN IMMEDIATE")?;
+    // Its own durable commit, on purpose: it runs while the callers of the last group are busy
+    // answering, so its sync overlaps their work. (Committed without a sync, its pages would be
+    // flushed by the next request's audit commit, on that request's clock.)
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     let step = (|| -> Result<(), StoreError> {
         let mut rows = conn.prepare_cached(
             "SELECT seq, patients FROM main.audit_event WHERE seq > ?1 AND seq <= ?2 AND patients <> ''",
@@ -92,13 +93,12 @@ pub(crate) fn index_patients(conn: &Connection, synchronous_full: bool) -> Resul
         conn.prepare_cached("UPDATE main.audit_patient_mark SET upto = ?1")?.execute([until])?;
         Ok(())
     })();
-    let end = if step.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    let ended = conn.execute_batch(end);
-    let restored =
-        conn.execute_batch(&format!("PRAGMA main.synchronous = {}", if synchronous_full { "FULL" } else { "NORMAL" }));
+    if step.is_ok() {
+        conn.execute_batch("COMMIT")?;
+    } else {
+        conn.execute_batch("ROLLBACK")?;
+    }
     step?;
-    ended?;
-    restored?;
     Ok(until - upto)
 }
 
@@ -136,8 +136,8 @@ mod tests {
         conn.execute_batch("INSERT INTO audit_patient VALUES ('p1', 1), ('p2', 1)").unwrap();
         conn.execute("UPDATE audit_patient_mark SET upto = 2", []).unwrap();
         expect(&conn);
-        assert_eq!(index_patients(&conn, true).unwrap(), 2);
-        assert_eq!(index_patients(&conn, true).unwrap(), 0);
+        assert_eq!(index_patients(&conn).unwrap(), 2);
+        assert_eq!(index_patients(&conn).unwrap(), 0);
         expect(&conn);
         let indexed: i64 = conn.query_row("SELECT count(*) FROM audit_patient", [], |r| r.get(0)).unwrap();
         assert_eq!(indexed, 5);

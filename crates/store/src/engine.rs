@@ -53,7 +53,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("mamori-writer".into())
-            .spawn(move || writer_loop(conn, rx, sealer, index_runs, synchronous_full))
+            .spawn(move || writer_loop(conn, rx, sealer, index_runs))
             .map_err(StoreError::internal)?;
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
@@ -196,8 +196,8 @@ const INDEX_EVERY_COMMITS: u32 = 16;
 
 /// One step of the per-patient audit index; a failure is retried at the next step (the review
 /// views read unindexed rows directly meanwhile).
-fn index_audit_patients(conn: &Connection, synchronous_full: bool) {
-    if let Err(e) = crate::audit::index_patients(conn, synchronous_full) {
+fn index_audit_patients(conn: &Connection) {
+    if let Err(e) = crate::audit::index_patients(conn) {
         tracing::warn!(error = %e, "per-patient audit index step failed; retried later");
     }
 }
@@ -266,13 +266,7 @@ fn wal_bytes(wals: &[std::path::PathBuf]) -> u64 {
 /// How often an idle writer wakes to let the sealer make time-based checkpoints.
 const SEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    mut sealer: Option<Sealer>,
-    index_runs: IndexRuns,
-    synchronous_full: bool,
-) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>, index_runs: IndexRuns) {
     let mut runs = Maintainer::default();
     // A job taken while looking whether the queue was empty; it opens the next group.
     let mut carried: Option<Job> = None;
@@ -286,7 +280,7 @@ fn writer_loop(
                     if let Some(s) = sealer.as_mut() {
                         s.after_commit(&conn, false);
                     }
-                    index_audit_patients(&conn, synchronous_full);
+                    index_audit_patients(&conn);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -348,7 +342,7 @@ fn writer_loop(
         }
         if commits_since_indexing >= INDEX_EVERY_COMMITS {
             commits_since_indexing = 0;
-            index_audit_patients(&conn, synchronous_full);
+            index_audit_patients(&conn);
         }
     }
     // Shutdown: seal whatever the last checkpoint does not cover yet.
