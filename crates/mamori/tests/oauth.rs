@@ -17,10 +17,6 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use support::*;
 
-fn root(s: &Server) -> String {
-    s.base.trim_end_matches("/fhir").to_string()
-}
-
 async fn post_json(s: &Server, path: &str, body: &Value) -> Value {
     let r = s.http.post(format!("{}{path}", root(s))).json(body).send().await.unwrap();
     json(r).await.1
@@ -59,55 +55,9 @@ fn authorize_url(s: &Server, client: &str, redirect: &str, scope: &str, challeng
     format!("{}/oauth/authorize?{q}", root(s))
 }
 
-enum Factor<'a> {
-    Totp(&'a [u8], u64),
-    Recovery(&'a str),
-}
-
-/// Opens the page like a browser and posts the password form; returns the answer to that.
-async fn password_post(s: &Server, url: &str, account: &str, password: &str) -> reqwest::Response {
-    let http = no_redirects();
-    let resp = http.get(url).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let h = resp.headers().clone();
-    assert_eq!(h["x-frame-options"], "DENY");
-    assert!(h["content-security-policy"].to_str().unwrap().contains("form-action 'self' http://127.0.0.1:9"));
-    assert_eq!(h["cache-control"], "no-store");
-    let cookie = set_cookie(&resp);
-    let html = resp.text().await.unwrap();
-    let ft = form_token(&html);
-    let resp = http
-        .post(format!("{}/oauth/authorize", root(s)))
-        .header("cookie", &cookie)
-        .form_(&[("form_token", ft.as_str()), ("step", "password"), ("account", account), ("password", password)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    resp
-}
-
 /// Signs in on the page like a browser and returns the redirect's query parameters.
 async fn sign_in(s: &Server, url: &str, account: &str, password: &str, factor: Factor<'_>) -> Vec<(String, String)> {
-    let http = no_redirects();
-    let resp = password_post(s, url, account, password).await;
-    let cookie = set_cookie(&resp);
-    let html = resp.text().await.unwrap();
-    assert!(html.contains("name=\"method\" value=\"totp\""), "{html}");
-    let ft = form_token(&html);
-    let (method, code) = match factor {
-        Factor::Totp(secret, at) => ("totp", totp(secret, at)),
-        Factor::Recovery(c) => ("recovery_code", c.to_string()),
-    };
-    let resp = http
-        .post(format!("{}/oauth/authorize", root(s)))
-        .header("cookie", &cookie)
-        .form_(&[("form_token", ft.as_str()), ("step", "second-factor"), ("method", method), ("code", code.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 303, "{:?}", resp.text().await);
-    redirect_params(&resp)
+    sign_in_with(&no_redirects(), &root(s), url, account, password, factor).await
 }
 
 async fn token(s: &Server, form: &[(&str, &str)]) -> (u16, Value) {
@@ -580,8 +530,9 @@ struct SecondFactorPage {
     html: String,
 }
 
-async fn password_step(s: &Server, url: &str, account: &str, password: &str) -> SecondFactorPage {
-    let resp = password_post(s, url, account, password).await;
+async fn second_factor_page(s: &Server, url: &str, account: &str, password: &str) -> SecondFactorPage {
+    let resp = password_step(&root(s), url, account, password).await;
+    assert_eq!(resp.status().as_u16(), 200);
     let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
     let cookie = set_cookie(&resp);
     let html = resp.text().await.unwrap();
@@ -637,7 +588,7 @@ async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
     // to this sign-in, its one script allowed by hash and never by 'unsafe-inline'.
     let (verifier, challenge) = pkce();
     let url = authorize_url(&s, "chart", REDIRECT, "user/Patient.rs", &challenge, "S256");
-    let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+    let page = second_factor_page(&s, &url, "dr.sato", PASSWORD).await;
     for method in ["webauthn", "totp", "recovery_code"] {
         assert!(page.html.contains(&format!("name=\"method\" value=\"{method}\"")), "{method}: {}", page.html);
     }
@@ -677,7 +628,7 @@ async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
         v.to_string()
     };
     for case in ["bad-signature", "wrong-origin", "replay", "malformed"] {
-        let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+        let page = second_factor_page(&s, &url, "dr.sato", PASSWORD).await;
         let assertion = match case {
             "bad-signature" => flip(key.get_json(&page.options)),
             "wrong-origin" => {
@@ -698,7 +649,7 @@ async fn auth2_auth6_code_pkce_flow_with_a_webauthn_software_authenticator() {
         assert!(html.contains("name=\"step\" value=\"password\""), "{case}: back to the start");
     }
     // The same key still works afterwards (the refusals changed nothing it relies on).
-    let page = password_step(&s, &url, "dr.sato", PASSWORD).await;
+    let page = second_factor_page(&s, &url, "dr.sato", PASSWORD).await;
     let resp = post_assertion(&s, &page, &key.get_json(&page.options).to_string()).await;
     assert_eq!(resp.status().as_u16(), 303);
 

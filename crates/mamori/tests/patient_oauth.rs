@@ -45,15 +45,7 @@ async fn acl4_auth6_patient_app_flow_at_the_patient_interface() {
     assert_ne!(staff, portal);
 
     // Two patients' data; alice is linked to Patient A.
-    let create = |v: Value| {
-        let s = &s;
-        async move {
-            let t = v["resourceType"].as_str().unwrap().to_string();
-            let (st, b) = json(s.post_json(&t, &v).send().await.unwrap()).await;
-            assert_eq!(st, 201, "{b}");
-            b["id"].as_str().unwrap().to_string()
-        }
-    };
+    let create = |v: Value| create_resource(&s, v);
     let a = create(json!({"resourceType": "Patient", "name": [{"family": "Alpha"}]})).await;
     let b = create(json!({"resourceType": "Patient", "name": [{"family": "Beta"}]})).await;
     let obs = |p: &str| {

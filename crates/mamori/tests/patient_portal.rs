@@ -84,15 +84,7 @@ async fn portal() -> Portal {
     let (s, bases) = Server::start_with(dir, token.clone(), &["--dev"], 2);
     let portal = bases[1].clone();
     assert_ne!(portal, s.base, "the patient interface has a listener of its own");
-    let create = |v: Value| {
-        let s = &s;
-        async move {
-            let t = v["resourceType"].as_str().unwrap().to_string();
-            let (st, b) = json(s.post_json(&t, &v).send().await.unwrap()).await;
-            assert_eq!(st, 201, "{b}");
-            b["id"].as_str().unwrap().to_string()
-        }
-    };
+    let create = |v: Value| create_resource(&s, v);
     let a = create(json!({"resourceType": "Patient", "gender": "female", "name": [{"family": "Alpha"}]})).await;
     let b = create(json!({"resourceType": "Patient", "gender": "male", "name": [{"family": "Beta"}]})).await;
     let practitioner = create(json!({"resourceType": "Practitioner", "name": [{"family": "Sato"}]})).await;

@@ -162,34 +162,6 @@ pub(crate) fn load_current_visible(
     }
 }
 
-/// Current versions selected by `sql`, a statement whose columns are the version's seq, then
-/// `resource_current.version`, then one integer the caller wants back (a search's rid), read
-/// from the shared cache of sealed rows where it has them. At most `limit` are opened; the bool
-/// says whether the statement had more.
-pub(crate) fn load_selected(
-    conn: &Connection,
-    keys: &KeyRing,
-    protect: Protection,
-    cache: &VersionCache,
-    sql: &str,
-    args: impl rusqlite::Params,
-    limit: usize,
-) -> Result<(Vec<(VersionRecord, i64)>, bool), StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(args)?;
-    let mut picked = Vec::new();
-    let mut more = false;
-    while let Some(r) = rows.next()? {
-        if picked.len() == limit {
-            more = true;
-            break;
-        }
-        picked.push(Pointer::from_row(r)?);
-    }
-    drop(rows);
-    Ok((open_pointers(conn, keys, protect, cache, picked)?, more))
-}
-
 /// A current version as `resource_current` names it: its seq, the version number the pointer
 /// claims, and a value the caller carries along (a search's rid).
 pub(crate) struct Pointer {

@@ -562,53 +562,43 @@ fn page_ids(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// One page of matches, decrypted, in result order, and whether more follow.
-fn page_records(
+/// One window of matches, decrypted, in result order, and how many rows the walk saw. With
+/// `count_all` the walk goes over every match (creation order streams, so this is the total at
+/// the cost of a count); otherwise the statement is bounded to one row past the window (a
+/// bounded sort), which says whether more follow. The ids come from resource_current and its
+/// covering rid index alone; the version rows from the readers' cache, or by seq.
+fn window(
     ctx: &Ctx<'_>,
     q: &SearchQuery,
     snapshot: i64,
     offset: usize,
     limit: usize,
-) -> Result<(Vec<(VersionRecord, i64)>, bool), StoreError> {
+    count_all: bool,
+) -> Result<(Vec<(VersionRecord, i64)>, usize), StoreError> {
     let (filter, mut args) = filter_sql(ctx, q, snapshot);
-    let order = order_sql(q);
-    // CROSS JOIN keeps resource_current the outer loop, so the filter and order plan is the one
-    // page_ids gets; each row that survives costs one primary-key lookup of its version.
-    // The ids come from resource_current and its covering rid index alone; the version rows
-    // then come from the shared cache of sealed rows, or by seq.
-    let sql = format!(
-        "SELECT c.seq, c.version, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {order} LIMIT ? OFFSET ?"
+    let mut sql = format!(
+        "SELECT c.seq, c.version, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {}",
+        order_sql(q)
     );
-    args.push(Sql::Integer(limit as i64 + 1));
-    args.push(Sql::Integer(offset as i64));
-    rows::load_selected(ctx.conn, ctx.keys, ctx.protect, ctx.versions, &sql, params_from_iter(args), limit)
-}
-
-/// Every match's pointer in creation order: the window `offset..offset + limit` is opened, the
-/// rest only counted.
-fn page_and_total(
-    ctx: &Ctx<'_>,
-    q: &SearchQuery,
-    snapshot: i64,
-    offset: usize,
-    limit: usize,
-) -> Result<(Vec<(VersionRecord, i64)>, u64), StoreError> {
-    let (filter, args) = filter_sql(ctx, q, snapshot);
-    let order = order_sql(q);
-    let sql = format!("SELECT c.seq, c.version, c.first_seq FROM resource_current c WHERE {filter} ORDER BY {order}");
+    let skip = if count_all {
+        offset
+    } else {
+        sql.push_str(" LIMIT ? OFFSET ?");
+        args.push(Sql::Integer(limit as i64 + 1));
+        args.push(Sql::Integer(offset as i64));
+        0
+    };
     let mut stmt = ctx.conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
-    let mut picked = Vec::new();
-    let mut total = 0usize;
+    let (mut picked, mut walked) = (Vec::new(), 0usize);
     while let Some(r) = rows.next()? {
-        if total >= offset && picked.len() < limit {
+        if walked >= skip && picked.len() < limit {
             picked.push(rows::Pointer::from_row(r)?);
         }
-        total += 1;
+        walked += 1;
     }
     drop(rows);
-    let page = rows::open_pointers(ctx.conn, ctx.keys, ctx.protect, ctx.versions, picked)?;
-    Ok((page, total as u64))
+    Ok((rows::open_pointers(ctx.conn, ctx.keys, ctx.protect, ctx.versions, picked)?, walked))
 }
 
 fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
@@ -651,13 +641,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
         if q.total == TotalMode::Accurate && q.sort.is_empty() && !q.all_types {
             // Creation order is the order the driving clause lists its rids in: one walk gives
             // the page and the total, where a page query and a count would walk twice.
-            let (rows, total) = page_and_total(ctx, q, snapshot, offset, q.count)?;
-            has_more = total > (offset + q.count) as u64;
-            out.total = Some(total);
+            let (rows, total) = window(ctx, q, snapshot, offset, q.count, true)?;
+            has_more = total > offset + q.count;
+            out.total = Some(total as u64);
             page = rows;
         } else {
-            let (rows, more) = page_records(ctx, q, snapshot, offset, q.count)?;
-            has_more = more;
+            let (rows, seen) = window(ctx, q, snapshot, offset, q.count, false)?;
+            has_more = seen > q.count;
             // The last page knows the total without counting (unless a stale cursor overshot it).
             let counted = (!has_more && (offset == 0 || !rows.is_empty())).then_some((offset + rows.len()) as u64);
             page = rows;
