@@ -41,6 +41,7 @@ impl AuditLogReader {
         }
         let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        crate::audit_index::attach_for_review(&conn, db)?;
         Ok(AuditLogReader { conn })
     }
 

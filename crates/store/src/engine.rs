@@ -13,6 +13,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
+use crate::audit_index::{IndexerThread, Nudge};
 use crate::schema;
 use crate::sealer::Sealer;
 use crate::search::runs::{IndexRuns, Maintainer};
@@ -30,6 +31,7 @@ pub(crate) struct Engine {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    audit_indexer: Mutex<Option<IndexerThread>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
 }
@@ -50,15 +52,18 @@ impl Engine {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let checkpointer = start_checkpointer(records, audit)?;
         let sealer = sealer.map(|make| make(&conn)).transpose()?;
+        let audit_indexer = IndexerThread::start(audit)?;
+        let nudge = audit_indexer.nudge();
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("mamori-writer".into())
-            .spawn(move || writer_loop(conn, rx, sealer, index_runs))
+            .spawn(move || writer_loop(conn, rx, sealer, index_runs, nudge))
             .map_err(StoreError::internal)?;
         Ok(Engine {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
+            audit_indexer: Mutex::new(Some(audit_indexer)),
             readers: Mutex::new(Vec::new()),
             path: records.to_path_buf(),
         })
@@ -146,6 +151,9 @@ impl Engine {
             drop(stop);
             let _ = h.join();
         }
+        if let Some(indexer) = self.audit_indexer.lock().ok().and_then(|mut i| i.take()) {
+            indexer.stop();
+        }
     }
 }
 
@@ -187,18 +195,6 @@ pub(crate) fn savepoint<T>(
             conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
             Err(e)
         }
-    }
-}
-
-/// Under a queue that never empties, the per-patient audit index still moves every this many
-/// commits.
-const INDEX_EVERY_COMMITS: u32 = 16;
-
-/// One step of the per-patient audit index; a failure is retried at the next step (the review
-/// views read unindexed rows directly meanwhile).
-fn index_audit_patients(conn: &Connection) {
-    if let Err(e) = crate::audit::index_patients(conn) {
-        tracing::warn!(error = %e, "per-patient audit index step failed; retried later");
     }
 }
 
@@ -266,25 +262,24 @@ fn wal_bytes(wals: &[std::path::PathBuf]) -> u64 {
 /// How often an idle writer wakes to let the sealer make time-based checkpoints.
 const SEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sealer>, index_runs: IndexRuns) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    mut sealer: Option<Sealer>,
+    index_runs: IndexRuns,
+    audit_index: Nudge,
+) {
     let mut runs = Maintainer::default();
-    // A job taken while looking whether the queue was empty; it opens the next group.
-    let mut carried: Option<Job> = None;
-    let mut commits_since_indexing = 0u32;
     loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match rx.recv_timeout(SEAL_TICK) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(s) = sealer.as_mut() {
-                        s.after_commit(&conn, false);
-                    }
-                    index_audit_patients(&conn);
-                    continue;
+        let first = match rx.recv_timeout(SEAL_TICK) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(s) = sealer.as_mut() {
+                    s.after_commit(&conn, false);
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -332,18 +327,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut sealer: Option<Sea
         if let Some(s) = sealer.as_mut() {
             s.after_commit(&conn, false);
         }
-        // AUD-4's per-patient index catches up when the queue is empty (the callers have their
-        // answers already), and at least every few commits under a steady queue.
-        commits_since_indexing += 1;
-        match rx.try_recv() {
-            Ok(job) => carried = Some(job),
-            Err(mpsc::TryRecvError::Empty) => commits_since_indexing = INDEX_EVERY_COMMITS,
-            Err(mpsc::TryRecvError::Disconnected) => {}
-        }
-        if commits_since_indexing >= INDEX_EVERY_COMMITS {
-            commits_since_indexing = 0;
-            index_audit_patients(&conn);
-        }
+        // AUD-4's per-patient index follows on its own thread and file (audit_index.rs).
+        audit_index.send();
     }
     // Shutdown: seal whatever the last checkpoint does not cover yet.
     if let Some(s) = sealer.as_mut() {

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 mod audit;
+mod audit_index;
 pub mod audit_log;
 mod bundle;
 mod category;

@@ -290,6 +290,14 @@ CREATE VIEW audit_patient_all (patient, seq) AS
     SELECT j.value, e.seq FROM audit_event e, json_each('["' || replace(e.patients, ',', '","') || '"]') j
     WHERE e.seq > (SELECT upto FROM audit_patient_mark) AND e.patients <> '';
 "#,
+    r#"
+-- The per-patient index moved to a file and thread of its own (audit_index.rs): its page writes
+-- held the writer, and with it the next request's audit commit. It is derived from the rows'
+-- patient lists, so nothing is lost; the new file is built from the trail on the next start.
+DROP VIEW audit_patient_all;
+DROP TABLE audit_patient_mark;
+DROP TABLE audit_patient;
+"#,
 ];
 
 /// Which database file a connection is migrating.

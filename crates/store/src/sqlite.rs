@@ -116,6 +116,7 @@ impl SqliteStore {
         let index = IndexKey::new(derived.index_key);
         create_private_file(&cfg.path)?;
         create_private_file(&cfg.audit_path)?;
+        create_private_file(&crate::audit_index::index_path(&cfg.audit_path))?;
         let records_last: i64 = {
             let conn = Connection::open(&cfg.path)?;
             schema::configure(&conn, "main", cfg.synchronous_full)?;
