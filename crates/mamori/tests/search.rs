@@ -351,6 +351,20 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
         let expected: BTreeSet<String> = p0heights.iter().filter(|(t, _)| pred(*t)).map(|(_, k)| k.clone()).collect();
         check(&s, &format!("date {prefix}"), &format!("Observation?code=8302-2&date={prefix}{d}"), expected).await;
     }
+    // `ap`: the ranges overlap once the searched day is widened by a tenth of its distance from
+    // now (at least a day), the margin docs/search.md gives. The boundary moves a tenth of a
+    // second per second, far less than the data's one-second spacing in one request.
+    let now_us = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
+    let (lo_us, hi_us) = (lo * 1_000_000, hi * 1_000_000 + 999_999);
+    let margin = ((now_us - (lo_us / 2 + hi_us / 2)).abs() / 10).max(86_400 * 1_000_000);
+    let near: BTreeSet<String> = p0heights
+        .iter()
+        .filter(|(t, _)| t * 1_000_000 <= hi_us + margin && t * 1_000_000 + 999_999 >= lo_us - margin)
+        .map(|(_, k)| k.clone())
+        .collect();
+    nonempty("date ap", &near);
+    assert!(near.len() < p0heights.len(), "date ap: every observation is near {d}; pick another day");
+    check(&s, "date ap", &format!("Observation?code=8302-2&date=ap{d}"), near).await;
     let in_2016: BTreeSet<String> = p0heights
         .iter()
         .filter(|(t, _)| *t >= day_start("2016-01-01") && *t < day_start("2017-01-01"))
@@ -377,6 +391,8 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
         ("le150", Box::new(|v: f64| v <= 150.0)),
         ("eq176", Box::new(|v: f64| (175.5..176.5).contains(&v))),
         ("ne176", Box::new(|v: f64| !(175.5..176.5).contains(&v))),
+        // `ap`: within 10 % of the value.
+        ("ap176", Box::new(|v: f64| (158.4..193.6).contains(&v))),
     ] {
         let expected: BTreeSet<String> = heights.iter().filter(|(v, _)| pred(*v)).map(|(_, k)| k.clone()).collect();
         check(&s, &format!("quantity {q}"), &format!("Observation?code=8302-2&value-quantity={q}"), expected.clone())
