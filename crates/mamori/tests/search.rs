@@ -354,6 +354,7 @@ async fn search_matrix_over_synthea_matches_expectations_computed_from_the_raw_b
     // `ap`: the ranges overlap once the searched day is widened by a tenth of its distance from
     // now (at least a day), the margin docs/search.md gives. The boundary moves a tenth of a
     // second per second, far less than the data's one-second spacing in one request.
+    #[allow(clippy::disallowed_methods)] // the server under test reads the real clock too
     let now_us = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
     let (lo_us, hi_us) = (lo * 1_000_000, hi * 1_000_000 + 999_999);
     let margin = ((now_us - (lo_us / 2 + hi_us / 2)).abs() / 10).max(86_400 * 1_000_000);

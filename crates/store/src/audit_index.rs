@@ -181,8 +181,17 @@ impl Indexer {
         })
     }
 
-    /// Indexes the next bucket if it is complete; returns whether it did.
+    /// Indexes the next bucket if it is complete; returns whether there was one.
     pub(crate) fn step(&self) -> Result<bool, StoreError> {
+        match self.read_bucket()? {
+            Some(bucket) => self.write_bucket(&bucket).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The next bucket's rows, if the bucket is complete. Read in autocommit, so the write that
+    /// follows locks the index file only.
+    fn read_bucket(&self) -> Result<Option<Bucket>, StoreError> {
         let conn = &self.conn;
         let upto: i64 = conn.query_row("SELECT upto FROM main.audit_patient_mark", [], |r| r.get(0))?;
         let until = upto + self.bucket_rows;
@@ -191,42 +200,56 @@ impl Indexer {
         let complete: bool =
             conn.query_row("SELECT EXISTS (SELECT 1 FROM trail.audit_event WHERE seq >= ?1)", [until], |r| r.get(0))?;
         if !complete {
-            return Ok(false);
+            return Ok(None);
         }
-        // Read first, in autocommit: the write transaction below then locks the index file only.
         let mut rows = conn.prepare_cached(
             "SELECT seq, patients, request_id, recorded_us FROM trail.audit_event WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
         )?;
-        let listed = rows
+        let rows = rows
             .query_map(params![upto, until], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut entries: Vec<(&str, i64)> = listed
+        Ok(Some(Bucket { upto, until, rows }))
+    }
+
+    /// Writes a bucket's entries in key order and moves the mark past it; returns whether it did
+    /// (false: another indexer of the same trail got there first).
+    fn write_bucket(&self, b: &Bucket) -> Result<bool, StoreError> {
+        let mut entries: Vec<(&str, i64)> = b
+            .rows
             .iter()
             .flat_map(|(seq, patients, _, _)| patients.split(',').filter(|p| !p.is_empty()).map(move |p| (p, *seq)))
             .collect();
         entries.sort_unstable();
         entries.dedup();
-        let bucket = upto / self.bucket_rows;
-        crate::engine::savepoint(conn, "bucket", |conn| {
+        let bucket = b.upto / self.bucket_rows;
+        crate::engine::savepoint(&self.conn, "bucket", |conn| {
+            // The mark moves first, and only from where the bucket was read: that write takes the
+            // file's lock, so a second process indexing the same trail (a CLI command beside the
+            // server) finds the bucket taken and leaves it, rather than failing on its keys.
+            let (fp_seq, request, us) = match b.rows.last() {
+                Some((seq, _, request, us)) => (Some(*seq), Some(request.as_str()), Some(*us)),
+                None => (None, None, None),
+            };
+            let moved = conn
+                .prepare_cached(
+                    // No row in the whole bucket (seqs skipped): the fingerprint stays on the last row.
+                    "UPDATE main.audit_patient_mark SET upto = ?2, fp_seq = coalesce(?3, fp_seq), \
+                     request_id = coalesce(?4, request_id), recorded_us = coalesce(?5, recorded_us) WHERE upto = ?1",
+                )?
+                .execute(params![b.upto, b.until, fp_seq, request, us])?;
+            if moved == 0 {
+                return Ok(false);
+            }
             let mut idx =
                 conn.prepare_cached("INSERT INTO main.audit_patient (bucket, patient, seq) VALUES (?1, ?2, ?3)")?;
             for (patient, seq) in &entries {
                 idx.execute(params![bucket, patient, seq])?;
             }
             conn.prepare_cached("INSERT INTO main.audit_bucket (bucket) VALUES (?1)")?.execute([bucket])?;
-            let mut mark = conn.prepare_cached(
-                "UPDATE main.audit_patient_mark SET upto = ?1, fp_seq = ?2, request_id = ?3, recorded_us = ?4",
-            )?;
-            match listed.last() {
-                Some((seq, _, request, us)) => mark.execute(params![until, seq, request, us])?,
-                // No row in the whole bucket (seqs skipped): the fingerprint stays on the last row.
-                None => conn.execute("UPDATE main.audit_patient_mark SET upto = ?1", [until])?,
-            };
-            Ok(())
-        })?;
-        Ok(true)
+            Ok(true)
+        })
     }
 
     /// Steps until the index has caught up with the trail.
@@ -234,6 +257,13 @@ impl Indexer {
         while self.step()? {}
         Ok(())
     }
+}
+
+/// The audit rows of one complete bucket: (seq, patients, request id, time).
+struct Bucket {
+    upto: i64,
+    until: i64,
+    rows: Vec<(i64, String, String, i64)>,
 }
 
 /// What the writer sends the indexer.
@@ -461,6 +491,28 @@ mod tests {
         assert_eq!(indexed(&audit), 2);
         assert!(patient_seqs(&audit, "p1").is_empty());
         assert_eq!(patient_seqs(&audit, "p3"), [1, 2]);
+    }
+
+    /// Two processes indexing one trail (the server and a CLI command) never index a bucket twice
+    /// and never fail on it.
+    #[test]
+    fn two_indexers_on_one_trail_share_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, conn) = trail(dir.path());
+        for i in 0..6 {
+            append(&conn, &format!("r{i}"), &["p1", "p2"]);
+        }
+        let (a, b) = (Indexer::open_with(&audit, 2).unwrap(), Indexer::open_with(&audit, 2).unwrap());
+        // Both read the first bucket; the first to write takes it, the second leaves it.
+        let (first_a, first_b) = (a.read_bucket().unwrap().unwrap(), b.read_bucket().unwrap().unwrap());
+        assert!(a.write_bucket(&first_a).unwrap());
+        assert!(!b.write_bucket(&first_b).unwrap());
+        assert_eq!(indexed(&audit), 4);
+        assert!(b.step().unwrap());
+        a.catch_up().unwrap();
+        b.catch_up().unwrap();
+        assert_eq!(indexed(&audit), 12);
+        assert_eq!(patient_seqs(&audit, "p2"), [1, 2, 3, 4, 5, 6]);
     }
 
     /// The indexer thread catches up after a nudge and stops promptly.
