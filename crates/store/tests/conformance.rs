@@ -159,11 +159,37 @@ async fn search_pages_follow_updates_and_deletes(store: &dyn Store) {
     assert_eq!((page.records.len(), page.total), (0, Some(0)));
 }
 
+/// Totals of one-criterion searches are counted in the index alone (search/sql.rs
+/// `index_only_total`): they must follow updates that change the value, deletes and re-creates.
+async fn search_totals_follow_updates_and_deletes(store: &dyn Store) {
+    let total = |q: &'static str| async move {
+        let page = store.search(ctx(), patient_t(), query("Patient", q)).await.unwrap();
+        assert_eq!(page.total, Some(page.records.len() as u64), "{q}");
+        page.records.len()
+    };
+    let a = create(store, json!({"resourceType": "Patient", "name": [{"family": "Totalold"}]})).await;
+    create(store, json!({"resourceType": "Patient", "name": [{"family": "Totalold", "given": ["Two"]}]})).await;
+    assert_eq!((total("family=totalold").await, total("name=totalold").await), (2, 2));
+    let upd = WriteOp::Update {
+        rtype: patient_t(),
+        id: a.id.clone(),
+        resource: json!({"resourceType": "Patient", "id": a.id, "name": [{"family": "Totalnew"}]}),
+        if_match: None,
+    };
+    assert!(matches!(store.write(ctx(), upd).await.unwrap(), WriteOutcome::Updated(_)));
+    assert_eq!((total("family=totalold").await, total("family=totalnew").await), (1, 1));
+    let del = WriteOp::Delete { rtype: patient_t(), id: a.id.clone(), if_match: None };
+    assert!(matches!(store.write(ctx(), del).await.unwrap(), WriteOutcome::Deleted(Some(_))));
+    assert_eq!((total("family=totalnew").await, total("family=totalold").await), (0, 1));
+    assert_eq!(total("family=totalold,totalnew").await, 1);
+}
+
 async fn run_suite(store: &dyn Store) {
     versions_and_tombstones(store).await;
     identifier_search_and_conditionals(store).await;
     search_paging(store).await;
     search_pages_follow_updates_and_deletes(store).await;
+    search_totals_follow_updates_and_deletes(store).await;
 }
 
 #[tokio::test]
@@ -175,10 +201,10 @@ async fn sqlite_store_conforms() {
     let store = SqliteStore::open(cfg, &MasterKey::ephemeral()).unwrap();
     run_suite(&store).await;
     store.shutdown();
-    // Every call above left its audit row (AUD-1): 7 + 11 + 8 + 7 store calls.
+    // Every call above left its audit row (AUD-1): 7 + 11 + 8 + 7 + 11 store calls.
     let c = rusqlite::Connection::open(dir.path().join("db-audit.db")).unwrap();
     let rows: i64 = c.query_row("SELECT count(*) FROM audit_event", [], |r| r.get(0)).unwrap();
-    assert_eq!(rows, 33);
+    assert_eq!(rows, 44);
 }
 
 #[tokio::test]
