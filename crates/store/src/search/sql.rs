@@ -602,16 +602,17 @@ fn window(
 }
 
 fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreError> {
-    if let Some(total) = index_only_total(ctx, q, snapshot)? {
-        return Ok(total);
+    if let Some(counter) = index_only_total(ctx, q, snapshot) {
+        return run_count(ctx, counter);
     }
     let (filter, args) = filter_sql(ctx, q, snapshot);
     let mut stmt = ctx.conn.prepare_cached(&format!("SELECT count(*) FROM resource_current c WHERE {filter}"))?;
     Ok(stmt.query_row(params_from_iter(args), |r| r.get::<_, i64>(0))? as u64)
 }
 
-/// The total of a search whose one criterion is a positive match, counted in the index alone,
-/// or None when anything else narrows it (another clause, a hidden category, a compartment).
+/// The query counting the total of a search whose one criterion is a positive match in the index
+/// alone, or None when anything else narrows it (another clause, a hidden category, a
+/// compartment).
 ///
 /// The index tables hold the entries of current, non-deleted versions only — every write
 /// replaces its resource's entries in the same transaction (maintain.rs) — and a parameter id
@@ -619,22 +620,25 @@ fn count(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<u64, StoreErro
 /// matches. Counting them reads the clause's index range once, where counting through
 /// `resource_current` seeks once per match (236 seeks for a 3-letter family prefix at 100,000
 /// patients).
-fn index_only_total(ctx: &Ctx<'_>, q: &SearchQuery, snapshot: i64) -> Result<Option<u64>, StoreError> {
-    let [Clause::Match { rtype, code, negate: false, values, .. }] = &q.clauses[..] else { return Ok(None) };
+fn index_only_total<'a>(ctx: &'a Ctx<'a>, q: &SearchQuery, snapshot: i64) -> Option<Where<'a>> {
+    let [Clause::Match { rtype, code, negate: false, values, .. }] = &q.clauses[..] else { return None };
     if q.all_types || q.compartment.is_some() || !in_memory_work(q).0.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let mut visibility = Vec::new();
-    if !crate::category::current_filter("c.", ctx.hidden, &mut visibility).is_empty() {
-        return Ok(None);
+    if !crate::category::current_filter("c.", ctx.hidden, &mut Vec::new()).is_empty() {
+        return None;
     }
     let mut w = Where { ctx, sql: String::new(), args: Vec::new(), aliases: 0, correlate: None };
     w.push("SELECT count(*) FROM (");
     w.values(rtype, code, values, " UNION ");
     w.push(") WHERE rid <= ");
     w.arg(snapshot);
-    let mut stmt = ctx.conn.prepare_cached(&w.sql)?;
-    Ok(Some(stmt.query_row(params_from_iter(w.args), |r| r.get::<_, i64>(0))? as u64))
+    Some(w)
+}
+
+fn run_count(ctx: &Ctx<'_>, counter: Where<'_>) -> Result<u64, StoreError> {
+    let mut stmt = ctx.conn.prepare_cached(&counter.sql)?;
+    Ok(stmt.query_row(params_from_iter(counter.args), |r| r.get::<_, i64>(0))? as u64)
 }
 
 fn current_snapshot(conn: &Connection) -> Result<i64, StoreError> {
@@ -671,10 +675,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, q: &SearchQuery) -> Result<SearchResult, StoreE
         if q.total == TotalMode::Accurate && q.sort.is_empty() && !q.all_types {
             // Creation order is the order the driving clause lists its rids in: one walk gives
             // the page and the total, where a page query and a count would walk twice.
-            if let Some(total) = index_only_total(ctx, q, snapshot)? {
+            if let Some(counter) = index_only_total(ctx, q, snapshot) {
                 let (rows, seen) = window(ctx, q, snapshot, offset, q.count, false)?;
                 has_more = seen > q.count;
-                out.total = Some(total);
+                // A last page knows the total without counting.
+                let last_page = !has_more && (offset == 0 || seen > 0);
+                out.total = Some(if last_page { (offset + seen) as u64 } else { run_count(ctx, counter)? });
                 page = rows;
             } else {
                 let (rows, total) = window(ctx, q, snapshot, offset, q.count, true)?;
