@@ -76,6 +76,9 @@ pub(crate) const BUCKET_ROWS: i64 = 512;
 /// The least time between two looks for complete buckets.
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long the indexer waits after a failed step before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// How often an idle indexer looks for rows written while no nudge arrived (e.g. at start).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -328,19 +331,28 @@ fn lower_own_priority() {
 fn run(indexer: Indexer, rx: mpsc::Receiver<Signal>) {
     lower_own_priority();
     loop {
-        if let Err(e) = indexer.catch_up() {
-            tracing::warn!(error = %e, "per-patient audit index step failed; retried later");
-        }
+        // A failing step (a full disk, say) is retried after a pause, not on every nudge: the
+        // log gets one line per RETRY_AFTER, and reviews read the unindexed rows meanwhile.
+        let pause = match indexer.catch_up() {
+            Ok(()) => CHECK_INTERVAL,
+            Err(e) => {
+                tracing::warn!(error = %e, "per-patient audit index step failed; retried later");
+                RETRY_AFTER
+            }
+        };
         // Nudges come with every commit, thousands a second; a bucket fills far slower. Look
-        // again only after CHECK_INTERVAL (nudges meanwhile are covered by that look), then when
+        // again only after the pause (nudges meanwhile are covered by that look), then when
         // something new is committed or the idle tick passes.
-        let next_check = Instant::now() + CHECK_INTERVAL;
+        let next_check = Instant::now() + pause;
+        let mut nudged = false;
         while let Some(wait) = next_check.checked_duration_since(Instant::now()) {
-            if !matches!(rx.recv_timeout(wait), Ok(Signal::Nudge) | Err(mpsc::RecvTimeoutError::Timeout)) {
-                return;
+            match rx.recv_timeout(wait) {
+                Ok(Signal::Nudge) => nudged = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
-        if !matches!(rx.recv_timeout(IDLE_TICK), Ok(Signal::Nudge) | Err(mpsc::RecvTimeoutError::Timeout)) {
+        if !nudged && !matches!(rx.recv_timeout(IDLE_TICK), Ok(Signal::Nudge) | Err(mpsc::RecvTimeoutError::Timeout)) {
             return;
         }
     }
