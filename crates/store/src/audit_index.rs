@@ -92,21 +92,16 @@ const ROWS_PATIENTS: &str = "json_each('[\"' || replace(e.patients, ',', '\",\"'
 pub(crate) fn attach_for_review(conn: &Connection, audit: &Path) -> Result<(), StoreError> {
     let index = index_path(audit);
     let usable = index.exists() && attach_index(conn, &index)? && fingerprint_matches(conn, "pidx", "main")?;
-    let view = if usable {
+    let direct = format!("SELECT j.value, e.seq FROM main.audit_event e, {ROWS_PATIENTS}");
+    let rows = if usable {
         format!(
-            "CREATE TEMP VIEW audit_patient_all (patient, seq) AS \
-             SELECT p.patient, p.seq FROM pidx.audit_bucket b CROSS JOIN pidx.audit_patient p ON p.bucket = b.bucket \
-             UNION ALL \
-             SELECT j.value, e.seq FROM main.audit_event e, {ROWS_PATIENTS} \
-             AND e.seq > (SELECT upto FROM pidx.audit_patient_mark)"
+            "SELECT p.patient, p.seq FROM pidx.audit_bucket b CROSS JOIN pidx.audit_patient p ON p.bucket = b.bucket \
+             UNION ALL {direct} AND e.seq > (SELECT upto FROM pidx.audit_patient_mark)"
         )
     } else {
-        format!(
-            "CREATE TEMP VIEW audit_patient_all (patient, seq) AS \
-             SELECT j.value, e.seq FROM main.audit_event e, {ROWS_PATIENTS}"
-        )
+        direct
     };
-    conn.execute_batch(&view)?;
+    conn.execute_batch(&format!("CREATE TEMP VIEW audit_patient_all (patient, seq) AS {rows}"))?;
     Ok(())
 }
 

@@ -41,6 +41,11 @@ impl Visibility {
         }
     }
 
+    /// Whether nothing is hidden from the request: no category, compartment or type limit.
+    pub(crate) fn sees_all(&self) -> bool {
+        self.hidden.is_empty() && self.compartment.is_none() && self.types.is_none()
+    }
+
     /// Whether resources of `rtype` are invisible to the request whatever their category.
     pub(crate) fn hides_type(&self, rtype: &str) -> bool {
         self.types.as_ref().is_some_and(|t| !t.iter().any(|v| v == rtype))
